@@ -1,0 +1,19 @@
+// Every omni_mega op schema, in one readable list. Backend files (csrc/<op>/<op>_cpu.cpp, <op>_cuda.cu) only
+// register implementations with TORCH_LIBRARY_IMPL; the Python side (omni_mega/ops/<op>.py) adds fake tensors
+// and autograd rules.
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(omni_mega, m) {
+  // grid_thw int32/int64 [N, 3] -> (pos int32 [T, 2] (row, col), cu_seqlens int32 [sum_i t_i + 1]).
+  m.def("vision_positions(Tensor grid_thw, int merge_size) -> (Tensor, Tensor)");
+  // [rope_2d schemas]
+  // [vet schemas]
+  // [pack_images schemas]
+}
+
+// `import omni_mega._C` loads this library (and so runs the registrations above); it exposes no Python functions.
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
