@@ -1,0 +1,23 @@
+"""Typed configuration: dataclasses, YAML loading with overrides, validation."""
+
+from omni_mega.config.load import apply_overrides, from_dict, load_config, to_dict
+from omni_mega.config.schema import (
+    ConfigError,
+    ConnectorConfig,
+    DataConfig,
+    LLMConfig,
+    ModelConfig,
+    OptimConfig,
+    ParallelConfig,
+    RunConfig,
+    StageConfig,
+    TrainConfig,
+    ViTConfig,
+)
+from omni_mega.config.validate import validate
+
+__all__ = [
+    "ConfigError", "ConnectorConfig", "DataConfig", "LLMConfig", "ModelConfig", "OptimConfig", "ParallelConfig",
+    "RunConfig", "StageConfig", "TrainConfig", "ViTConfig", "apply_overrides", "from_dict", "load_config", "to_dict",
+    "validate",
+]

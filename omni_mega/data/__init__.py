@@ -1,0 +1,1 @@
+"""Data: tokenizers, indexed text datasets, images, packing, blends and samplers."""

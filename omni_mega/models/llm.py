@@ -1,0 +1,97 @@
+"""The language model: megatron-core GPTModel built from our LLMConfig and ParallelConfig."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state as ps
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from omni_mega.config import ConfigError, LLMConfig, ParallelConfig
+from omni_mega.models.specs import gpt_layer_spec
+from omni_mega.runtime.capabilities import probe
+
+
+def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
+    """Vocabulary padded to a multiple of lcm(128, tp): divisible across TP ranks and tensor-core friendly.
+
+    Megatron-LM pads to 128 * tp, which changes the embedding shape with the TP size; lcm(128, tp) equals 128 for
+    every power-of-two tp <= 128, so a checkpoint keeps its shapes when it is loaded under another layout."""
+    step = math.lcm(multiple, tp)
+    return -(-vocab_size // step) * step
+
+
+def ffn_size(cfg: LLMConfig) -> int:
+    if cfg.ffn_hidden_size is not None:
+        return cfg.ffn_hidden_size
+    if cfg.activation == "swiglu":  # keeps the MLP's parameter count close to a 4h GELU MLP
+        return 64 * ((8 * cfg.hidden_size // 3 + 63) // 64)
+    return 4 * cfg.hidden_size
+
+
+def transformer_config(cfg: LLMConfig, parallel: ParallelConfig, dtype: torch.dtype) -> TransformerConfig:
+    te = probe().te
+    if parallel.sp and not te:
+        # megatron's local spec wraps torch norms that assert without sequence parallelism support.
+        raise ConfigError("parallel.sp: sequence parallelism needs TransformerEngine (GPU) for the LLM's norms")
+    cuda = torch.cuda.is_available()
+    return TransformerConfig(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.num_query_groups,
+        ffn_hidden_size=ffn_size(cfg),
+        kv_channels=cfg.hidden_size // cfg.num_attention_heads,
+        normalization=cfg.normalization,
+        gated_linear_unit=cfg.activation == "swiglu",
+        activation_func=F.silu if cfg.activation == "swiglu" else F.gelu,
+        add_bias_linear=False,
+        init_method_std=cfg.init_method_std,
+        attention_dropout=cfg.attention_dropout,
+        hidden_dropout=cfg.hidden_dropout,
+        tensor_model_parallel_size=parallel.tp,
+        pipeline_model_parallel_size=parallel.pp,
+        virtual_pipeline_model_parallel_size=parallel.vpp,
+        context_parallel_size=parallel.cp,
+        sequence_parallel=parallel.sp,
+        params_dtype=dtype,
+        pipeline_dtype=dtype,
+        bf16=dtype == torch.bfloat16,
+        # CPU: initialise on the host and avoid fused CUDA kernels; GPU: the fast paths.
+        use_cpu_initialization=not cuda,
+        bias_dropout_fusion=cuda,
+        apply_rope_fusion=cuda and te,
+        masked_softmax_fusion=cuda,
+        gradient_accumulation_fusion=False,
+        persist_layer_norm=cuda,
+        attention_softmax_in_fp32=True,
+    )
+
+
+def build_llm(cfg: LLMConfig, parallel: ParallelConfig, vocab_size: int, max_seq: int, dtype: torch.dtype,
+              *, vp_stage: int | None = None) -> GPTModel:
+    """One GPTModel chunk for this pipeline rank (and virtual stage `vp_stage` when interleaved)."""
+    tcfg = transformer_config(cfg, parallel, dtype)
+    return GPTModel(
+        config=tcfg,
+        transformer_layer_spec=gpt_layer_spec(cfg.normalization),
+        vocab_size=vocab_size,
+        max_sequence_length=max_seq,
+        pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
+        post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
+        share_embeddings_and_output_weights=not cfg.untie_embeddings,
+        position_embedding_type="rope",
+        rotary_base=int(cfg.rotary_base),
+        vp_stage=vp_stage,
+    )
+
+
+def build_llm_chunks(cfg: LLMConfig, parallel: ParallelConfig, vocab_size: int, max_seq: int,
+                     dtype: torch.dtype) -> list[GPTModel]:
+    """All model chunks this rank holds: one, or `vpp` with interleaved pipelining."""
+    if parallel.vpp is None:
+        return [build_llm(cfg, parallel, vocab_size, max_seq, dtype)]
+    return [build_llm(cfg, parallel, vocab_size, max_seq, dtype, vp_stage=i) for i in range(parallel.vpp)]

@@ -1,0 +1,42 @@
+"""Worker for tests/distributed/test_parallel_equivalence.py (started by pytest through torchrun).
+
+  save  DIR OUT [--set ...]: one process, TP=1/PP=1: build the model, save it with dist_checkpointing, train 2 steps
+  load  DIR OUT [--set ...]: any layout: build the model, load DIR (resharding), train 2 steps
+Rank 0 writes the per-step loss and grad norm to OUT (JSON).
+"""
+
+import json
+import sys
+
+from omni_mega.config import load_config
+from omni_mega.runtime import init_distributed, shutdown
+from omni_mega.training.checkpoint import load_model, save_model
+from omni_mega.training.trainer import Trainer
+
+TINY = [
+    "model.llm.num_layers=4", "model.llm.hidden_size=64", "model.llm.num_attention_heads=4",
+    "model.llm.max_position_embeddings=64", "data.seq_length=32", "data.micro_batch_size=2",
+    "data.global_batch_size=4", "optim.warmup_steps=0", "optim.lr=1e-3", "train.tensorboard=false",
+    "stages=[{name: s, steps: 2}]",
+]
+
+
+def main() -> None:
+    if __name__ != "__main__":
+        return
+    mode, ckpt, out, *overrides = sys.argv[1:]
+    cfg = load_config(None, TINY + [o.removeprefix("--set=") for o in overrides])
+    rt = init_distributed(cfg.parallel, seed=cfg.train.seed)
+    trainer = Trainer(cfg, rt, run_dir=f"{out}.run")
+    if mode == "save":
+        save_model(trainer.model, ckpt)
+    else:
+        load_model(trainer.model, ckpt)
+    steps = [trainer.train_step() for _ in range(2)]
+    if rt.is_rank0:
+        with open(out, "w") as f:
+            json.dump({"loss": [s.loss for s in steps], "grad_norm": [s.grad_norm for s in steps]}, f)
+    shutdown()
+
+
+main()
