@@ -10,6 +10,10 @@ TORCH_LIBRARY(omni_mega, m) {
   // [rope_2d schemas]
   // [vet schemas]
   // [pack_images schemas]
+  // data uint8 [bytes] (HWC images back to back), sizes int32/int64 [N, 2] (h, w), offsets int32/int64 [N] ->
+  // pixel_values out_dtype [T, C*tps*p*p] in Qwen2-VL token/feature order, C = len(mean).
+  m.def("pack_images(Tensor data, Tensor sizes, Tensor offsets, int patch_size, int merge_size, "
+        "int temporal_patch_size, float[] mean, float[] std, ScalarType out_dtype) -> Tensor");
 }
 
 // `import omni_mega._C` loads this library (and so runs the registrations above); it exposes no Python functions.

@@ -6,5 +6,10 @@ from omni_mega.ops.vision_positions import vision_positions, vision_positions_re
 # [rope_2d imports]
 # [vet imports]
 # [pack_images imports]
+from omni_mega.ops.pack_images import PackedImages, pack_images, pack_images_ref
 
-__all__ = ["has_cpu_extension", "has_cuda_extension", "vision_positions", "vision_positions_ref"]
+__all__ = [
+    "has_cpu_extension", "has_cuda_extension",
+    "vision_positions", "vision_positions_ref",
+    "PackedImages", "pack_images", "pack_images_ref",
+]
