@@ -1,0 +1,263 @@
+"""tools/preprocess_data.py: byte identity with Megatron-LM's algorithm, readability, bad input, interrupted runs.
+
+`megatron_reference` below is an independent, plain re-statement of Megatron-LM's `tools/preprocess_data.py`
+(Encoder.encode + Partition.process_json_file + the partition merge) using megatron-core's IndexedDatasetBuilder
+one document at a time and the pure-Python GPT-2 BPE. Megatron-LM itself is not installed here, so "byte-identical
+to Megatron-LM" is checked against this re-statement, not against Megatron-LM's own script.
+"""
+
+import gzip
+import json
+import multiprocessing
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from omni_mega.data import preprocess
+from omni_mega.data.corpus import demo_documents, write_jsonl
+from omni_mega.data.tokenizer import GPT2BPETokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def megatron_reference(files, prefix, keys, tokenizer, append_eod=True, partitions=1, level="document"):
+    """Megatron-LM's preprocess_data.py algorithm, one line and one add_document at a time."""
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+    lines = []
+    for name in files:
+        with (gzip.open(name, "rt", encoding="utf-8") if name.endswith(".gz") else open(name, encoding="utf-8")) as f:
+            lines.extend(f)
+    parts = [lines[p::partitions] for p in range(partitions)]  # round-robin deal of lines to partition files
+    dtype = DType.optimal_dtype(tokenizer.vocab_size)
+    part_prefixes = []
+    for p, part_lines in enumerate(parts):
+        part_prefix = prefix if partitions == 1 else f"{prefix}_{p}"
+        part_prefixes.append(part_prefix)
+        builders = {k: IndexedDatasetBuilder(f"{part_prefix}_{k}_{level}.bin", dtype=dtype) for k in keys}
+        for line in part_lines:
+            data = json.loads(line)
+            for key in keys:
+                text = data[key]
+                sentences = text if isinstance(text, list) else [text]
+                doc_ids, lens = [], []
+                for sentence in sentences:
+                    ids = tokenizer.tokenize(sentence)
+                    if len(ids) > 0:
+                        doc_ids.extend(ids)
+                        lens.append(len(ids))
+                if len(doc_ids) > 0 and append_eod:
+                    doc_ids.append(tokenizer.eod)
+                    lens[-1] += 1
+                builders[key].add_document(doc_ids, lens)
+        for key in keys:
+            builders[key].finalize(f"{part_prefix}_{key}_{level}.idx")
+    if partitions > 1:
+        for key in keys:
+            merged = IndexedDatasetBuilder(f"{prefix}_{key}_{level}.bin", dtype=dtype)
+            for part_prefix in part_prefixes:
+                merged.add_index(f"{part_prefix}_{key}_{level}")
+            merged.finalize(f"{prefix}_{key}_{level}.idx")
+
+
+def read_bytes(prefix, key, level="document"):
+    return tuple(open(f"{prefix}_{key}_{level}.{ext}", "rb").read() for ext in ("bin", "idx"))
+
+
+def mixed_docs(n=120):
+    """Demo documents plus the cases Megatron-LM handles specially: sentence lists (with an empty sentence),
+    empty text, non-ASCII text, whitespace runs."""
+    docs = [{"text": d, "title": d[:40]} for d in demo_documents(600)[:n]]
+    docs[3] = {"text": ["First sentence. ", "", "Second one ünïcödé 日本語 🙂"], "title": "sentences"}
+    docs[7] = {"text": "", "title": "empty text"}
+    docs[11] = {"text": "  tabs\t\tand   spaces\n\n\n end  ", "title": ""}
+    return docs
+
+
+def write_lines(path, objs):
+    with open(path, "w", encoding="utf-8") as f:
+        for o in objs:
+            f.write(json.dumps(o) + "\n")
+
+
+def where(summary, reason):
+    return [(os.path.basename(f), n) for f, n in summary["bad_first"][reason]]
+
+
+def run_cli(inp, prefix, files, *extra, workers=2):
+    vocab, merges = files
+    return preprocess.main(["--input", inp, "--output-prefix", prefix, "--tokenizer-type", "GPT2BPETokenizer",
+                            "--vocab-file", vocab, "--merge-file", merges, "--workers", str(workers),
+                            "--log-interval", "50", *extra])
+
+
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_byte_identical_to_megatron_algorithm(tmp_path, gpt2_files, monkeypatch, partitions):
+    inp = str(tmp_path / "in.jsonl")
+    write_lines(inp, mixed_docs())
+    ref = GPT2BPETokenizer(*gpt2_files, reference=True)
+    megatron_reference([inp], str(tmp_path / "ref"), ["text", "title"], ref, partitions=partitions)
+    monkeypatch.setattr(preprocess, "BLOCK_BYTES", 4096)  # many blocks, so both workers and reordering are used
+    out = run_cli(inp, str(tmp_path / "ours"), gpt2_files, "--json-keys", "text", "title", "--append-eod",
+                  "--partitions", str(partitions))
+    for key in ("text", "title"):
+        assert read_bytes(tmp_path / "ours", key) == read_bytes(tmp_path / "ref", key), key
+    assert out["docs"] == 120
+    assert list(out["bad"]) == ["empty document ('text', kept as Megatron-LM keeps it)",
+                                "empty document ('title', kept as Megatron-LM keeps it)"]
+    assert [where(out, reason) for reason in out["bad"]] == [[("in.jsonl", 8)], [("in.jsonl", 12)]]
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        ["in.jsonl"] + [f"{p}_{k}_document.{e}" for p in ("ours", "ref") for k in ("text", "title")
+                        for e in ("bin", "idx")]
+        + ([f"ref_{i}_{k}_document.{e}" for i in range(2) for k in ("text", "title") for e in ("bin", "idx")]
+           if partitions == 2 else []))
+
+
+def test_readable_and_usable_by_megatron(tmp_path, gpt2_files):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    docs = demo_documents(800)[:40]
+    files = [write_jsonl(str(tmp_path / "a.jsonl"), docs[:25]), str(tmp_path / "b.jsonl.gz")]
+    with gzip.open(files[1], "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps({"text": d}) + "\n" for d in docs[25:])
+    run_cli(str(tmp_path / "*.jsonl*"), str(tmp_path / "out"), gpt2_files, "--append-eod", workers=1)
+    tok = GPT2BPETokenizer(*gpt2_files)
+    ds = IndexedDataset(str(tmp_path / "out_text_document"))
+    assert len(ds) == 40 and ds.sequence_lengths.dtype == np.int32
+    assert ds[0].dtype == np.uint16  # GPT-2's 50,257 ids fit in uint16 (Megatron's optimal_dtype)
+    for i in (0, 24, 25, 39):  # both files, in sorted glob order, the .gz one decompressed
+        ids = ds[i].tolist()
+        assert ids[-1] == tok.eod and tok.decode(ids[:-1]) == docs[i]
+
+
+def test_bad_input_is_counted_never_shifts(tmp_path, gpt2_files):
+    good = [{"text": d} for d in demo_documents(300)[:12]]
+    raw = [json.dumps(good[0]).encode(), b'{"text": "unterminated', json.dumps(good[1]).encode(),
+           b'{"other": "no text key"}', json.dumps(good[2]).encode(), b"\xff\xfe not utf-8 \x80",
+           b"", b"[1, 2]", b'{"text": 17}', json.dumps(good[3]).encode(), json.dumps({"text": ""}).encode()]
+    raw += [json.dumps(g).encode() for g in good[4:]]
+    inp = tmp_path / "bad.jsonl"
+    inp.write_bytes(b"\n".join(raw))  # no newline after the last line: it still counts
+    out = run_cli(str(inp), str(tmp_path / "ours"), gpt2_files, "--append-eod")
+    assert out["bad"] == {"malformed JSON": 3, "missing key": 1, "not UTF-8": 1,
+                          "value not a string or list of strings": 1,
+                          "empty document ('text', kept as Megatron-LM keeps it)": 1}
+    assert where(out, "malformed JSON") == [("bad.jsonl", 2), ("bad.jsonl", 7), ("bad.jsonl", 8)]
+    assert where(out, "not UTF-8") == [("bad.jsonl", 6)]
+    assert where(out, "missing key") == [("bad.jsonl", 4)]
+    # The good lines, and only they, in order: identical to the reference on a file of just those lines.
+    clean = tmp_path / "clean.jsonl"
+    write_lines(clean, good[:4] + [{"text": ""}] + good[4:])
+    megatron_reference([str(clean)], str(tmp_path / "ref"), ["text"], GPT2BPETokenizer(*gpt2_files, reference=True))
+    assert read_bytes(tmp_path / "ours", "text") == read_bytes(tmp_path / "ref", "text")
+
+
+def _crash_midway(args_list):
+    calls = {"n": 0}
+    real = preprocess.append_documents
+
+    def dying(*a):
+        real(*a)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os._exit(3)  # like SIGKILL: no finally, no cleanup
+
+    preprocess.append_documents = dying
+    preprocess.main(args_list)
+
+
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_interrupted_run_leaves_no_complete_idx(tmp_path, gpt2_files, monkeypatch, partitions):
+    inp = write_jsonl(str(tmp_path / "in.jsonl"), demo_documents(300)[:60])
+    vocab, merges = gpt2_files
+    args = ["--input", inp, "--output-prefix", str(tmp_path / "out"), "--tokenizer-type", "GPT2BPETokenizer",
+            "--vocab-file", vocab, "--merge-file", merges, "--workers", "2", "--partitions", str(partitions)]
+    monkeypatch.setattr(preprocess, "BLOCK_BYTES", 2048)
+    child = multiprocessing.get_context("fork").Process(target=_crash_midway, args=(args,))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 3
+    assert not os.path.exists(tmp_path / "out_text_document.idx")
+    leftovers = [os.path.join(r, n) for r, _, fs in os.walk(tmp_path) for n in fs]
+    assert any(".tmp-" in p for p in leftovers)  # the crash happened mid-write
+    assert all(".tmp-" in p for p in leftovers if p.endswith(".idx"))  # any index is under a temp name
+    # A normal exception cleans its temporaries up and leaves nothing.
+    monkeypatch.setattr(preprocess, "append_documents", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        preprocess.main([str(tmp_path / "again") if a == str(tmp_path / "out") else a for a in args])
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("again")]
+
+
+def test_null_and_huggingface_tokenizers(tmp_path):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    from omni_mega.data.tokenizer import demo_tokenizer
+
+    inp = str(tmp_path / "ids.jsonl")
+    write_lines(inp, [{"text": "3 1 4 1 5"}, {"text": "9 2 6"}, {"text": ""}])
+    out = preprocess.main(["--input", inp, "--output-prefix", str(tmp_path / "null"), "--tokenizer-type",
+                           "NullTokenizer", "--vocab-size", "70000", "--append-eod", "--workers", "1"])
+    ds = IndexedDataset(str(tmp_path / "null_text_document"))
+    assert ds[0].dtype == np.int32  # 70,001 ids do not fit uint16
+    assert [ds[i].tolist() for i in range(len(ds))] == [[3, 1, 4, 1, 5, 70000], [9, 2, 6, 70000]]
+    assert out["bad"] == {"tokenizer error": 1}  # int('') fails, as it would in Megatron-LM (which crashes)
+
+    tok = demo_tokenizer(str(tmp_path / "tok"))
+    docs = demo_documents(500)[:5]
+    write_lines(inp, [{"text": d} for d in docs])
+    preprocess.main(["--input", inp, "--output-prefix", str(tmp_path / "hf"), "--tokenizer-type",
+                     "HuggingFaceTokenizer", "--tokenizer-model", tok.tokenizer_model, "--workers", "2"])
+    ds = IndexedDataset(str(tmp_path / "hf_text_document"))
+    assert [ds[i].tolist() for i in range(5)] == [tok.encode(d) for d in docs]
+
+
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        preprocess.main(["--input", str(tmp_path / "nothing*.jsonl"), "--output-prefix", str(tmp_path / "o"),
+                         "--tokenizer-type", "NullTokenizer", "--vocab-size", "10", "--workers", "1"])
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        preprocess.main(["--input", "x", "--output-prefix", "o", "--tokenizer-type", "NullTokenizer",
+                         "--vocab-size", "10", "--workers", "3", "--partitions", "2"])
+    assert "multiple of --partitions" in capsys.readouterr().err
+
+
+def test_cli_script_runs(tmp_path, monkeypatch, capsys):
+    import runpy
+
+    inp = str(tmp_path / "ids.jsonl")
+    write_lines(inp, [{"text": "1 2"}] * 3)
+    monkeypatch.setattr(sys, "argv", ["preprocess_data.py", "--input", inp, "--output-prefix", str(tmp_path / "o"),
+                                      "--tokenizer-type", "NullTokenizer", "--vocab-size", "10", "--workers", "1",
+                                      "--log-interval", "1"])
+    runpy.run_path(os.path.join(ROOT, "tools", "preprocess_data.py"), run_name="__main__")
+    err = capsys.readouterr().err
+    assert "Processed 3 documents" in err and "docs/s" in err and "MB/s" in err
+    assert os.path.getsize(tmp_path / "o_text_document.bin") == 3 * 2 * 2  # 3 docs x 2 ids x uint16
+
+
+class _FakePunkt:
+    """Stands in for nltk punkt (not installed here): splits after ". "."""
+
+    def tokenize(self, text):
+        import re
+
+        return [s for s in re.split(r"(?<=\. )", text) if s]
+
+
+def test_split_sentences_writes_sentence_level(tmp_path, gpt2_files, monkeypatch):
+    monkeypatch.setattr(preprocess, "_build_splitter", lambda lang, keep_newlines: _FakePunkt())
+    docs = demo_documents(400)[:30]
+    inp = write_jsonl(str(tmp_path / "in.jsonl"), docs)
+    run_cli(inp, str(tmp_path / "ours"), gpt2_files, "--split-sentences", "--append-eod")
+    split = str(tmp_path / "split.jsonl")  # what Megatron-LM's split step writes: lists of sentences
+    write_lines(split, [{"text": _FakePunkt().tokenize(d)} for d in docs])
+    megatron_reference([split], str(tmp_path / "ref"), ["text"], GPT2BPETokenizer(*gpt2_files, reference=True),
+                       level="sentence")
+    assert read_bytes(tmp_path / "ours", "text", "sentence") == read_bytes(tmp_path / "ref", "text", "sentence")
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    ds = IndexedDataset(str(tmp_path / "ours_text_sentence"))
+    assert len(ds.document_indices) == 31 and len(ds) > 60  # 30 documents, several sentences each
