@@ -8,7 +8,24 @@ TORCH_LIBRARY(omni_mega, m) {
   // grid_thw int32/int64 [N, 3] -> (pos int32 [T, 2] (row, col), cu_seqlens int32 [sum_i t_i + 1]).
   m.def("vision_positions(Tensor grid_thw, int merge_size) -> (Tensor, Tensor)");
   // [rope_2d schemas]
+  // x [T, H, D] THD float, pos int32 [T, 2] (row, col) -> rotated x [T, H, D] (contiguous). layout "half" (Qwen2-VL)
+  // or "interleaved" (Kimi-VL); the first rotary_dim channels rotate; inverse rotates by -angle (the backward).
+  m.def("rope_2d(Tensor x, Tensor pos, float theta, str layout, int rotary_dim, bool inverse) -> Tensor");
+  // q [T, Hq, D], k [T, Hk, D] rotated in one pass (the (cos, sin) of a token are computed once for both).
+  m.def("rope_2d_qk(Tensor q, Tensor k, Tensor pos, float theta, str layout, int rotary_dim, bool inverse) -> (Tensor, Tensor)");
   // [vet schemas]
+  // Ovis visual head + Visual Embedding Table, blockwise over V (csrc/vet/vet.h). x/head_weight/ln_*/table share one
+  // float dtype; mean/rstd/lse are [N] in fp32 (fp64 for fp64 inputs). block_n/block_v = 0 picks the device default.
+  m.def("vet_head_fwd(Tensor x, Tensor head_weight, Tensor ln_weight, Tensor ln_bias, Tensor table, int num_indicators, "
+        "float ln_eps, int block_n, int block_v) -> (Tensor out, Tensor mean, Tensor rstd, Tensor lse)");
+  m.def("vet_head_bwd(Tensor grad_out, Tensor x, Tensor head_weight, Tensor ln_weight, Tensor ln_bias, Tensor table, "
+        "Tensor out, Tensor mean, Tensor rstd, Tensor lse, int num_indicators, int block_n, int block_v) -> "
+        "(Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // logits [N, V - n_ind] -> (out [N, D] in table's dtype, lse [N]).
+  m.def("vet_embed_fwd(Tensor logits, Tensor table, int num_indicators, int block_n, int block_v) -> "
+        "(Tensor out, Tensor lse)");
+  m.def("vet_embed_bwd(Tensor grad_out, Tensor logits, Tensor table, Tensor out, Tensor lse, int num_indicators, "
+        "int block_n, int block_v) -> (Tensor, Tensor)");
   // [pack_images schemas]
   // data uint8 [bytes] (HWC images back to back), sizes int32/int64 [N, 2] (h, w), offsets int32/int64 [N] ->
   // pixel_values out_dtype [T, C*tps*p*p] in Qwen2-VL token/feature order, C = len(mean).
