@@ -4,6 +4,9 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.omni_mega_installed
+BUILT  := $(VENV)/.omni_mega_built
+# The extension's inputs: `make build` recompiles only when one of them is newer than the last build.
+EXT_SOURCES := setup.py $(shell find csrc -type f 2>/dev/null)
 # Keep CI's 2 cores busy but not oversubscribed.
 export MAX_JOBS ?= 2
 
@@ -15,13 +18,16 @@ $(STAMP): pyproject.toml setup.py
 	# torch first: the extension must build against exactly this torch (CPU wheel here, CUDA wheel on a cluster).
 	$(PIP) install --quiet torch==2.13.0 numpy==2.4.6
 	$(PIP) install --quiet -e ".[test,plot]" --no-build-isolation
-	@touch $(STAMP)
+	@touch $(STAMP) && touch $(BUILT)
 
 venv: $(STAMP)
 
 # Incremental rebuild of the extension after editing csrc/ (ninja only recompiles what changed).
-build: $(STAMP)
+$(BUILT): $(STAMP) $(EXT_SOURCES)
 	flock build.lock $(PY) setup.py --quiet build_ext --inplace
+	@touch $(BUILT)
+
+build: $(BUILT)
 
 cuda-check: $(STAMP)
 	@bash scripts/check_cuda.sh

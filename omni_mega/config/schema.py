@@ -49,7 +49,7 @@ class LLMConfig:
 
 @dataclass
 class ViTConfig:
-    """Native-resolution ViT (the models issue builds it); present here so configs can name it."""
+    """Native-resolution ViT (omni_mega.models.vision): megatron TransformerBlock over packed images."""
 
     num_layers: int = 2
     hidden_size: int = 64
@@ -58,6 +58,29 @@ class ViTConfig:
     temporal_patch_size: int = 2  # frames per patch (a still image is repeated)
     merge_size: int = 2  # spatial merge before the connector (2x2)
     in_channels: int = 3
+    ffn_hidden_size: int | None = None  # MLP width; None = 4 * hidden_size
+    normalization: str = "LayerNorm"  # LayerNorm | RMSNorm
+    activation: str = "gelu"  # gelu | swiglu
+    rope_theta: float = 10000.0  # 2D RoPE base (ops.rope_2d)
+    rope_layout: str = "half"  # half (Qwen2-VL, Ovis2.5) | interleaved (Kimi-VL)
+    pos_embed_grid: int = 0  # side of a learned position table interpolated to each grid; 0 = none (RoPE only)
+    init_method_std: float = 0.02  # normal init std
+
+    def __post_init__(self) -> None:
+        p = "model.vit"
+        for name in ("num_layers", "hidden_size", "num_attention_heads", "patch_size", "temporal_patch_size",
+                     "merge_size", "in_channels"):
+            _require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _require(self.hidden_size % self.num_attention_heads == 0, f"{p}.hidden_size",
+                 f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
+        _require((self.hidden_size // self.num_attention_heads) % 4 == 0, f"{p}.hidden_size",
+                 f"head dim {self.hidden_size // self.num_attention_heads} must be divisible by 4 for 2D RoPE")
+        _require(self.normalization in ("RMSNorm", "LayerNorm"), f"{p}.normalization",
+                 f"must be RMSNorm or LayerNorm, got {self.normalization!r}")
+        _require(self.activation in ("swiglu", "gelu"), f"{p}.activation", f"must be swiglu or gelu, got {self.activation!r}")
+        _require(self.rope_layout in ("half", "interleaved"), f"{p}.rope_layout",
+                 f"must be half or interleaved, got {self.rope_layout!r}")
+        _require(self.pos_embed_grid >= 0, f"{p}.pos_embed_grid", f"must be >= 0, got {self.pos_embed_grid}")
 
 
 @dataclass
@@ -65,9 +88,19 @@ class ConnectorConfig:
     kind: str = "mlp"  # mlp (LLaVA projector) | vet (Ovis visual tokenizer)
     visual_vocab_size: int = 8192  # vet only: V, including the indicator tokens
     num_indicators: int = 5  # vet only: hard indicator rows at the end of the table
+    projector_hidden_size: int | None = None  # mlp only: hidden width of the 2-layer MLP; None = the LLM width
+    image_token_id: int = -200  # placeholder id in input_ids, one per merged visual token (LLaVA's -200 by default)
+    indicator_token_ids: list[int] = field(default_factory=list)  # vet only: ids replaced by indicator rows, in order
 
     def __post_init__(self) -> None:
-        _require(self.kind in ("mlp", "vet"), "model.connector.kind", f"must be mlp or vet, got {self.kind!r}")
+        p = "model.connector"
+        _require(self.kind in ("mlp", "vet"), f"{p}.kind", f"must be mlp or vet, got {self.kind!r}")
+        _require(0 <= self.num_indicators < self.visual_vocab_size, f"{p}.num_indicators",
+                 f"must be in [0, visual_vocab_size={self.visual_vocab_size}), got {self.num_indicators}")
+        _require(len(self.indicator_token_ids) <= self.num_indicators, f"{p}.indicator_token_ids",
+                 f"{len(self.indicator_token_ids)} ids for {self.num_indicators} indicator rows")
+        _require(self.image_token_id not in self.indicator_token_ids, f"{p}.indicator_token_ids",
+                 f"must not contain image_token_id={self.image_token_id}")
 
 
 @dataclass
@@ -117,10 +150,12 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
+    """Run-wide optimizer settings; a stage may override lr, min_lr, warmup_steps and decay."""
+
     lr: float = 1e-3  # peak learning rate
     min_lr: float = 1e-4  # floor of the decay
     warmup_steps: int = 10  # linear warm-up from 0 to lr
-    decay: str = "cosine"  # cosine | linear | constant
+    decay: str = "cosine"  # cosine | linear | constant | wsd (warmup-stable-decay)
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -131,17 +166,81 @@ class OptimConfig:
         _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")
         _require(0 <= self.min_lr <= self.lr, "optim.min_lr", f"must be in [0, lr={self.lr}], got {self.min_lr}")
         _require(self.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
-        _require(self.decay in ("cosine", "linear", "constant"), "optim.decay",
-                 f"must be cosine, linear or constant, got {self.decay!r}")
+        _require(self.decay in DECAYS, "optim.decay", f"must be one of {', '.join(DECAYS)}, got {self.decay!r}")
+
+
+DECAYS = ("cosine", "linear", "constant", "wsd")
+SCHEDULES = ("new", "resume", "rewarmup")
+
+
+@dataclass
+class DatasetConfig:
+    """One dataset of a stage's data mix."""
+
+    name: str = "demo"  # label in banners and metrics
+    source: str = "demo_text"  # demo_text (built in) | indexed (Megatron .bin/.idx prefix in `path`)
+    seed: int = 0  # demo_text: which sample windows this dataset draws (another seed = another dataset)
+    path: str | None = None  # indexed: dataset prefix
+    weight: float = 1.0  # relative share of samples in the stage (normalised over the mix)
+
+
+@dataclass
+class LRMultConfig:
+    group: str = "llm"  # a module group of the stage's trainable set
+    mult: float = 1.0  # its LR = stage LR x mult
 
 
 @dataclass
 class StageConfig:
-    name: str = "pretrain"  # shown in logs and metrics
-    steps: int = 100  # optimizer steps in this stage
+    """One stage of the curriculum. Unset (null) fields inherit: LR fields from `optim`, sequence length and global
+    batch from `data`, the RoPE base from the previous stage (the first from model.llm.rotary_base)."""
+
+    name: str = "pretrain"  # shown in logs and metrics; unique
+    steps: int | None = None  # optimizer steps in this stage (default 100 when `tokens` is unset too)
+    tokens: int | None = None  # alternatively the stage length in tokens (rounded up to whole steps)
+    data: list[DatasetConfig] = field(default_factory=list)  # weighted mix; empty = the `data` section's source
+    trainable: list[str] = field(default_factory=lambda: ["llm"])  # module groups, e.g. llm.layers[-2:]
+    lr_mult: list[LRMultConfig] = field(default_factory=list)  # per-group LR multipliers
+    schedule: str = "new"  # new | resume (continue the previous stage's schedule) | rewarmup (from the current LR)
+    lr: float | None = None  # peak LR
+    min_lr: float | None = None
+    warmup_steps: int | None = None
+    decay: str | None = None  # cosine | linear | constant | wsd
+    decay_steps: int | None = None  # wsd: length of the final decay (default 20% of the schedule)
+    seq_length: int | None = None
+    rope_base: float | None = None  # RoPE theta from this stage on (frequencies recomputed, no new parameters)
+    global_batch_size: int | None = None
+    ckpt_interval: int = 0  # steps between checkpoints inside the stage; 0 = only at the stage end
+    save: str = "full"  # full | trainable_only (model part holds only this stage's trainable parameters)
+    init_from: str | None = None  # checkpoint dir (or run dir: its latest) loaded at stage start; may be partial
 
     def __post_init__(self) -> None:
-        _require(self.steps >= 1, f"stages[{self.name}].steps", f"must be >= 1, got {self.steps}")
+        p = f"stages[{self.name}]"
+        _require(self.steps is None or self.tokens is None, f"{p}.tokens", "set steps or tokens, not both")
+        if self.steps is None and self.tokens is None:
+            self.steps = 100
+        if self.steps is not None:
+            _require(self.steps >= 1, f"{p}.steps", f"must be >= 1, got {self.steps}")
+        if self.tokens is not None:
+            _require(self.tokens >= 1, f"{p}.tokens", f"must be >= 1, got {self.tokens}")
+        _require(self.schedule in SCHEDULES, f"{p}.schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        _require(self.decay is None or self.decay in DECAYS, f"{p}.decay",
+                 f"must be one of {', '.join(DECAYS)}, got {self.decay!r}")
+        _require(len(self.trainable) >= 1, f"{p}.trainable", "nothing trainable: name at least one module group")
+        _require(self.save in ("full", "trainable_only"), f"{p}.save", f"must be full or trainable_only, got {self.save!r}")
+        _require(self.ckpt_interval >= 0, f"{p}.ckpt_interval", f"must be >= 0, got {self.ckpt_interval}")
+        for name in ("lr", "rope_base"):
+            v = getattr(self, name)
+            _require(v is None or v > 0, f"{p}.{name}", f"must be > 0, got {v}")
+        for d in self.data:
+            _require(d.weight > 0, f"{p}.data[{d.name}].weight", f"must be > 0, got {d.weight}")
+            _require(d.source in ("demo_text", "indexed"), f"{p}.data[{d.name}].source",
+                     f"must be demo_text or indexed, got {d.source!r}")
+            _require(d.source != "indexed" or bool(d.path), f"{p}.data[{d.name}].path", "indexed datasets need a path")
+        for m in self.lr_mult:
+            _require(m.mult > 0, f"{p}.lr_mult[{m.group}].mult", f"must be > 0, got {m.mult}")
+            _require(m.group in self.trainable, f"{p}.lr_mult[{m.group}].group",
+                     f"must be one of the stage's trainable groups {self.trainable}")
 
 
 @dataclass
@@ -170,6 +269,10 @@ class RunConfig:
         _require(len(self.stages) >= 1, "stages", "at least one stage is needed")
         names = [s.name for s in self.stages]
         _require(len(set(names)) == len(names), "stages", f"stage names must be unique, got {names}")
+        for s in self.stages:  # a length in tokens becomes whole optimizer steps
+            if s.steps is None:
+                per_step = (s.global_batch_size or self.data.global_batch_size) * (s.seq_length or self.data.seq_length)
+                s.steps = -(-s.tokens // per_step)
 
     @property
     def total_steps(self) -> int:

@@ -36,6 +36,7 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
         raise ConfigError(
             f"parallel.tp: tp={par.tp} does not divide model.vit.num_attention_heads={cfg.model.vit.num_attention_heads}"
         )
+    _validate_stages(cfg, world_size)
     if world_size is not None:
         model_parallel = par.tp * par.pp * par.cp
         if world_size % model_parallel:
@@ -49,6 +50,46 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
                 f"data.global_batch_size: {data.global_batch_size} is not divisible by micro_batch_size x dp = "
                 f"{data.micro_batch_size} x {dp}"
             )
+
+
+def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:
+    """Per-stage rules: group names, lengths vs schedules, sequence lengths and batch sizes per stage."""
+    from omni_mega.training.groups import check_group_name, known_groups
+
+    llm, data = cfg.model.llm, cfg.data
+    known = known_groups(cfg.model.vit is not None, cfg.model.connector is not None)
+    dp = cfg.parallel.data_parallel_size(world_size) if world_size else None
+    for i, s in enumerate(cfg.stages):
+        p = f"stages[{s.name}]"
+        for g in s.trainable:
+            try:
+                check_group_name(g, known)
+            except ValueError as e:
+                raise ConfigError(f"{p}.trainable: {e}") from None
+        if i == 0 and s.schedule == "resume":
+            raise ConfigError(f"{p}.schedule: the first stage has no previous schedule to resume; use new")
+        if s.schedule == "resume" and any(getattr(s, k) is not None for k in ("lr", "min_lr", "warmup_steps", "decay")):
+            raise ConfigError(f"{p}.schedule: resume continues the previous stage's schedule; drop lr/min_lr/"
+                              "warmup_steps/decay here or use schedule: rewarmup")
+        lr = s.lr if s.lr is not None else cfg.optim.lr
+        min_lr = s.min_lr if s.min_lr is not None else cfg.optim.min_lr
+        if not 0 <= min_lr <= lr:
+            raise ConfigError(f"{p}.min_lr: must be in [0, lr={lr}], got {min_lr}")
+        if s.warmup_steps is not None and s.warmup_steps < 0:
+            raise ConfigError(f"{p}.warmup_steps: must be >= 0, got {s.warmup_steps}")
+        if s.decay_steps is not None and s.decay_steps < 1:
+            raise ConfigError(f"{p}.decay_steps: must be >= 1, got {s.decay_steps}")
+        seq = s.seq_length or data.seq_length
+        if seq > llm.max_position_embeddings:
+            raise ConfigError(f"{p}.seq_length: {seq} exceeds model.llm.max_position_embeddings="
+                              f"{llm.max_position_embeddings}")
+        gbs = s.global_batch_size or data.global_batch_size
+        if gbs % data.micro_batch_size:
+            raise ConfigError(f"{p}.global_batch_size: {gbs} is not a multiple of data.micro_batch_size="
+                              f"{data.micro_batch_size}")
+        if dp and gbs % (data.micro_batch_size * dp):
+            raise ConfigError(f"{p}.global_batch_size: {gbs} is not divisible by micro_batch_size x dp = "
+                              f"{data.micro_batch_size} x {dp}")
 
 
 def _divisors(n: int) -> list[int]:

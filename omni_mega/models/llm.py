@@ -33,10 +33,8 @@ def ffn_size(cfg: LLMConfig) -> int:
 
 
 def transformer_config(cfg: LLMConfig, parallel: ParallelConfig, dtype: torch.dtype) -> TransformerConfig:
+    # Sequence parallelism without TE: `llm_layer_spec` uses SP-capable norms (models.vision.norms.SPNorm).
     te = probe().te
-    if parallel.sp and not te:
-        # megatron's local spec wraps torch norms that assert without sequence parallelism support.
-        raise ConfigError("parallel.sp: sequence parallelism needs TransformerEngine (GPU) for the LLM's norms")
     cuda = torch.cuda.is_available()
     return TransformerConfig(
         num_layers=cfg.num_layers,
@@ -71,21 +69,39 @@ def transformer_config(cfg: LLMConfig, parallel: ParallelConfig, dtype: torch.dt
     )
 
 
+def llm_layer_spec(cfg: LLMConfig, tcfg: TransformerConfig, vp_stage: int | None = None):
+    """TransformerEngine's GPT layer spec when TE imports; otherwise local TP linears with SP-capable norms and
+    packed (THD-capable) causal attention (models.vision.attention), so SP and PackedSeqParams work on CPU."""
+    if probe().te:
+        return gpt_layer_spec(cfg.normalization)
+    from omni_mega.models.vision.attention import block_spec
+
+    return block_spec(tcfg, causal=True, vp_stage=vp_stage)
+
+
 def build_llm(cfg: LLMConfig, parallel: ParallelConfig, vocab_size: int, max_seq: int, dtype: torch.dtype,
-              *, vp_stage: int | None = None) -> GPTModel:
-    """One GPTModel chunk for this pipeline rank (and virtual stage `vp_stage` when interleaved)."""
+              *, vp_stage: int | None = None, mrope_section: list[int] | None = None) -> GPTModel:
+    """One GPTModel chunk for this pipeline rank (and virtual stage `vp_stage` when interleaved).
+
+    mrope_section: (temporal, height, width) rotary pairs for Qwen2-VL's M-RoPE (sum = head_dim / 2); position_ids
+    are then [3, b, s] (models.mrope.get_rope_index). None: plain 1D RoPE."""
     tcfg = transformer_config(cfg, parallel, dtype)
+    if mrope_section is not None:
+        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        if sum(mrope_section) * 2 != head_dim:
+            raise ConfigError(f"mrope_section {mrope_section} must sum to head_dim / 2 = {head_dim // 2}")
+        tcfg.mrope_section = list(mrope_section)
     return GPTModel(
         config=tcfg,
-        transformer_layer_spec=gpt_layer_spec(cfg.normalization),
+        transformer_layer_spec=llm_layer_spec(cfg, tcfg, vp_stage),
         vocab_size=vocab_size,
         max_sequence_length=max_seq,
         pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
         post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
         share_embeddings_and_output_weights=not cfg.untie_embeddings,
-        position_embedding_type="rope",
         rotary_base=int(cfg.rotary_base),
         vp_stage=vp_stage,
+        position_embedding_type="rope" if mrope_section is None else "mrope",
     )
 
 

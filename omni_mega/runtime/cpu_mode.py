@@ -11,7 +11,7 @@ keeps its model-parallel RNG streams in CUDA generators. On a machine without CU
    `CudaRNGStatesTracker.fork()` swaps CPU generator states exactly as it would swap CUDA ones.
 
 So the same TP/PP/dist-checkpointing code that runs on GPUs can be debugged on a laptop (ENVIRONMENT.md records what
-was shown to work). `enable()` is idempotent and only ever entered when CUDA is absent.
+was shown to work). `enable()` is idempotent and only ever entered when CUDA is absent; `disable()` undoes it.
 """
 
 from __future__ import annotations
@@ -71,30 +71,36 @@ def _cpu_set_rng_state(new_state, device=None, *a, **k):
     torch.set_rng_state(new_state.cpu() if isinstance(new_state, torch.Tensor) else new_state)
 
 
-def _patch_cuda_api() -> None:
-    torch.cuda.current_device = lambda: 0
-    torch.cuda.device_count = lambda: 1
-    torch.cuda.set_device = lambda *a, **k: None
-    torch.cuda.synchronize = lambda *a, **k: None
-    torch.cuda.get_rng_state = _cpu_get_rng_state
-    torch.cuda.set_rng_state = _cpu_set_rng_state
-    torch.cuda.random.get_rng_state = _cpu_get_rng_state
-    torch.cuda.random.set_rng_state = _cpu_set_rng_state
+def _cuda_replacements() -> dict[tuple[object, str], object]:
+    """(module, attribute) -> CPU stand-in for every CUDA API megatron-core calls while training."""
     # torch.manual_seed itself calls torch.cuda.manual_seed_all: seed the CPU generator directly, no recursion.
     seed_cpu = lambda seed: torch.default_generator.manual_seed(int(seed))  # noqa: E731
-    torch.cuda.manual_seed = seed_cpu
-    torch.cuda.random.manual_seed = seed_cpu
-    torch.cuda.manual_seed_all = lambda seed: None
-    torch.cuda.empty_cache = lambda: None
-    torch.cuda.memory_allocated = lambda *a, **k: 0
-    torch.cuda.max_memory_allocated = lambda *a, **k: 0
-
-
-def _patch_megatron_rng() -> None:
     from megatron.core.tensor_parallel import random as mrandom
 
-    mrandom._get_cuda_rng_state = lambda *a, **k: torch.get_rng_state()
-    mrandom._set_cuda_rng_state = lambda new_state, *a, **k: _cpu_set_rng_state(new_state)
+    return {
+        # A torch.device, not the ordinal 0: the function mode is not active inside autograd's backward, where
+        # megatron's sequence-parallel linears allocate with device=torch.cuda.current_device(); 0 would mean cuda:0
+        # there. Every megatron training path uses the value only as a `device=` argument.
+        (torch.cuda, "current_device"): lambda: _CPU,
+        (torch.cuda, "device_count"): lambda: 1,
+        (torch.cuda, "set_device"): lambda *a, **k: None,
+        (torch.cuda, "synchronize"): lambda *a, **k: None,
+        (torch.cuda, "get_rng_state"): _cpu_get_rng_state,
+        (torch.cuda, "set_rng_state"): _cpu_set_rng_state,
+        (torch.cuda.random, "get_rng_state"): _cpu_get_rng_state,
+        (torch.cuda.random, "set_rng_state"): _cpu_set_rng_state,
+        (torch.cuda, "manual_seed"): seed_cpu,
+        (torch.cuda.random, "manual_seed"): seed_cpu,
+        (torch.cuda, "manual_seed_all"): lambda seed: None,
+        (torch.cuda, "empty_cache"): lambda: None,
+        (torch.cuda, "memory_allocated"): lambda *a, **k: 0,
+        (torch.cuda, "max_memory_allocated"): lambda *a, **k: 0,
+        (mrandom, "_get_cuda_rng_state"): lambda *a, **k: torch.get_rng_state(),
+        (mrandom, "_set_cuda_rng_state"): lambda new_state, *a, **k: _cpu_set_rng_state(new_state),
+    }
+
+
+_originals: dict[tuple[object, str], object] = {}
 
 
 class _DropForkWarning(logging.Filter):
@@ -104,19 +110,37 @@ class _DropForkWarning(logging.Filter):
         return "CPU RNG state changed within GPU RNG context" not in record.getMessage()
 
 
+_FORK_FILTER = _DropForkWarning()
+
+
 def enable() -> None:
-    """Enters CPU mode for the rest of the process. Refuses when CUDA is present: GPUs use the real paths."""
+    """Enters CPU mode until `disable()`. Refuses when CUDA is present: GPUs use the real paths."""
     global _mode
     if _mode is not None:
         return
     if torch.cuda.is_available():
         raise RuntimeError("cpu_mode.enable(): CUDA is available; CPU mode is only for machines without a GPU")
-    _patch_cuda_api()
-    _patch_megatron_rng()
-    logging.getLogger("megatron.core.tensor_parallel.random").addFilter(_DropForkWarning())
+    for (owner, name), stand_in in _cuda_replacements().items():
+        _originals[(owner, name)] = getattr(owner, name)
+        setattr(owner, name, stand_in)
+    logging.getLogger("megatron.core.tensor_parallel.random").addFilter(_FORK_FILTER)
     _mode = _CudaToCpuMode()
     _mode.__enter__()
     log.info("CPU mode: megatron-core CUDA device arguments and RNG run on CPU (development mode)")
+
+
+def disable() -> None:
+    """Leaves CPU mode and restores every patched function (runtime.shutdown() calls this), so code that runs later in
+    the same process, such as other tests or the Triton interpreter, sees plain torch again."""
+    global _mode
+    if _mode is None:
+        return
+    _mode.__exit__(None, None, None)
+    _mode = None
+    for (owner, name), original in _originals.items():
+        setattr(owner, name, original)
+    _originals.clear()
+    logging.getLogger("megatron.core.tensor_parallel.random").removeFilter(_FORK_FILTER)
 
 
 def is_enabled() -> bool:

@@ -91,6 +91,9 @@ def init_distributed(parallel: ParallelConfig, *, seed: int = 1234, timeout_s: i
         device = torch.device("cpu")
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", env.master_addr)
+        if env.launcher == "single" and "MASTER_PORT" not in os.environ:
+            # A lone process needs no agreed port: a free one avoids clashing with another local run on 29500.
+            os.environ["MASTER_PORT"] = str(_free_port())
         os.environ.setdefault("MASTER_PORT", str(env.master_port))
         dist.init_process_group(
             backend="nccl" if cuda else "gloo", rank=env.rank, world_size=env.world_size,
@@ -117,6 +120,14 @@ def init_distributed(parallel: ParallelConfig, *, seed: int = 1234, timeout_s: i
     return rt
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def shutdown() -> None:
     from megatron.core import parallel_state as ps
 
@@ -125,3 +136,4 @@ def shutdown() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    cpu_mode.disable()

@@ -1,6 +1,6 @@
-"""The training loop: megatron's forward_backward schedule (1F1B / interleaved) over our model chunks, megatron
-DistributedDataParallel + optimizer (distributed optimizer on GPU; torch AdamW fallback on CPU), LR per step,
-rank-0 progress and metrics.jsonl / TensorBoard."""
+"""The training loop through a curriculum: megatron's forward_backward schedule (1F1B / interleaved) over our model
+chunks, megatron DistributedDataParallel + optimizer (distributed optimizer on GPU; torch AdamW on CPU) rebuilt at
+each stage boundary for the stage's trainable set, LR from a pure schedule, checkpoints and exact resume."""
 
 from __future__ import annotations
 
@@ -12,16 +12,21 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
-from omni_mega.config import RunConfig
+from omni_mega.config import ConfigError, RunConfig, to_dict
 from omni_mega.data import demo_text
 from omni_mega.models.llm import build_llm_chunks, padded_vocab_size
 from omni_mega.runtime import Runtime
-from omni_mega.training.metrics import MetricsWriter
-from omni_mega.training.schedules import lr_at
+from omni_mega.training import checkpoint as ckpt_io
+from omni_mega.training.curriculum import LRPlan, StagePlan, banner, max_seq_length, plan_stages, set_rope_base, stage_at
+from omni_mega.training.data_source import StepSlice, build_source
+from omni_mega.training.freeze import apply_trainable, mark_frozen_pipeline_input, resolve, trainable_count
+from omni_mega.training.metrics import MetricsWriter, truncate_metrics
+from omni_mega.training.optim import build_optimizer, carry_over, set_adam_step, set_lr, snapshot, wrap_ddp
+from omni_mega.training.resume import check_model_shape, restore_partial_base
+from omni_mega.training.state import TrainerState
 
 log = logging.getLogger(__name__)
 
@@ -56,76 +61,148 @@ class StepResult:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: str | Path) -> None:
+    """`Trainer(cfg, rt, run_dir, resume="auto").train()` carries a run through all its stages."""
+
+    def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: str | Path, resume: str | None = None) -> None:
         self.cfg, self.rt, self.run_dir = cfg, rt, Path(run_dir)
         self.dtype = resolve_dtype(cfg.train.dtype)
-        data = cfg.data
+        self.plans = plan_stages(cfg)
+        self.lr_plan = LRPlan(cfg)
         self.vocab_size = padded_vocab_size(cfg.model.llm.vocab_size or demo_text.VOCAB_SIZE, cfg.parallel.tp)
-        self.micro_batches = data.global_batch_size // (data.micro_batch_size * rt.dp)
-        self.step = 0  # optimizer steps done
-        self.consumed_samples = 0
-        chunks = build_llm_chunks(cfg.model.llm, cfg.parallel, self.vocab_size, data.seq_length, self.dtype)
-        self.model = self._wrap_ddp(chunks)
-        self.optimizer = self._build_optimizer()
+        max_seq = max(max_seq_length(self.plans), cfg.data.seq_length)
+        self.chunks = build_llm_chunks(cfg.model.llm, cfg.parallel, self.vocab_size, max_seq, self.dtype)
+        for c in self.chunks:
+            c.to(rt.device)
+        self.total_params = trainable_count_all(self.chunks)
+        self.model: list = []
+        self.optimizer = None
+        self.stage: StagePlan | None = None
+        self.state = TrainerState(model=to_dict(cfg.model), parallel=to_dict(cfg.parallel), world_size=rt.world_size)
+        self._preflight()
+        ckpt = self._pick_resume(resume)
+        if rt.is_rank0:
+            truncate_metrics(self.run_dir, self.state.step if ckpt else 0)
         self.metrics = MetricsWriter(self.run_dir, enabled=rt.is_rank0, tensorboard=cfg.train.tensorboard)
+        if ckpt is None:
+            self._enter_stage(self.plans[0], fresh=True)
+        else:
+            self._resume(ckpt)
 
     # ---- set-up -------------------------------------------------------------------------------------------------
-    def _wrap_ddp(self, chunks: list) -> list:
-        for c in chunks:
-            c.to(self.rt.device)
-        ddp_cfg = DistributedDataParallelConfig(
-            grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=torch.cuda.is_available()
-        )
-        wrapped = [
-            DistributedDataParallel(c.config, ddp_cfg, c, disable_bucketing=i > 0) for i, c in enumerate(chunks)
-        ]
-        cfg0 = chunks[0].config
-        cfg0.finalize_model_grads_func = finalize_model_grads
-        cfg0.no_sync_func = [m.no_sync for m in wrapped] if len(wrapped) > 1 else wrapped[0].no_sync
-        cfg0.grad_scale_func = None
-        return wrapped
+    def _preflight(self) -> None:
+        """Errors a run would meet later, raised before step 1: groups that select nothing, init_from checkpoints
+        that are missing or of another model shape."""
+        for p in self.plans:
+            apply_trainable(self.chunks, p.name, p.cfg.trainable)
+            if p.cfg.init_from:
+                try:
+                    src = ckpt_io.resolve_ckpt(p.cfg.init_from)
+                except FileNotFoundError as e:
+                    raise ConfigError(f"stages[{p.name}].init_from: {e}") from None
+                check_model_shape(ckpt_io.read_state(src), self.cfg, f"stages[{p.name}].init_from ({src})")
 
-    def _build_optimizer(self):
-        o = self.cfg.optim
-        ocfg = OptimizerConfig(
-            optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
-            adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
-            bf16=self.dtype == torch.bfloat16, params_dtype=self.dtype,
-            use_distributed_optimizer=torch.cuda.is_available(),
-        )
-        return get_megatron_optimizer(ocfg, self.model)
+    def _pick_resume(self, resume: str | None):
+        if resume is None:
+            return None
+        if resume != "auto":
+            path = ckpt_io.resolve_ckpt(resume)
+            check_model_shape(ckpt_io.read_state(path), self.cfg, f"--resume {path}")
+            self.state = ckpt_io.read_state(path)
+            return path
+        good, skipped = ckpt_io.candidates(self.run_dir)
+        for line in skipped:
+            if self.rt.is_rank0:
+                log.warning("resume: skipping %s", line)
+        if not good:
+            if self.rt.is_rank0:
+                log.info("resume auto: no complete checkpoint in %s, starting from step 0", self.run_dir / "ckpt")
+            return None
+        check_model_shape(ckpt_io.read_state(good[0]), self.cfg, f"--resume auto ({good[0]})")
+        self._candidates = good
+        self.state = ckpt_io.read_state(good[0])
+        return good[0]
 
-    # ---- data ---------------------------------------------------------------------------------------------------
-    def _micro_batches(self):
-        """This rank's micro-batches for the current step: its data-parallel slice of the global batch."""
-        d = self.cfg.data
-        base = self.consumed_samples + self.rt.dp_rank() * self.micro_batches * d.micro_batch_size
-        for k in range(self.micro_batches):
-            mb = demo_text.micro_batch(base + k * d.micro_batch_size, d.micro_batch_size, d.seq_length, d.seed)
-            yield {key: v.to(self.rt.device) for key, v in mb.items()}
+    def _enter_stage(self, plan: StagePlan, *, fresh: bool) -> None:
+        """Applies a stage: trainable set, DDP + optimizer (carrying Adam state), RoPE base, data source, and
+        `init_from` when the stage starts fresh (not when resuming inside it)."""
+        snap = snapshot(self.optimizer) if self.optimizer is not None else None
+        counts = apply_trainable(self.chunks, plan.name, plan.cfg.trainable)
+        mark_frozen_pipeline_input(self.chunks)
+        self.model = wrap_ddp(self.chunks, old=self.model)
+        mults = {id(p): m.mult for m in plan.cfg.lr_mult for p in resolve(self.chunks, m.group)}
+        self.optimizer = build_optimizer(self.model, self.cfg.optim, self.dtype, mults)
+        carried, fresh_n = carry_over(self.optimizer, snap, self.state.step)
+        set_rope_base(self.chunks, plan.rope_base)
+        self.stage = plan
+        self.source = build_source(plan.mix, self.cfg.data.seed, self.state.consumed_samples)
+        self.trainable = trainable_count(self.chunks)
+        if fresh and plan.cfg.init_from:
+            self._init_from(plan)
+        if self.rt.is_rank0:
+            log.info("%s", banner(plan, self.lr_plan, counts, self.trainable, self.total_params, len(self.plans)))
+            if snap is not None:
+                log.info("  optimizer rebuilt: Adam state carried for %d tensors, %d start fresh (rank 0)",
+                         carried, fresh_n)
+
+    def _init_from(self, plan: StagePlan) -> None:
+        src = ckpt_io.resolve_ckpt(plan.cfg.init_from)
+        have, miss = ckpt_io.loaded_names(self.model, src)
+        ckpt_io.load_checkpoint(src, self.model, self.optimizer, with_optimizer=False)
+        if self.rt.is_rank0:
+            log.info("  init_from %s: %d parameter tensors from the checkpoint, %d kept from the current model%s",
+                     src, len(have), len(miss), f" ({', '.join(miss[:6])}{', ...' if len(miss) > 6 else ''})"
+                     if miss else "")
+
+    def _resume(self, ckpt: Path) -> None:
+        """Sets up the stage the checkpoint was written in, then loads it (falling back to older ones if it fails)."""
+        for cand in [ckpt] + [c for c in getattr(self, "_candidates", []) if c != ckpt]:
+            self.state = ckpt_io.read_state(cand)
+            plan = self.plans[self.state.stage_index]
+            self._enter_stage(plan, fresh=False)
+            try:
+                if self.state.save == "trainable_only":
+                    restore_partial_base(self, plan, cand)
+                ckpt_io.load_checkpoint(cand, self.model, self.optimizer)
+                ok = 1
+            except (Exception, CheckpointException) as e:  # corrupt files: report, try the next older one
+                log.warning("resume: %s failed to load (%s: %s); trying an older checkpoint", cand,
+                            type(e).__name__, e)
+                ok = 0
+            if _all_ok(ok, self.rt.device):
+                set_adam_step(self.optimizer, self.state.step)
+                self.source.load_state_dict(self.state.data)
+                if self.rt.is_rank0:
+                    log.info("resumed from %s: step %d, stage %s step %d, %d samples consumed", cand,
+                             self.state.step, plan.name, self.state.step_in_stage, self.state.consumed_samples)
+                return
+        raise RuntimeError(f"resume: no checkpoint in {self.run_dir / 'ckpt'} could be loaded")
 
     # ---- one step -----------------------------------------------------------------------------------------------
-    def set_lr(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-
     def train_step(self) -> StepResult:
-        d = self.cfg.data
-        lr = lr_at(self.step, self.cfg.total_steps, self.cfg.optim)
-        self.set_lr(lr)
+        plan, d = self.stage, self.cfg.data
+        lr = self.lr_plan.lr(self.state.step)
+        set_lr(self.optimizer, lr, self.cfg.optim.weight_decay)
         for m in self.model:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
-        it = self._micro_batches()
+        num_micro = plan.global_batch_size // (d.micro_batch_size * self.rt.dp)
+        sl = StepSlice(self.rt.dp_rank(), self.rt.dp, num_micro, d.micro_batch_size, plan.seq_length)
+        it = ({k: v.to(self.rt.device) for k, v in mb.items()} for mb in self.source.micro_batches(sl))
         data_iter = [it] * len(self.model) if len(self.model) > 1 else it
         losses = get_forward_backward_func()(
             forward_step_func=lm_forward_step, data_iterator=data_iter,
-            model=self.model if len(self.model) > 1 else self.model[0], num_microbatches=self.micro_batches,
-            seq_length=d.seq_length, micro_batch_size=d.micro_batch_size, forward_only=False,
+            model=self.model if len(self.model) > 1 else self.model[0], num_microbatches=num_micro,
+            seq_length=plan.seq_length, micro_batch_size=d.micro_batch_size, forward_only=False,
         )
         ok, grad_norm, _ = self.optimizer.step()
-        self.step += 1
-        self.consumed_samples += d.global_batch_size
+        self.source.advance(plan.global_batch_size)
+        s = self.state
+        s.step += 1
+        s.step_in_stage = s.step - plan.start_step
+        s.stage_index, s.stage_name = plan.index, plan.name
+        s.consumed_samples = self.source.consumed_samples
+        s.consumed_tokens += plan.global_batch_size * plan.seq_length
+        s.lr, s.rope_base = lr, plan.rope_base
         return StepResult(self._mean_loss(losses), float(grad_norm or 0.0), lr, not ok)
 
     def _mean_loss(self, losses: list[dict]) -> float:
@@ -141,35 +218,60 @@ class Trainer:
         return float(local.item() / last_stage_ranks)
 
     # ---- the loop -----------------------------------------------------------------------------------------------
+    def save(self) -> Path:
+        s = self.state
+        s.save, s.trainable = self.stage.cfg.save, list(self.stage.cfg.trainable)
+        s.data = self.source.state_dict()
+        return ckpt_io.save_checkpoint(self.run_dir, self.model, self.optimizer, s)
+
+    def _record(self, r: StepResult, dt: float) -> dict:
+        plan, s = self.stage, self.state
+        rec = {
+            "step": s.step, "stage": plan.name, "stage_index": plan.index, "stage_step": s.step_in_stage,
+            "loss": r.loss, "grad_norm": r.grad_norm, "lr": r.lr, "tokens": s.consumed_tokens,
+            "tokens_per_s": plan.global_batch_size * plan.seq_length / dt, "trainable_params": self.trainable,
+            "seq_length": plan.seq_length, "rope_base": plan.rope_base, "skipped": r.skipped,
+        }
+        for m in plan.cfg.lr_mult:
+            rec[f"lr/{m.group}"] = r.lr * m.mult
+        return rec
+
     def train(self) -> list[StepResult]:
-        results = []
-        d = self.cfg.data
-        tokens_per_step = d.global_batch_size * d.seq_length
-        start = time.perf_counter()
-        first = self.step
-        for stage in self.cfg.stages:
-            if self.rt.is_rank0:
-                log.info("stage %s: %d steps, seq %d, global batch %d", stage.name, stage.steps, d.seq_length,
-                         d.global_batch_size)
-            for _ in range(stage.steps):
-                t0 = time.perf_counter()
-                r = self.train_step()
-                dt = time.perf_counter() - t0
-                results.append(r)
-                self.metrics.write({
-                    "step": self.step, "stage": stage.name, "loss": r.loss, "grad_norm": r.grad_norm, "lr": r.lr,
-                    "tokens": self.consumed_samples * d.seq_length, "tokens_per_s": tokens_per_step / dt,
-                    "skipped": r.skipped,
-                })
-                if self.rt.is_rank0 and (self.step % self.cfg.train.log_interval == 0 or self.step == 1):
-                    elapsed = time.perf_counter() - start
-                    rate = (self.step - first) / elapsed
-                    eta = (self.cfg.total_steps - self.step) / max(rate, 1e-9)
-                    log.info("step %5d/%d | %s | loss %.4f | grad %.3f | lr %.2e | %6.0f tok/s | ETA %s",
-                             self.step, self.cfg.total_steps, stage.name, r.loss, r.grad_norm, r.lr,
-                             tokens_per_step * rate, _hms(eta))
+        results, total = [], self.cfg.total_steps
+        start, first = time.perf_counter(), self.state.step
+        while self.state.step < total:
+            plan = stage_at(self.plans, self.state.step)
+            if plan.index != self.stage.index:
+                self._enter_stage(plan, fresh=True)
+            t0 = time.perf_counter()
+            r = self.train_step()
+            results.append(r)
+            self.metrics.write(self._record(r, time.perf_counter() - t0))
+            s, iv = self.state, plan.cfg.ckpt_interval
+            if s.step == plan.end_step or (iv and s.step_in_stage % iv == 0):
+                self.save()
+            if self.rt.is_rank0 and (s.step % self.cfg.train.log_interval == 0 or s.step == first + 1):
+                rate = (s.step - first) / (time.perf_counter() - start)
+                log.info("step %5d/%d | %s | loss %.4f | grad %.3f | lr %.2e | %6.0f tok/s | ETA %s", s.step, total,
+                         plan.name, r.loss, r.grad_norm, r.lr, plan.global_batch_size * plan.seq_length * rate,
+                         _hms((total - s.step) / max(rate, 1e-9)))
         self.metrics.close()
         return results
+
+
+def trainable_count_all(chunks: list) -> int:
+    """Parameter elements of the whole model (all pipeline/tensor ranks), trainable or not."""
+    from omni_mega.training.freeze import _global_sum
+
+    return _global_sum(sum(p.numel() for c in chunks for p in c.parameters()))
+
+
+def _all_ok(ok: int, device) -> bool:
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return bool(ok)
+    t = torch.tensor([ok], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
 
 
 def _hms(seconds: float) -> str:

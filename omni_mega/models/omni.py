@@ -1,0 +1,163 @@
+"""OmniModel: vision tower + connector (first pipeline stage only) feeding megatron's GPTModel.
+
+On the first pipeline stage the text embeddings are computed with the LLM's own embedding layer, the merged visual
+tokens (ViT -> projector or Ovis visual tokenizer) replace the image placeholder tokens, indicator rows replace the
+indicator tokens (VET), and the result goes to GPTModel as `decoder_input` (megatron `[s, b, h]`, scattered along s
+under sequence parallelism). Later stages are plain GPTModel chunks. A micro-batch without images still runs a tiny
+dummy image through the vision tower and connector and adds it with weight 0, so every trainable parameter is in the
+autograd graph whatever the batch holds (DDP buffers and pipeline stages then never wait on a missing gradient).
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core import tensor_parallel
+from megatron.core.models.gpt import GPTModel
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.transformer.module import MegatronModule
+from torch import nn
+
+from omni_mega.config import ConnectorConfig
+from omni_mega.models.vision.merge import check_placeholders, image_loss_mask
+from omni_mega.models.vision.vit import VisionTransformer
+
+
+class OmniModel(MegatronModule):
+    """One model chunk: `llm` (GPTModel) plus, where `llm.pre_process`, `vit` and `connector`.
+
+    connector: a `Projector` (kind "mlp") or a `VisualTokenizer` (kind "vet"), mapping [N, vit.out_features] to
+    [N, llm hidden].
+    """
+
+    def __init__(self, llm: GPTModel, vit: VisionTransformer | None, connector: nn.Module | None,
+                 connector_cfg: ConnectorConfig, vit_num_layers: int) -> None:
+        super().__init__(config=llm.config)
+        self.llm, self.vit, self.connector = llm, vit, connector
+        self.pre_process, self.post_process = llm.pre_process, llm.post_process
+        self.kind = connector_cfg.kind
+        self.image_token_id = connector_cfg.image_token_id
+        self.indicator_token_ids = list(connector_cfg.indicator_token_ids)
+        self.vit_num_layers = vit_num_layers
+        if self.pre_process and (vit is None or connector is None):
+            raise ValueError("OmniModel: the first pipeline stage needs both vit and connector")
+
+    # ---- megatron plumbing ---------------------------------------------------------------------------------------
+    def set_input_tensor(self, input_tensor) -> None:
+        self.llm.set_input_tensor(input_tensor)
+
+    # megatron's schedules and finalize_model_grads read these from the outermost module that has pre_process.
+    @property
+    def model_type(self):
+        return self.llm.model_type
+
+    @property
+    def share_embeddings_and_output_weights(self) -> bool:
+        return self.llm.share_embeddings_and_output_weights
+
+    def shared_embedding_or_output_weight(self):
+        return self.llm.shared_embedding_or_output_weight()
+
+    @property
+    def special_token_ids(self) -> list[int]:
+        return [self.image_token_id, *self.indicator_token_ids]
+
+    def loss_mask(self, input_ids: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+        """loss_mask [b, s] with image placeholder / indicator positions (as input or as target) set to 0.
+        Needs no vision modules: every pipeline stage can call it on the micro-batch."""
+        return image_loss_mask(input_ids, labels, loss_mask, self.special_token_ids)
+
+    # ---- named module groups (the curriculum's freeze/LR contract) ----------------------------------------------
+    def named_groups(self) -> dict:
+        """Group name -> `training.freeze.ModuleGroup` (modules this chunk holds; empty when the group lives on another
+        pipeline stage). Layer lists also map global 0-based layer index -> layer, so the curriculum's resolver can
+        slice `vit.layers[-k:]` / `llm.layers[-k:]` the same way under any layout."""
+        from omni_mega.training.freeze import ModuleGroup, llm_groups
+
+        groups = llm_groups(self.llm)
+        vit, conn, vet = self.vit, self.connector, self.kind == "vet"
+        here = vit is not None
+        layers = {layer.layer_number - 1: layer for layer in vit.block.layers} if here else {}
+        patch = [vit.patch_embed] + ([vit.pos_embed] if vit.pos_embed is not None else []) if here else []
+        groups.update({
+            "vit": ModuleGroup([vit] if here else []),
+            "vit.patch_embed": ModuleGroup(patch),
+            "vit.layers": ModuleGroup(list(layers.values()), layers, self.vit_num_layers),
+            "visual_head": ModuleGroup([conn.head] if here and vet else []),
+            "vet": ModuleGroup([conn.vet] if here and vet else []),
+            "projector": ModuleGroup([conn] if here and not vet else []),
+        })
+        return groups
+
+    # ---- forward ---------------------------------------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, attention_mask=None,
+                labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
+                grid_thw: torch.Tensor | None = None, packed_seq_params: PackedSeqParams | None = None):
+        """Args:
+            input_ids: int64 [b, s] with one `image_token_id` per merged visual token (b = 1 for packed THD).
+            position_ids: int64 [b, s], or [3, b, s] for M-RoPE (`models.mrope.get_rope_index`), or None.
+            labels: int64 [b, s] or None; mask image positions with `loss_mask` in the loss function.
+            pixel_values: [T, C*tps*p*p] packed patches (`ops.pack_images`) or None for a text-only micro-batch.
+            grid_thw: int [N, 3] per image, with pixel_values.
+            packed_seq_params: THD packing of the text (cu_seqlens over the s axis), or None.
+        Returns:
+            per-token loss [b, s] (float32) when labels are given on the last stage, logits [b, s, V/tp] otherwise
+            on the last stage, hidden states [s, b, h] on other stages (GPTModel's contract).
+        """
+        decoder_input = None
+        if self.pre_process:
+            decoder_input = self.embed(input_ids, position_ids, pixel_values, grid_thw)
+        return self.llm(input_ids, position_ids, attention_mask, decoder_input=decoder_input, labels=labels,
+                        packed_seq_params=packed_seq_params)
+
+    def visual_embeddings(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """[T, C*tps*p*p] patches + grid [N, 3] -> [T / merge^2, llm hidden] (full on every TP rank)."""
+        return self.connector(self.vit(pixel_values, grid_thw))
+
+    def embed(self, input_ids, position_ids, pixel_values, grid_thw) -> torch.Tensor:
+        """Text embeddings with visual/indicator rows substituted: [s, b, h] (s / tp under SP)."""
+        special = torch.isin(input_ids, torch.tensor(self.special_token_ids, device=input_ids.device))
+        ids = input_ids.masked_fill(special, 0)  # placeholder ids need not exist in the vocabulary
+        emb = self.llm.embedding(input_ids=ids, position_ids=None if position_ids is None or position_ids.dim() == 3
+                                 else position_ids)
+        sp = self.config.sequence_parallel
+        if sp:  # the visual rows land anywhere in s: work on the full sequence, split again below
+            emb = tensor_parallel.gather_from_sequence_parallel_region(emb, tensor_parallel_output_grad=False)
+        emb = emb.transpose(0, 1)  # [b, s, h]
+        if pixel_values is None:
+            if bool((input_ids == self.image_token_id).any()):
+                raise ValueError(f"input_ids hold image placeholder tokens (id {self.image_token_id}) but no "
+                                 "pixel_values were given")
+            emb = emb + self._dummy_visual().to(emb.dtype) * 0.0
+        else:
+            if grid_thw is None:
+                raise ValueError("pixel_values were given without grid_thw ([N, 3] (t, h, w) per image in patches)")
+            m = self.vit.cfg.merge_size
+            check_placeholders(input_ids, self.image_token_id, grid_thw, m)
+            vis = self.visual_embeddings(pixel_values, grid_thw).to(emb.dtype)
+            emb = emb.index_put(torch.nonzero(input_ids == self.image_token_id, as_tuple=True), vis)
+        emb = self._put_indicators(emb, input_ids)
+        emb = emb.transpose(0, 1).contiguous()  # [s, b, h]
+        if sp:
+            emb = tensor_parallel.scatter_to_sequence_parallel_region(emb)
+        return emb
+
+    def _dummy_visual(self) -> torch.Tensor:
+        """Sum of the vision tower + connector output on a tiny zero image (one merge block): a scalar."""
+        m, vit = self.vit.cfg.merge_size, self.vit
+        dev = vit.patch_embed.weight.device
+        px = torch.zeros(m * m, vit.in_features, dtype=vit.patch_embed.weight.dtype, device=dev)
+        grid = torch.tensor([[1, m, m]], dtype=torch.long)
+        return self.visual_embeddings(px, grid).sum()
+
+    def _put_indicators(self, emb: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.kind != "vet" or self.connector.vet.indicators is None:
+            return emb
+        table = self.connector.vet.indicators
+        emb = emb + table.sum().to(emb.dtype) * 0.0  # indicator rows stay in the graph when none occur
+        for k, tok in enumerate(self.indicator_token_ids):
+            where = torch.nonzero(input_ids == tok, as_tuple=True)
+            if where[0].numel():
+                ids = torch.full((where[0].numel(),), k, dtype=torch.long, device=input_ids.device)
+                emb = emb.index_put(where, self.connector.indicator(ids).to(emb.dtype))
+        return emb
+

@@ -1,0 +1,134 @@
+"""Native-resolution ViT on megatron-core: patch embedding, optional interpolated learned positions, a
+`TransformerBlock` with packed non-causal attention + 2D RoPE, and the 2x2 spatial merge.
+
+Layouts: pixel_values THD-style `[T, C * tps * p * p]` (what `ops.pack_images` produces, one row per patch in
+`vision_positions` order); inside the block megatron's `[s, b, h]` with b = 1 (the whole pack is one "sequence",
+`VisionPackedSeqParams.cu_seqlens_q` keeps images apart). Tensor parallelism comes from the spec's column/row-parallel
+linears; with sequence parallelism the pack is split along T across TP ranks (padded to a multiple of tp with a
+throw-away segment) and gathered back before the merge.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from megatron.core import tensor_parallel
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.transformer_block import TransformerBlock
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from omni_mega.config import ParallelConfig, ViTConfig
+from omni_mega.models.vision.attention import VisionPackedSeqParams, block_spec
+from omni_mega.models.vision.merge import spatial_merge
+
+
+def vit_transformer_config(cfg: ViTConfig, parallel: ParallelConfig, dtype: torch.dtype) -> TransformerConfig:
+    """megatron TransformerConfig of the ViT: TP/SP from `parallel`, never pipeline-split (the whole ViT lives on
+    the first pipeline stage), so pipeline_model_parallel_size is 1 here whatever the LLM uses."""
+    cuda = torch.cuda.is_available()
+    return TransformerConfig(
+        num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_attention_heads,
+        ffn_hidden_size=cfg.ffn_hidden_size or 4 * cfg.hidden_size,
+        kv_channels=cfg.hidden_size // cfg.num_attention_heads,
+        normalization=cfg.normalization, layernorm_epsilon=1e-6,
+        gated_linear_unit=cfg.activation == "swiglu", activation_func=F.silu if cfg.activation == "swiglu" else F.gelu,
+        add_bias_linear=True, init_method_std=cfg.init_method_std, attention_dropout=0.0, hidden_dropout=0.0,
+        tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=1, sequence_parallel=parallel.sp,
+        params_dtype=dtype, bf16=dtype == torch.bfloat16, use_cpu_initialization=not cuda,
+        bias_dropout_fusion=cuda, masked_softmax_fusion=False, gradient_accumulation_fusion=False,
+        persist_layer_norm=False, apply_rope_fusion=False,
+    )
+
+
+class LearnedPositions(torch.nn.Module):
+    """A learned [G*G, hidden] position table, bilinearly resized to each image's (h, w) patch grid (native
+    resolution: any grid size) and read at each token's (row, col)."""
+
+    def __init__(self, grid: int, hidden: int, dtype: torch.dtype, std: float) -> None:
+        super().__init__()
+        self.grid = grid
+        self.table = torch.nn.Parameter(torch.randn(grid * grid, hidden, dtype=dtype) * std)
+
+    def forward(self, grid_thw: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """grid_thw: int [N, 3]; pos: int32 [T, 2] (row, col). Returns [T, hidden] in the table's dtype."""
+        g = self.grid
+        # interpolate in fp32 at least (bf16 bilinear weights are coarse); fp64 stays fp64
+        table = self.table.view(g, g, -1).permute(2, 0, 1)[None]  # [1, hidden, G, G]
+        table = table.to(torch.promote_types(table.dtype, torch.float32))
+        out, start = [], 0
+        for t, h, w in grid_thw.tolist():
+            n = t * h * w
+            resized = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False)[0]  # [hidden, h, w]
+            p = pos[start:start + n].long()
+            out.append(resized[:, p[:, 0], p[:, 1]].t())
+            start += n
+        return torch.cat(out).to(self.table.dtype)
+
+
+class VisionTransformer(MegatronModule):
+    """pixel_values [T, C*tps*p*p] + grid_thw [N, 3] -> merged features [T / m^2, m^2 * hidden] (full, every TP rank).
+
+    Submodules (named groups for the curriculum): `patch_embed` (+ `pos_embed` when configured), `block.layers`,
+    `block.final_layernorm`.
+    """
+
+    def __init__(self, cfg: ViTConfig, parallel: ParallelConfig, dtype: torch.dtype) -> None:
+        config = vit_transformer_config(cfg, parallel, dtype)
+        super().__init__(config=config)
+        self.cfg, self.tp, self.sp = cfg, parallel.tp, parallel.sp
+        self.in_features = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size ** 2
+        # A linear over the flattened patch equals Qwen2-VL's Conv3d with kernel = stride = (tps, p, p).
+        self.patch_embed = torch.nn.Linear(self.in_features, cfg.hidden_size, bias=False, dtype=dtype)
+        torch.nn.init.normal_(self.patch_embed.weight, std=cfg.init_method_std)
+        self.pos_embed = LearnedPositions(cfg.pos_embed_grid, cfg.hidden_size, dtype, cfg.init_method_std) \
+            if cfg.pos_embed_grid else None
+        self.block = TransformerBlock(config=config, spec=block_spec(config, causal=False), post_layer_norm=True,
+                                      pre_process=True, post_process=True)
+
+    @property
+    def out_features(self) -> int:
+        return self.cfg.merge_size ** 2 * self.cfg.hidden_size
+
+    def set_input_tensor(self, tensor) -> None:  # the ViT is never pipeline-split
+        pass
+
+    def forward(self, pixel_values: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """Args:
+            pixel_values: [T, C*tps*p*p] float, patches in `vision_positions` order (merge blocks contiguous).
+            grid_thw: int32/int64 [N, 3] (t, h, w) in patches; h, w divisible by merge_size.
+        Returns:
+            [T / merge^2, merge^2 * hidden], the config dtype; identical on every TP rank.
+        """
+        from omni_mega.ops import vision_positions
+
+        if pixel_values.dim() != 2 or pixel_values.size(1) != self.in_features:
+            raise ValueError(f"pixel_values must be [T, {self.in_features}] (C*tps*p*p), "
+                             f"got {tuple(pixel_values.shape)}")
+        pos, cu = vision_positions(grid_thw.cpu(), self.cfg.merge_size)
+        if pos.size(0) != pixel_values.size(0):
+            raise ValueError(f"grid_thw {grid_thw.tolist()} describes {pos.size(0)} patches but pixel_values has "
+                             f"{pixel_values.size(0)} rows")
+        dev = pixel_values.device
+        pos, cu = pos.to(dev), cu.to(dev)
+        x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(grid_thw, pos)
+        total = x.size(0)
+        pad = (-total) % self.tp if self.sp else 0
+        if pad:  # SP splits T across TP ranks: pad with a separate segment that attends only to itself
+            x = torch.cat([x, x.new_zeros(pad, x.size(1))])
+            pos = torch.cat([pos, pos.new_zeros(pad, 2)])
+            cu = torch.cat([cu, cu.new_tensor([total + pad])])
+        lengths = cu[1:] - cu[:-1]
+        params = VisionPackedSeqParams(
+            qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=int(lengths.max()),
+            max_seqlen_kv=int(lengths.max()), pos=pos, rope_theta=self.cfg.rope_theta, rope_layout=self.cfg.rope_layout,
+        )
+        h = x[:, None, :]  # [T, b=1, hidden]
+        if self.sp:
+            h = tensor_parallel.scatter_to_sequence_parallel_region(h)
+        h = self.block(hidden_states=h, attention_mask=None, packed_seq_params=params)
+        if self.sp:
+            # Later modules run replicated on every TP rank: the backward keeps this rank's slice of the gradient.
+            h = tensor_parallel.gather_from_sequence_parallel_region(h, tensor_parallel_output_grad=False)
+        return spatial_merge(h[:total, 0], self.cfg.merge_size)

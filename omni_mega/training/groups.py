@@ -1,0 +1,70 @@
+"""Module-group names used by stage configs (`llm`, `llm.embedding`, `llm.layers[-2:]`, `vit.layers[-1:]`, ...).
+
+Pure Python (no torch) so config validation can check names before any model exists. A name is a dotted path,
+optionally ending in a Python-style slice or index over a layer list: `layers[-2:]`, `layers[3]`, `layers[1:3]`.
+Slices count over the *whole* model's layers (all pipeline ranks), so the same name means the same layers under any
+TP/PP layout; `omni_mega.training.freeze` maps them to the layers a rank holds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_NAME = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*)(?:\[(-?\d*)(:(-?\d*))?\])?$")
+
+# Groups every text model has. Vision groups exist only when the model config has the parts (the models issue
+# registers them through the model's `named_groups()`).
+LLM_GROUPS = ("llm", "llm.embedding", "llm.layers", "llm.final_norm", "llm.output_layer")
+VISION_GROUPS = ("vit", "vit.patch_embed", "vit.layers", "visual_head", "vet", "projector")
+SLICEABLE = ("llm.layers", "vit.layers")
+
+
+@dataclass(frozen=True)
+class GroupRef:
+    base: str  # e.g. "llm.layers"
+    index: slice | int | None  # None: the whole group
+
+    def select(self, total: int) -> list[int]:
+        """Global indices (0-based) this reference picks out of `total` layers."""
+        if self.index is None:
+            return list(range(total))
+        if isinstance(self.index, int):
+            i = self.index + total if self.index < 0 else self.index
+            return [i] if 0 <= i < total else []
+        return list(range(total))[self.index]
+
+
+def parse_group(name: str) -> GroupRef:
+    """'llm.layers[-2:]' -> GroupRef('llm.layers', slice(-2, None)). Raises ValueError on bad syntax."""
+    m = _NAME.match(name.strip())
+    if not m:
+        raise ValueError(f"{name!r} is not a module-group name (expected e.g. llm, llm.embedding, llm.layers[-2:])")
+    base, start, colon, stop = m.group(1), m.group(2), m.group(3), m.group(4)
+    if start is None:
+        return GroupRef(base, None)
+    if colon is None:
+        if start == "":
+            raise ValueError(f"{name!r}: empty index")
+        return GroupRef(base, int(start))
+    return GroupRef(base, slice(int(start) if start else None, int(stop) if stop else None))
+
+
+def known_groups(has_vision: bool, has_connector: bool) -> tuple[str, ...]:
+    groups = list(LLM_GROUPS)
+    if has_vision:
+        groups += ["vit", "vit.patch_embed", "vit.layers", "visual_head"]
+    if has_connector:
+        groups += ["vet", "projector"]
+    return tuple(groups)
+
+
+def check_group_name(name: str, known: tuple[str, ...]) -> GroupRef:
+    """Parses `name` and checks it against `known`; ValueError says what is valid."""
+    ref = parse_group(name)
+    if ref.base not in known:
+        raise ValueError(f"unknown module group {name!r}; known groups: {', '.join(known)} "
+                         f"(layer lists accept slices: {', '.join(s + '[-2:]' for s in SLICEABLE if s in known)})")
+    if ref.index is not None and ref.base not in SLICEABLE:
+        raise ValueError(f"{name!r}: only layer lists ({', '.join(SLICEABLE)}) take an index or slice")
+    return ref
