@@ -36,7 +36,8 @@ test: build cuda-check
 	$(PY) -m pytest -q tests
 
 demo: build
-	$(VENV)/bin/omni-mega demo
+	$(VENV)/bin/omni-mega demo --run-dir runs/demo
+	$(VENV)/bin/omni-mega report runs/demo
 
 bench: build
 	$(PY) benchmarks/run_all.py

@@ -75,4 +75,6 @@ def test_yaml_file_errors(tmp_path):
 
 
 def test_defaults_are_a_valid_config():
-    validate(RunConfig(), world_size=1)
+    cfg = RunConfig()
+    validate(cfg, world_size=1)  # raises ConfigError if any default breaks a rule
+    assert cfg.total_steps == sum(s.steps for s in cfg.stages) > 0

@@ -1,12 +1,10 @@
 """The Triton rope_2d kernel: compiled on a GPU (fp32 and bf16), else under TRITON_INTERPRET=1 on CPU (fp32 only:
 bf16 is broken in the interpreter).
 
-Without a GPU the variable must be set before the kernel module is imported (triton.jit reads it when decorating);
-it is set for the import and for each test here, and restored afterwards so other test files see the environment
-they expect.
+The variable must be set before triton is first imported (triton.jit reads it when decorating, also for triton's
+own standard library): tests/conftest.py sets it for the whole session when there is no GPU.
 """
 
-import os
 
 import pytest
 import torch
@@ -17,20 +15,13 @@ ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 DTYPES = [torch.float32, torch.bfloat16] if ON_GPU else [torch.float32]
 
-_prev = os.environ.get("TRITON_INTERPRET")
-if not ON_GPU:
-    os.environ["TRITON_INTERPRET"] = "1"
+# tests/conftest.py sets TRITON_INTERPRET=1 without a GPU before anything imports triton.
 try:
     from omni_mega.ops.triton import rope_2d as tri  # noqa: F401  (registers the triton ops)
 
     _IMPORT_ERROR = None
 except Exception as e:  # triton missing or the interpreter cannot load
     _IMPORT_ERROR = repr(e)
-finally:
-    if _prev is None:
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = _prev
 
 from omni_mega.ops import rope_2d, rope_2d_qk, rope_2d_ref  # noqa: E402
 

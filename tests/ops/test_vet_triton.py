@@ -1,11 +1,10 @@
 """The Triton kernels of visual_head_vet (forward and backward): compiled on a GPU (fp32 and bf16), else under
 TRITON_INTERPRET=1 on CPU (fp32 only: bf16 is broken in the interpreter; tiny shapes: it is ~1000x slower than torch).
 
-The variable must be set before the kernel module is imported (triton.jit reads it when decorating); it is set for
-the import and restored afterwards so other test files see the environment they expect.
+The variable must be set before triton is first imported (triton.jit reads it when decorating, also for triton's
+own standard library): tests/conftest.py sets it for the whole session when there is no GPU.
 """
 
-import os
 
 import pytest
 import torch
@@ -17,20 +16,13 @@ from tests.ops.test_vet import HEAD_NAMES, _fwd_bwd, _head_fn, _head_inputs, _he
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
 
-_prev = os.environ.get("TRITON_INTERPRET")
-if not ON_GPU:
-    os.environ["TRITON_INTERPRET"] = "1"
+# tests/conftest.py sets TRITON_INTERPRET=1 without a GPU before anything imports triton.
 try:
     from omni_mega.ops.triton import vet as tri
 
     _IMPORT_ERROR = None
 except Exception as e:  # triton missing or the interpreter cannot load
     _IMPORT_ERROR = repr(e)
-finally:
-    if _prev is None:
-        os.environ.pop("TRITON_INTERPRET", None)
-    else:
-        os.environ["TRITON_INTERPRET"] = _prev
 
 _HAS_OP = has_cuda_extension() if ON_GPU else has_cpu_extension()
 pytestmark = pytest.mark.skipif(_IMPORT_ERROR is not None, reason=f"Triton interpreter unavailable: {_IMPORT_ERROR}")

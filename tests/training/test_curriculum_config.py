@@ -64,9 +64,12 @@ def test_tokens_become_steps_and_stages_inherit():
 
 
 def test_vision_groups_need_a_vision_model():
-    cfg = _cfg("{name: s1, steps: 2, trainable: ['vit.layers[-1:]', projector]}",
-               extra=["model.vit.num_layers=2", "model.connector.kind=mlp"])
+    stage = "{name: s1, steps: 2, trainable: ['vit.layers[-1:]', projector]}"
+    with pytest.raises(ConfigError, match=r"stages\[s1\].trainable: unknown module group 'vit.layers\[-1:\]'"):
+        validate(_cfg(stage), world_size=1)  # a text-only model has no vision groups
+    cfg = _cfg(stage, extra=["model.vit.num_layers=2", "model.connector.kind=mlp"])
     validate(cfg, world_size=1)
+    assert cfg.stages[0].trainable == ["vit.layers[-1:]", "projector"]
 
 
 @pytest.mark.parametrize("name,base,index", [
