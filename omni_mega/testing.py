@@ -58,3 +58,20 @@ def assert_matches_oracle(
     if floor is not None:
         atol = max(atol, floor)
     torch.testing.assert_close(actual.double().cpu(), oracle64.double().cpu(), atol=atol, rtol=rtol, msg=lambda m: f"{name}: {m}")
+
+
+def devices() -> list[str]:
+    """CPU always; CUDA when present (op tests run the CUDA kernels only on a GPU machine)."""
+    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+
+
+def native_backends(device: str) -> list[str]:
+    """The reference plus whichever compiled kernel runs on `device` in this build."""
+    from omni_mega.ops import has_cpu_extension, has_cuda_extension
+
+    names = ["ref"]
+    if device == "cpu" and has_cpu_extension():
+        names.append("cpp")
+    if device == "cuda" and has_cuda_extension():
+        names.append("cuda")
+    return names

@@ -19,8 +19,3 @@ if ROOT not in sys.path:
 def _seed():
     # Fresh but reproducible random inputs per test.
     torch.manual_seed(1234)
-
-
-def devices() -> list[str]:
-    """CPU always; CUDA when present (tests run the CUDA kernels only on a GPU machine)."""
-    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]

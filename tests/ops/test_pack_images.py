@@ -2,24 +2,13 @@ import numpy as np
 import pytest
 import torch
 
-from omni_mega.ops import has_cpu_extension, has_cuda_extension, pack_images, pack_images_ref
+from omni_mega.ops import has_cpu_extension, pack_images, pack_images_ref
 from omni_mega.ops.pack_images import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-from omni_mega.testing import assert_matches_oracle
+from omni_mega.testing import assert_matches_oracle, devices, native_backends
 
 needs_cpp = pytest.mark.skipif(not has_cpu_extension(), reason="needs the C++ extension (make build)")
 
 
-def _backends(device: str) -> list[str]:
-    names = ["ref"]
-    if device == "cpu" and has_cpu_extension():
-        names.append("cpp")
-    if device == "cuda" and has_cuda_extension():
-        names.append("cuda")
-    return names
-
-
-def _devices() -> list[str]:
-    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
 
 
 def _qwen2vl_patches(img_hwc: torch.Tensor, p: int, m: int, tps: int, mean, std) -> torch.Tensor:
@@ -57,14 +46,14 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("p,m,tps,c,grids", CONFIGS)
 def test_order_matches_qwen2vl_restatement(device, p, m, tps, c, grids):
     mean = torch.rand(c).tolist() if c != 3 else list(OPENAI_CLIP_MEAN)
     std = (torch.rand(c) + 0.1).tolist() if c != 3 else list(OPENAI_CLIP_STD)
     images = _random_images(grids, p, m, c, device)
     oracle = torch.cat([_qwen2vl_patches(img, p, m, tps, mean, std) for img in images])
-    for backend in _backends(device):
+    for backend in native_backends(device):
         out = pack_images(images, patch_size=p, merge_size=m, temporal_patch_size=tps, mean=mean, std=std,
                           backend=backend)
         assert out.pixel_values.dtype == torch.float32 and out.pixel_values.device.type == device, backend
@@ -100,13 +89,13 @@ def test_pos_matches_token_order(backend):
     assert out.pixel_values[k, 0].item() == pytest.approx(want.item(), abs=1e-6)
 
 
-@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float64])
 def test_dtypes_match_oracle(device, dtype):
     images = _random_images([(2, 1), (1, 3)], 3, 2, 3, device)
     oracle = pack_images_ref([i.cpu() for i in images], patch_size=3, out_dtype=torch.float64)
     ref_same = pack_images_ref([i.cpu() for i in images], patch_size=3, out_dtype=dtype)
-    for backend in _backends(device):
+    for backend in native_backends(device):
         out = pack_images(images, patch_size=3, out_dtype=dtype, backend=backend).pixel_values
         assert out.dtype == dtype, backend
         assert_matches_oracle(out, oracle, ref_same_dtype=ref_same, name=f"{backend} {dtype}")

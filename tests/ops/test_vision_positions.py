@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from omni_mega.ops import has_cpu_extension, has_cuda_extension, vision_positions, vision_positions_ref
+from omni_mega.ops import has_cpu_extension, vision_positions, vision_positions_ref
+from omni_mega.testing import devices, native_backends
 
 GRIDS = [
     [[1, 1, 1]],
@@ -24,20 +25,9 @@ def _qwen2vl_positions(grid, m):
     return torch.cat(out).to(torch.int32)
 
 
-def _backends(device):
-    names = ["ref"]
-    if device == "cpu" and has_cpu_extension():
-        names.append("cpp")
-    if device == "cuda" and has_cuda_extension():
-        names.append("cuda")
-    return names
 
 
-def _devices():
-    return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
-
-
-@pytest.mark.parametrize("device", _devices())
+@pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("grid", GRIDS)
 @pytest.mark.parametrize("merge", [1, 2])
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64])
@@ -48,7 +38,7 @@ def test_matches_qwen2vl_order(device, grid, merge, dtype):
     expected_pos = _qwen2vl_positions(grid, merge)
     lengths = torch.tensor([h * w for t, h, w in grid for _ in range(t)])
     expected_cu = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)]).to(torch.int32)
-    for backend in _backends(device):
+    for backend in native_backends(device):
         pos, cu = vision_positions(g, merge, backend=backend)
         assert pos.dtype == torch.int32 and cu.dtype == torch.int32, backend
         assert pos.device.type == device and cu.device.type == device, backend
