@@ -139,9 +139,21 @@ class DataConfig:
     micro_batch_size: int = 2  # samples per micro-batch per data-parallel rank
     global_batch_size: int = 8  # samples per optimizer step over all data-parallel ranks
     seed: int = 1234  # data order seed
+    # Multimodal runs (model.vit set): every micro-batch is one packed sequence of seq_length tokens
+    # (micro_batch_size must be 1); a stage may override the resolution bounds.
+    min_pixels: int = 56 * 56  # smart_resize lower bound (pixels per image)
+    max_pixels: int = 28 * 28 * 1280  # smart_resize upper bound (Qwen2-VL's default)
+    max_visual_tokens: int | None = None  # per-pack budget of merged visual tokens; None = seq_length
+    pack_window: int = 256  # samples packed together (best-fit decreasing) before the next window is drawn
+    data_dir: str | None = None  # where built-in demo data is cached; None = <run dir>/data
 
     def __post_init__(self) -> None:
         _require(self.source in ("demo_text", "indexed"), "data.source", f"must be demo_text or indexed, got {self.source!r}")
+        _require(0 < self.min_pixels <= self.max_pixels, "data.min_pixels",
+                 f"need 0 < min_pixels <= max_pixels, got {self.min_pixels} and {self.max_pixels}")
+        _require(self.max_visual_tokens is None or self.max_visual_tokens >= 1, "data.max_visual_tokens",
+                 f"must be >= 1 or null, got {self.max_visual_tokens}")
+        _require(self.pack_window >= 1, "data.pack_window", f"must be >= 1, got {self.pack_window}")
         _require(self.seq_length >= 2, "data.seq_length", f"must be >= 2, got {self.seq_length}")
         _require(self.micro_batch_size >= 1, "data.micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
         _require(self.global_batch_size % self.micro_batch_size == 0, "data.global_batch_size",
@@ -170,18 +182,25 @@ class OptimConfig:
 
 
 DECAYS = ("cosine", "linear", "constant", "wsd")
+TEXT_SOURCES = ("demo_text", "indexed")
+MM_SOURCES = ("demo_mm", "mm_shards")
 SCHEDULES = ("new", "resume", "rewarmup")
 
 
 @dataclass
 class DatasetConfig:
-    """One dataset of a stage's data mix."""
+    """One dataset of a stage's data mix. Text sources: demo_text, indexed. Image-text sources: demo_mm (the built-in
+    rendered-text and shape scenes, `omni_mega.data.demo`), mm_shards (`tools/preprocess_mmdata.py` output in `path`)."""
 
     name: str = "demo"  # label in banners and metrics
-    source: str = "demo_text"  # demo_text (built in) | indexed (Megatron .bin/.idx prefix in `path`)
+    source: str = "demo_text"  # demo_text | indexed (prefix in `path`) | demo_mm | mm_shards (directory in `path`)
     seed: int = 0  # demo_text: which sample windows this dataset draws (another seed = another dataset)
     path: str | None = None  # indexed: dataset prefix
-    weight: float = 1.0  # relative share of samples in the stage (normalised over the mix)
+    weight: float = 1.0  # relative share in the stage (normalised within its modality when multimodal_ratio is set)
+
+    @property
+    def multimodal(self) -> bool:
+        return self.source in MM_SOURCES
 
 
 @dataclass
@@ -213,6 +232,12 @@ class StageConfig:
     ckpt_interval: int = 0  # steps between checkpoints inside the stage; 0 = only at the stage end
     save: str = "full"  # full | trainable_only (model part holds only this stage's trainable parameters)
     init_from: str | None = None  # checkpoint dir (or run dir: its latest) loaded at stage start; may be partial
+    # Share of LLM tokens (text + visual) from the image-text datasets of the mix, at the stage start; ramps linearly
+    # to multimodal_ratio_end by the stage end when that is set. Needed when the mix holds both modalities.
+    multimodal_ratio: float | None = None
+    multimodal_ratio_end: float | None = None
+    min_pixels: int | None = None  # resolution bounds for this stage (default: data.min_pixels / data.max_pixels)
+    max_pixels: int | None = None
 
     def __post_init__(self) -> None:
         p = f"stages[{self.name}]"
@@ -234,13 +259,39 @@ class StageConfig:
             _require(v is None or v > 0, f"{p}.{name}", f"must be > 0, got {v}")
         for d in self.data:
             _require(d.weight > 0, f"{p}.data[{d.name}].weight", f"must be > 0, got {d.weight}")
-            _require(d.source in ("demo_text", "indexed"), f"{p}.data[{d.name}].source",
-                     f"must be demo_text or indexed, got {d.source!r}")
-            _require(d.source != "indexed" or bool(d.path), f"{p}.data[{d.name}].path", "indexed datasets need a path")
+            _require(d.source in TEXT_SOURCES + MM_SOURCES, f"{p}.data[{d.name}].source",
+                     f"must be one of {', '.join(TEXT_SOURCES + MM_SOURCES)}, got {d.source!r}")
+            _require(d.source not in ("indexed", "mm_shards") or bool(d.path), f"{p}.data[{d.name}].path",
+                     f"{d.source} datasets need a path")
+        self._check_multimodal(p)
         for m in self.lr_mult:
             _require(m.mult > 0, f"{p}.lr_mult[{m.group}].mult", f"must be > 0, got {m.mult}")
             _require(m.group in self.trainable, f"{p}.lr_mult[{m.group}].group",
                      f"must be one of the stage's trainable groups {self.trainable}")
+
+    def _check_multimodal(self, p: str) -> None:
+        for name in ("multimodal_ratio", "multimodal_ratio_end"):
+            v = getattr(self, name)
+            _require(v is None or 0.0 <= v <= 1.0, f"{p}.{name}", f"must be in [0, 1], got {v}")
+        _require(self.multimodal_ratio_end is None or self.multimodal_ratio is not None, f"{p}.multimodal_ratio",
+                 "multimodal_ratio_end is set: also set the start value multimodal_ratio")
+        mm = [d.name for d in self.data if d.multimodal]
+        text = [d.name for d in self.data if not d.multimodal]
+        top = max(self.multimodal_ratio or 0.0, self.multimodal_ratio_end or 0.0)
+        _require(top == 0.0 or bool(mm), f"{p}.multimodal_ratio",
+                 f"is {top} but the stage's data has no image-text dataset (source demo_mm or mm_shards)")
+        low = min(self.multimodal_ratio if self.multimodal_ratio is not None else 1.0,
+                  self.multimodal_ratio_end if self.multimodal_ratio_end is not None else 1.0)
+        _require(low == 1.0 or not mm or bool(text), f"{p}.multimodal_ratio",
+                 f"is below 1 but the stage's data has no text dataset (only {mm})")
+        _require(not (mm and text) or self.multimodal_ratio is not None, f"{p}.multimodal_ratio",
+                 f"the mix holds text {text} and image-text {mm} datasets: set the multimodal token share (0..1)")
+        for name in ("min_pixels", "max_pixels"):
+            v = getattr(self, name)
+            _require(v is None or v > 0, f"{p}.{name}", f"must be > 0, got {v}")
+        if self.min_pixels is not None and self.max_pixels is not None:
+            _require(self.min_pixels <= self.max_pixels, f"{p}.min_pixels",
+                     f"{self.min_pixels} is above max_pixels={self.max_pixels}")
 
 
 @dataclass

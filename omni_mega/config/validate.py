@@ -59,8 +59,20 @@ def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:
     llm, data = cfg.model.llm, cfg.data
     known = known_groups(cfg.model.vit is not None, cfg.model.connector is not None)
     dp = cfg.parallel.data_parallel_size(world_size) if world_size else None
+    multimodal = cfg.model.vit is not None
+    if multimodal and data.micro_batch_size != 1:
+        raise ConfigError(f"data.micro_batch_size: multimodal runs pack samples into one sequence per micro-batch; "
+                          f"set it to 1 (got {data.micro_batch_size}) and raise global_batch_size instead")
     for i, s in enumerate(cfg.stages):
         p = f"stages[{s.name}]"
+        mm = [d.name for d in s.data if d.multimodal]
+        if mm and not multimodal:
+            raise ConfigError(f"{p}.data: image-text datasets {mm} need a vision model; set model.vit and "
+                              "model.connector or drop them from the mix")
+        lo = s.min_pixels or data.min_pixels
+        hi = s.max_pixels or data.max_pixels
+        if lo > hi:
+            raise ConfigError(f"{p}.min_pixels: {lo} is above max_pixels={hi}")
         for g in s.trainable:
             try:
                 check_group_name(g, known)
