@@ -8,7 +8,7 @@ import glob
 import os
 
 import torch
-from setuptools import setup
+from setuptools import Extension, setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -32,6 +32,18 @@ def extensions():
             extra_link_args=["-fopenmp"],
         )
     ]
+    # GPT-2 BPE for tools/preprocess_data.py: a plain pybind11 module (strings in, no torch), see csrc/bpe/.
+    import pybind11
+
+    exts.append(
+        Extension(
+            "omni_mega._bpe",
+            sources=[os.path.join(CSRC, "bpe", "gpt2_bpe.cpp"), os.path.join(CSRC, "bpe", "bpe_module.cpp")],
+            include_dirs=[os.path.join(HERE, CSRC), pybind11.get_include()],
+            extra_compile_args=["-O3", "-g0", "-std=c++20"],
+            language="c++",
+        )
+    )
     cu_sources = _sources("**/*.cu")
     if torch.version.cuda and cu_sources and os.environ.get("OMNI_MEGA_SKIP_CUDA", "0") != "1":
         # sm_80 (A100) and sm_90 (H100) unless the user narrows or widens it.

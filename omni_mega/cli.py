@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 import omni_mega
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "configs"
-DEMO_CONFIG = "tiny_text_curriculum.yaml"
+DEMO_CONFIG = "tiny_omni.yaml"
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -29,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train from a YAML run config (launch with torchrun/srun for several ranks)")
     train.add_argument("config", help="path to a run config YAML (see examples/configs)")
     _add_train_args(train)
+    layout = train.add_argument_group("--dry-run layout (plan for a cluster that is not this machine)")
+    layout.add_argument("--world-size", type=int, default=None, metavar="N", help="GPUs in the job")
+    layout.add_argument("--nodes", type=int, default=None, metavar="N", help="nodes (with --gpus-per-node)")
+    layout.add_argument("--gpus-per-node", type=int, default=8, metavar="G", help="GPUs per node (default 8)")
     demo = sub.add_parser("demo", help="the embedded default run on the built-in data")
     _add_train_args(demo)
     report = sub.add_parser("report", help="write report.png (loss and LR, stage boundaries) and report.md of a run")
@@ -36,32 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _plan(cfg) -> str:
-    from omni_mega.training.curriculum import plan_stages
+def _plan(cfg, world_size: int) -> str:
+    from omni_mega.training.plan import format_plan
 
-    d, par = cfg.data, cfg.parallel
-    tokens = sum(p.steps * p.global_batch_size * p.seq_length for p in plan_stages(cfg))
-    lines = [f"run {cfg.name}: {cfg.total_steps} steps, seq {d.seq_length}, global batch {d.global_batch_size} "
-             f"({tokens:,} tokens), tp={par.tp} pp={par.pp} "
-             f"vpp={par.vpp} cp={par.cp} sp={par.sp}"]
-    for p in plan_stages(cfg):
-        lines.append(f"  stage {p.name}: {p.steps} steps, seq {p.seq_length}, global batch {p.global_batch_size}, "
-                     f"RoPE base {p.rope_base:g}, schedule {p.cfg.schedule}, trainable {', '.join(p.cfg.trainable)}")
-    return "\n".join(lines)
+    return format_plan(cfg, world_size)
 
 
-def cmd_train(config: str, run_dir: str | None, overrides: list[str], dry_run: bool, resume: str | None = None) -> int:
+def cmd_train(config: str, run_dir: str | None, overrides: list[str], dry_run: bool, resume: str | None = None,
+              plan_world_size: int | None = None) -> int:
     from omni_mega.config import ConfigError, load_config, validate
     from omni_mega.runtime.env import detect
 
     try:
         cfg = load_config(config, overrides)
-        validate(cfg, world_size=detect().world_size)
+        world, note = detect().world_size, None
+        if dry_run:  # plan for the asked layout, or the smallest that fits this config
+            from omni_mega.training.plan import planning_world_size
+
+            world, note = planning_world_size(cfg, plan_world_size, world)
+        validate(cfg, world_size=world)
     except (ConfigError, FileNotFoundError) as e:
         print(f"omni-mega: config error: {e}", file=sys.stderr)
         return 2
     if dry_run:
-        print(_plan(cfg))
+        if note:
+            print(note)
+        print(_plan(cfg, world))
         return 0
     from omni_mega.runtime import init_distributed, shutdown
     from omni_mega.training.trainer import Trainer
@@ -80,13 +85,60 @@ def cmd_train(config: str, run_dir: str | None, overrides: list[str], dry_run: b
     return 0
 
 
+def cmd_demo(run_dir: str, overrides: list[str], dry_run: bool, resume: str | None = None,
+             num_captions: int = 6) -> int:
+    """`omni-mega demo`: builds the built-in image-text data, trains examples/configs/tiny_omni.yaml (text pretrain
+    -> joint with a ratio ramp -> cooldown -> long context), then writes greedy captions of held-out images next to
+    their true text to <run dir>/captions.json (`omni-mega report` puts them in report.md)."""
+    config = str(EXAMPLES / DEMO_CONFIG)
+    if dry_run:
+        return cmd_train(config, run_dir, overrides, True, resume)
+    from omni_mega.config import ConfigError, load_config, validate
+    from omni_mega.runtime.env import detect
+
+    try:
+        cfg = load_config(config, overrides)
+        validate(cfg, world_size=detect().world_size)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"omni-mega: config error: {e}", file=sys.stderr)
+        return 2
+    from omni_mega.data.demo import build_demo_data
+    from omni_mega.runtime import init_distributed, shutdown
+    from omni_mega.training.generate import write_captions
+    from omni_mega.training.trainer import Trainer
+
+    out = Path(run_dir)
+    heldout = build_demo_data(cfg.data.data_dir or out / "data")["heldout"]  # safe when every rank calls it
+    rt = init_distributed(cfg.parallel, seed=cfg.train.seed)
+    try:
+        trainer = Trainer(cfg, rt, out, resume=resume)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"omni-mega: config error: {e}", file=sys.stderr)
+        return 2
+    trainer.train()
+    one_chunk = cfg.parallel.tp == cfg.parallel.pp == cfg.parallel.cp == 1 and cfg.parallel.vpp is None
+    if rt.is_rank0 and one_chunk:  # no collectives in a tp = pp = 1 forward: rank 0 captions alone
+        path = write_captions(trainer, heldout, num_captions)
+        for c in json.loads(path.read_text())["captions"]:
+            print(f"  {c['key']}: true {c['true']!r}\n  {' ' * len(c['key'])}  model {c['generated']!r}")
+        print(f"done: metrics in {out / 'metrics.jsonl'}, captions in {path}")
+    elif rt.is_rank0:
+        print(f"done: metrics in {out / 'metrics.jsonl'} (captions need tp = pp = 1: "
+              "the whole model in one chunk)")
+    shutdown()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
-        return cmd_train(args.config, args.run_dir, args.overrides, args.dry_run, args.resume)
+        if args.world_size is not None and args.nodes is not None:
+            print("omni-mega: give --world-size or --nodes/--gpus-per-node, not both", file=sys.stderr)
+            return 2
+        world = args.world_size if args.nodes is None else args.nodes * args.gpus_per_node
+        return cmd_train(args.config, args.run_dir, args.overrides, args.dry_run, args.resume, plan_world_size=world)
     if args.command == "demo":
-        return cmd_train(str(EXAMPLES / DEMO_CONFIG), args.run_dir or "runs/demo", args.overrides, args.dry_run,
-                         args.resume)
+        return cmd_demo(args.run_dir or "runs/demo", args.overrides, args.dry_run, args.resume)
     if args.command == "report":
         from omni_mega.training.report import write_report
 

@@ -1,7 +1,7 @@
 """Docs/s and MB/s of tools/preprocess_data.py against Megatron-LM's, with GPT-2 BPE, outputs compared byte for byte.
 
 Providers (same input, same --workers, each in a fresh process so startup is counted the same way):
-- `omni_mega`: our tools/preprocess_data.py (tiktoken BPE, block-parallel workers);
+- `omni_mega`: our tools/preprocess_data.py (C++ GPT-2 BPE with a pre-token cache, block-parallel workers);
 - `megatron-lm`: Megatron-LM's tools/preprocess_data.py from the checkout given by --megatron-lm (not a
   dependency; `--legacy-tokenizer` keeps it offline); skipped when no checkout is given;
 - `megatron-style (pure Python)`: a stand-in for Megatron-LM when no checkout is at hand: Megatron-LM's structure
@@ -184,6 +184,7 @@ def main() -> None:
                 f"b.megatron_style_baseline({inp!r}, {os.path.join(work, 'baseline')!r}, {vocab!r}, {merges!r}, "
                 f"{args.workers})")
         commands["megatron-style (pure Python)"] = ([sys.executable, "-c", code], None)
+    load_start = os.getloadavg()[0]
     runs = best_of(commands, ndocs, args.repeats)
 
     base_name = "megatron-lm" if "megatron-lm" in runs else "megatron-style (pure Python)"
@@ -208,8 +209,8 @@ def main() -> None:
              "over the same span (docs/s and MB/s are then per CPU-second), the fairer figure when other jobs load "
              "the machine. `end-to-end, wall`: including interpreter and import startup (megatron-core's import "
              "alone is ~5 s of CPU here). speedup = baseline time / time. peak MB is not measured (0.0). "
-             f"1-min load average at the end: {load:.1f} on {os.cpu_count()} cores (other engineers' jobs share this "
-             f"machine, so wall times are noisy). Baseline: {base_name}."
+             f"1-min load average: {load_start:.1f} at the start, {load:.1f} at the end, on {os.cpu_count()} cores "
+             f"(other engineers' jobs share this machine, so wall times are noisy). Baseline: {base_name}."
              + ("" if args.megatron_lm else " No Megatron-LM checkout was given, so the baseline is the pure-Python "
                 "stand-in written in this file, not Megatron-LM itself."))
     harness.emit(results, title="preprocess_data: omni_mega vs Megatron-LM", notes=notes,

@@ -8,13 +8,14 @@ Shapes (issue 5):
   tensor-core peak.
 Modes: fwd (no grad) and fwd+bwd (gradients of x, head_weight, ln_weight, ln_bias, table).
 FLOPs are the naive path's matmul FLOPs (fwd 2*N*V*(d_in + D), fwd+bwd 3x that) for every provider, so TFLOP/s and
-%peak compare useful work; the fused path also recomputes blocks (fwd: + 2*N*V*d_in, fwd+bwd: + 6*N*V*d_in +
-4*N*V*D, see omni_mega/ops/vet.py), which is in its time but not in its FLOPs.
+%peak compare useful work; the fused path also does W's moments (+ 2*V*d_in^2 per call), and in backward recomputes
+the logits blocks (+ 2*N*V*d_in) and adds the LayerNorm correction (+ 2*V*d_in^2), see omni_mega/ops/vet.py; that
+is in its time but not in its FLOPs.
 Peak MB is the growth over the inputs during one call (outputs and weight gradients included, for both paths).
 On CPU it is sampled RSS; glibc's adaptive mmap threshold would keep freed blocks resident and hide later peaks, so
 the script re-executes itself with MALLOC_MMAP_THRESHOLD_ fixed.
 
-    .venv/bin/python benchmarks/ops/bench_vet.py [--threads 1] [--out]    # CPU
+    .venv/bin/python benchmarks/ops/bench_vet.py [--threads 1] [--pairs 7] [--out]    # CPU
     python benchmarks/ops/bench_vet.py --device cuda [--out]               # GPU
 """
 
@@ -23,7 +24,9 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import statistics
 import sys
+import time
 
 import torch
 
@@ -67,29 +70,60 @@ def providers(device: str, with_compile: bool) -> dict:
     return out
 
 
-def run(device: str, shape: tuple, with_compile: bool, repeats: int) -> list[harness.Result]:
+def calls(fn, ins: list, ins_g: list, grad: torch.Tensor) -> dict:
+    """{mode: zero-argument call} for one provider."""
+
+    def fwd():
+        with torch.no_grad():
+            return fn(*ins)
+
+    def full():
+        # autograd.grad: fresh gradients every call (no accumulation into .grad between repeats)
+        return torch.autograd.grad(fn(*ins_g), ins_g, grad)
+
+    return {"fwd": fwd, "fwd+bwd": full}
+
+
+def run(device: str, shape: tuple, with_compile: bool, repeats: int) -> tuple[list[harness.Result], dict]:
     n, d_in, v, d, dtype = shape
     ins, grad = make_inputs(n, d_in, v, d, dtype, device)
     ins_g = [t.clone().requires_grad_() for t in ins]
     flops_fwd = 2 * n * v * (d_in + d)
     label = f"N={n} d_in={d_in} V={v} D={d} {str(dtype).removeprefix('torch.')}"
-    results = []
+    results, by_provider = [], {}
     for name, fn in providers(device, with_compile).items():
-
-        def fwd(fn=fn):
-            with torch.no_grad():
-                return fn(*ins)
-
-        def full(fn=fn):
-            # autograd.grad: fresh gradients every call (no accumulation into .grad between repeats)
-            return torch.autograd.grad(fn(*ins_g), ins_g, grad)
-
-        for mode, call, flops in (("fwd", fwd, flops_fwd), ("fwd+bwd", full, 3 * flops_fwd)):
-            r = harness.measure("vet", name, mode, label, call, device=device, warmup=2, repeats=repeats, flops=flops,
-                                flops_dtype="bf16" if dtype == torch.bfloat16 else "fp32")
+        by_provider[name] = calls(fn, ins, ins_g, grad)
+        for mode, flops in (("fwd", flops_fwd), ("fwd+bwd", 3 * flops_fwd)):
+            r = harness.measure("vet", name, mode, label, by_provider[name][mode], device=device, warmup=2,
+                                repeats=repeats, flops=flops, flops_dtype="bf16" if dtype == torch.bfloat16 else "fp32")
             results.append(r)
             print(f"# {label} {name} {mode}: {r.ms:.2f} ms, peak {r.peak_mb:.1f} MB", file=sys.stderr)
-    return results
+    return results, by_provider
+
+
+def paired(by_provider: dict, pairs: int) -> str:
+    """Naive and fused calls alternated (N F N F ...) so both see the same load on shared cores.
+
+    Per pair, the fused/naive ratio of wall time and of process CPU time (all threads); the CPU-time ratio is the
+    steadier one when other jobs compete for the cores (waiting for a core is not CPU time). Median and range.
+    """
+    naive = by_provider["naive eager"]
+    fused = next(c for p, c in by_provider.items() if p.startswith("fused"))
+    lines = []
+    for mode in ("fwd", "fwd+bwd"):
+        walls, cpus = [], []
+        for _ in range(pairs):
+            t = []
+            for call in (naive[mode], fused[mode]):
+                w0, c0 = time.perf_counter(), time.process_time()
+                call()
+                t.append((time.perf_counter() - w0, time.process_time() - c0))
+            walls.append(t[1][0] / t[0][0])
+            cpus.append(t[1][1] / t[0][1])
+        lines.append(f"- paired {mode} ({pairs} alternating pairs): fused/naive wall {statistics.median(walls):.2f}x "
+                     f"(range {min(walls):.2f}-{max(walls):.2f}), CPU time {statistics.median(cpus):.2f}x "
+                     f"(range {min(cpus):.2f}-{max(cpus):.2f})")
+    return "\n".join(lines)
 
 
 def summary(results: list[harness.Result], shape: tuple) -> str:
@@ -117,9 +151,11 @@ def main() -> None:
     ap.add_argument("--shape", type=int, nargs=4, metavar=("N", "D_IN", "V", "D"), help="override the issue's shape")
     ap.add_argument("--compile", action="store_true", help="add torch.compile(naive) (always on for cuda)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--pairs", type=int, default=7, help="CPU: alternating naive/fused pairs for the paired ratios")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (CPU): 1 isolates the algorithms' cost from "
                     "threading effects on shared cores")
-    ap.add_argument("--out", action="store_true", help="write benchmarks/results/<date>_<device>_vet.md")
+    ap.add_argument("--out", action="store_true", help="write benchmarks/results/<date>_<device>_<name>.md")
+    ap.add_argument("--name", default="vet", help="results file name (e.g. to keep an earlier run of the same day)")
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA device")
@@ -128,13 +164,16 @@ def main() -> None:
     n, d_in, v, d, dtype = SHAPES[args.device]
     if args.shape:
         n, d_in, v, d = args.shape
-    results = run(args.device, (n, d_in, v, d, dtype), args.compile or args.device == "cuda", args.repeats)
+    results, by_provider = run(args.device, (n, d_in, v, d, dtype), args.compile or args.device == "cuda",
+                               args.repeats)
     notes = summary(results, (n, d_in, v, d, dtype))
+    if args.device == "cpu" and args.pairs > 0:
+        notes += "\n" + paired(by_provider, args.pairs)
     if args.device == "cpu" and hasattr(os, "getloadavg"):
         # Other jobs share the cores on dev machines: the load says how far to trust the times.
         notes += f"\n- 1-minute load average at the end of the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
     print(notes, file=sys.stderr)
-    out = harness.results_path("vet") if args.out else None
+    out = harness.results_path(args.name) if args.out else None
     harness.emit(results, title="vet: naive Ovis head vs fused blockwise", out=out,
                  notes=notes + "\n\nFLOPs = the naive path's matmul FLOPs for every provider (the fused path's "
                  "recomputation is in its time, not its FLOPs). Peak MB = growth during one call, outputs and "

@@ -9,10 +9,11 @@
 namespace omni_mega {
 namespace {
 
-// Temporaries are [block_n, block_v] fp32: 16384 x 2048 x 4 B = 128 MiB each, a handful live at once, well under
-// 10% of the naive path's N x V tensors at the issue's shape (4 GiB per fp32 copy). All N = 16,384 rows in one block
-// lets the backward write dhead_weight / dtable in bf16 directly (vet.h), and the GEMMs per block
-// (16384 x 2048 x d_in) are large enough to run near tensor-core peak.
+// Temporaries are [block_n, block_v] fp32: 16384 x 2048 x 4 B = 128 MiB each, a handful live at once (the backward
+// keeps 3 scratch tiles), well under the naive path's N x V tensors at the issue's shape (4 GiB per fp32 copy); the
+// GEMMs per block (16384 x 2048 x d_in) are large enough to run near tensor-core peak. For bf16 inputs the backward
+// also holds dhead_weight in fp32 until its LayerNorm correction ([V, d_in] fp32: 1.2 GB at V = 65,536,
+// d_in = 4,608) and u = the dx accumulator ([N, d_in] fp32: 0.3 GB). Not yet run on a GPU.
 constexpr int64_t kCudaBlockN = 16384;
 constexpr int64_t kCudaBlockV = 2048;
 
@@ -26,7 +27,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vet_head_fwd_cuda(
   check_cuda(x, "vet_head_fwd");
   c10::cuda::CUDAGuard guard(x.device());
   return vet_head_forward(x, w, gamma, beta, table, num_ind, eps, vet_block(block_n, kCudaBlockN),
-                          vet_block(block_v, kCudaBlockV), /*parallel=*/false);
+                          vet_block(block_v, kCudaBlockV), /*parallel=*/false, aten_head_epilogue());
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> vet_head_bwd_cuda(
@@ -36,7 +37,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> vet_head_
   check_cuda(x, "vet_head_bwd");
   c10::cuda::CUDAGuard guard(x.device());
   return vet_head_backward(grad, x, w, gamma, beta, table, out, mean, rstd, lse, num_ind,
-                           vet_block(block_n, kCudaBlockN), vet_block(block_v, kCudaBlockV), /*parallel=*/false);
+                           vet_block(block_n, kCudaBlockN), vet_block(block_v, kCudaBlockV), /*parallel=*/false,
+                           aten_head_epilogue());
 }
 
 std::tuple<at::Tensor, at::Tensor> vet_embed_fwd_cuda(const at::Tensor& logits, const at::Tensor& table,

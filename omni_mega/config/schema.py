@@ -173,6 +173,7 @@ class OptimConfig:
     adam_beta2: float = 0.95
     adam_eps: float = 1e-8
     clip_grad: float = 1.0  # global gradient-norm clip; 0 disables
+    distributed_optimizer: bool | None = None  # shard Adam state over data-parallel ranks; None = on with CUDA only
 
     def __post_init__(self) -> None:
         _require(self.lr > 0, "optim.lr", f"must be > 0, got {self.lr}")

@@ -14,10 +14,12 @@ re-implementation with the pure-Python GPT-2 BPE):
   written separately and the outputs are concatenated in partition order (`add_index`), so with P > 1 the document
   order is lines 0, P, 2P, ..., then 1, P+1, ...; with contiguous blocks it is the input order.
 
-What is faster (see benchmarks/data/bench_preprocess.py): the GPT-2 BPE runs in tiktoken's Rust core with GPT-2's
-exact ids, returned as uint32 buffers rather than Python lists; the main process reads the input in 256 KiB blocks
-and workers get whole blocks (one pickle per block, not per line); workers return one token array per block and key,
-which is appended to the builder in one write.
+What is faster (see benchmarks/data/bench_preprocess.py): the GPT-2 BPE runs in C++ (bpe.py, csrc/bpe/) with
+GPT-2's exact ids; the main process reads the input in 256 KiB blocks and workers get whole blocks (one pickle per
+block, not per line); a worker parses the block's lines with json.loads, encodes each key's sentences in one call
+(`encode_flat`: flat uint32 ids + lengths), builds Megatron's arrays with numpy (`pack_documents`: empty sentences
+dropped, eod appended), and returns one token array per block, key and partition, appended to the builder in one
+write (`append_documents`).
 
 Differences from Megatron-LM, on input it cannot process at all: a bad line (not UTF-8, not a JSON object, missing a
 key, a value that is not a string or list of strings, text the tokenizer rejects) is skipped in every output, counted
@@ -39,6 +41,8 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from omni_mega.data.bpe import flat_encode
 
 # 256 KiB per worker job (~200 documents of 1 KB): pickling a block costs <1% of encoding it, and blocks this small
 # keep the workers evenly loaded up to the end of the input.
@@ -82,11 +86,20 @@ _W: dict = {}
 
 
 def _worker_init(tokenizer, keys, append_eod, splitter_spec, partitions, dtype) -> None:
-    assert array.array("I").itemsize == 4
-    _W.update(tok=tokenizer, keys=keys, partitions=partitions, dtype=dtype,
-              encode_u32=getattr(tokenizer, "encode_u32", None) or _list_to_u32(tokenizer.encode),
-              eod_bytes=memoryview(array.array("I", [tokenizer.eod])) if append_eod else None,
+    assert array.array("I").itemsize == 4  # uint32 buffers (_list_to_u32, flat_encode)
+    _W.update(keys=keys, partitions=partitions, dtype=dtype, encode_flat=flat_encoder(tokenizer),
+              eod=tokenizer.eod if append_eod else None,
               splitter=_build_splitter(*splitter_spec) if splitter_spec else None)
+
+
+def flat_encoder(tokenizer):
+    """`encode_flat(texts) -> (ids uint32 [sum], lengths int64 [len(texts)], -1 = failed)` for a tokenizer: GPT-2's
+    batched C++ path when it has one (GPT2BPEFast, also inside GPT2BPETokenizer), else one text at a time."""
+    for obj in (tokenizer, getattr(tokenizer, "_bpe", None)):
+        if hasattr(obj, "encode_flat"):
+            return obj.encode_flat
+    encode_u32 = getattr(tokenizer, "encode_u32", None) or _list_to_u32(tokenizer.encode)
+    return lambda texts: flat_encode(encode_u32, texts)
 
 
 def _build_splitter(lang: str, keep_newlines: bool):
@@ -120,15 +133,14 @@ def _sentences(value, splitter) -> list[str] | None:
     return None
 
 
-def _encode_line(line: str, keys, splitter):
-    """(per key: (uint32 id buffers, sentence lengths)) for one JSON line, or a reason string when it is bad."""
+def _parse_line(line: str, keys, splitter):
+    """Per key, the sentences of one JSON line; or a reason string when the line is bad."""
     try:
         data = json.loads(line)
     except ValueError:
         return "malformed JSON"
     if not isinstance(data, dict):
         return "malformed JSON"
-    encode_u32, eod = _W["encode_u32"], _W["eod_bytes"]
     out = []
     for key in keys:
         if key not in data:
@@ -136,19 +148,7 @@ def _encode_line(line: str, keys, splitter):
         sentences = _sentences(data[key], splitter)
         if sentences is None:
             return "value not a string or list of strings"
-        parts, lens = [], []
-        try:
-            for sentence in sentences:
-                ids = encode_u32(sentence)
-                if ids.nbytes:
-                    parts.append(ids)
-                    lens.append(ids.nbytes // 4)
-        except Exception:  # noqa: BLE001 - any tokenizer failure marks the line bad, never the run
-            return "tokenizer error"
-        if lens and eod is not None:
-            parts.append(eod)
-            lens[-1] += 1
-        out.append((parts, lens))
+        out.append(sentences)
     return out
 
 
@@ -174,33 +174,83 @@ def _decode_lines(block: bytes, fname: str, first_line: int, bad: BadInput) -> l
     return lines
 
 
+def pack_documents(ids: np.ndarray, lens: np.ndarray, nsent: np.ndarray, keep: np.ndarray, eod: int | None):
+    """What Megatron-LM's per-document loop builds, for a whole block at once.
+
+    ids uint32 [sum of lens >= 0]: the sentences' ids back to back; lens int64 [S]: ids per sentence (-1: failed,
+    no ids); nsent int64 [D]: sentences per document; keep bool [D]: documents to write. Empty sentences are
+    dropped; with `eod`, a document with any ids gets eod after its last id, counted in its last sentence.
+    Returns (tokens uint32 [T], sentence lengths int64 [S'], sentences per kept document int64 [D'], tokens per
+    kept document int64 [D']).
+    """
+    ndocs = nsent.size
+    sent_doc = np.repeat(np.arange(ndocs), nsent)
+    lens0 = np.maximum(lens, 0)
+    tok_end = np.concatenate(([0], np.cumsum(lens0)))
+    sent_bounds = np.concatenate(([0], np.cumsum(nsent)))
+    doc_tokens = tok_end[sent_bounds[1:]] - tok_end[sent_bounds[:-1]]
+    keep_sent = (lens > 0) & keep[sent_doc]
+    tokens = ids if keep.all() else ids[np.repeat(keep, doc_tokens)]
+    seq_lens = lens[keep_sent]
+    doc_nseq = np.bincount(sent_doc[keep_sent], minlength=ndocs)[keep].astype(np.int64)
+    doc_tokens = doc_tokens[keep]
+    if eod is not None:
+        has = doc_nseq > 0
+        tokens = np.insert(tokens, np.cumsum(doc_tokens)[has], np.uint32(eod))
+        seq_lens[np.cumsum(doc_nseq)[has] - 1] += 1
+        doc_tokens = doc_tokens + has
+    return tokens, seq_lens, doc_nseq, doc_tokens
+
+
+def _split_partitions(packed, doc_part: np.ndarray, partitions: int) -> dict:
+    """{partition: (tokens, seq_lens, nseq)} of a block's packed documents, each in input order."""
+    tokens, seq_lens, nseq, doc_tokens = packed
+    if partitions == 1:
+        return {0: (tokens, seq_lens, nseq)}
+    tok_part, seq_part = np.repeat(doc_part, doc_tokens), np.repeat(doc_part, nseq)
+    return {int(p): (tokens[tok_part == p], seq_lens[seq_part == p], nseq[doc_part == p])
+            for p in np.unique(doc_part)}
+
+
 def _encode_block(job):
-    """Worker: (fname, first_line, first_global, block) -> ({partition: {key: arrays}}, docs, bytes, bad)."""
+    """Worker: (fname, first_line, first_global, block) -> ({partition: {key: arrays}}, docs, bytes, bad).
+
+    The block's lines are parsed in Python (json.loads), then each key's sentences are encoded in one
+    `encode_flat` call and packed into Megatron's arrays with numpy: no per-document tokenizer call."""
     fname, first_line, first_global, block = job
-    keys, P = _W["keys"], _W["partitions"]
+    keys, splitter = _W["keys"], _W["splitter"]
     bad = BadInput()
-    parts: dict[int, dict] = {}
-    docs = 0
+    texts = {k: [] for k in keys}
+    nsent = {k: [] for k in keys}
+    rows = []  # index in the block of each parsed line
     for i, line in enumerate(_decode_lines(block, fname, first_line, bad)):
         if line is None:
             continue
-        enc = _encode_line(line, keys, _W["splitter"])
-        if isinstance(enc, str):
-            bad.add(enc, (fname, first_line + i))
+        values = _parse_line(line, keys, splitter)
+        if isinstance(values, str):
+            bad.add(values, (fname, first_line + i))
             continue
-        docs += 1
-        part = parts.setdefault((first_global + i) % P, {k: ([], [], []) for k in keys})
-        for key, (ids, lens) in zip(keys, enc):
-            buffers, seq_lens, nseq = part[key]
-            if not lens:
-                bad.add(f"empty document ('{key}', kept as Megatron-LM keeps it)", (fname, first_line + i))
-            buffers.extend(ids)
-            seq_lens.extend(lens)
-            nseq.append(len(lens))
-    # One uint32 -> dtype conversion per block and key; ids always fit (dtype comes from vocab_size).
-    arrays = {p: {k: (np.frombuffer(b"".join(b), dtype=np.uint32).astype(_W["dtype"]), np.array(s, dtype=np.int64),
-                      np.array(n, dtype=np.int64)) for k, (b, s, n) in d.items()} for p, d in parts.items()}
-    return arrays, docs, len(block), bad
+        rows.append(i)
+        for key, sentences in zip(keys, values):
+            texts[key].extend(sentences)
+            nsent[key].append(len(sentences))
+    rows = np.array(rows, dtype=np.int64)
+    encoded = {k: (*_W["encode_flat"](texts[k]), np.array(nsent[k], dtype=np.int64)) for k in keys}
+    keep = np.ones(rows.size, dtype=bool)
+    for ids, lens, ns in encoded.values():  # a line with a sentence the tokenizer rejects is dropped from all keys
+        keep[np.repeat(np.arange(rows.size), ns)[lens < 0]] = False
+    for r in rows[~keep].tolist():
+        bad.add("tokenizer error", (fname, first_line + r))
+    doc_part = (first_global + rows[keep]) % _W["partitions"]
+    arrays: dict[int, dict] = {}
+    for key, (ids, lens, ns) in encoded.items():
+        packed = pack_documents(ids, lens, ns, keep, _W["eod"])
+        for r in rows[keep][packed[2] == 0].tolist():
+            bad.add(f"empty document ('{key}', kept as Megatron-LM keeps it)", (fname, first_line + r))
+        for p, (tokens, seq_lens, nseq) in _split_partitions(packed, doc_part, _W["partitions"]).items():
+            # One uint32 -> dtype conversion per block and key; ids always fit (dtype comes from vocab_size).
+            arrays.setdefault(p, {})[key] = (tokens.astype(_W["dtype"]), seq_lens, nseq)
+    return arrays, int(keep.sum()), len(block), bad
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -5,19 +5,24 @@ row of the table: p = softmax(LayerNorm_V(x @ W_head^T)) over the first Vt = V -
 cast back), e = p @ table[:Vt]; the n_ind indicator tokens are hard rows table[Vt + i] (`vet_indicator`).
 
 The kernels (csrc/vet/vet.h, one ATen-level algorithm for CPU and CUDA) walk the vocabulary in blocks with running
-statistics and recompute blocks in backward, so memory is O(block_n * block_v) instead of O(N * V):
-  forward:  pass 1 per-row mean/M2 of the logits (merged blockwise), pass 2 online softmax and p @ table;
-  backward: pass 1 dtable, dln_weight, dln_bias and the LayerNorm row sums, pass 2 dx and dhead_weight.
+statistics and recompute blocks in backward, so memory is O(block_n * block_v) instead of O(N * V), and each
+direction is ONE pass over V:
+  forward:  the LayerNorm's per-row mean and variance come from W's moments (mean = x . wbar, var = x^T C x with
+            C = (W - wbar)^T (W - wbar) / V, d_in x d_in), then an online softmax fused with p @ table;
+  backward: one recomputing pass gives dtable, dln_weight, dln_bias, the LayerNorm row sums A = sum_v dy gamma,
+            B = sum_v dy gamma zh and the parts of dx / dhead_weight that do not need them; the rest is added from
+            d_in-sized terms after the pass (derivation in vet.h, "head backward").
+  Matmuls over N x V: forward 2 (naive 2), backward 5 (naive 4: the fused path must recompute the logits).
 
-Tensor-parallel hook (V split across TP ranks, a later issue): every cross-V reduction is already a merge of
-per-block partials, so a rank's slice is merged with other ranks' exactly like another block:
-  forward pass 1 -> all-gather per-row (count, mean, M2) and Chan-merge them;
-  forward pass 2 -> all-reduce MAX of the rank's running max m_r, then all-reduce SUM of s_r * exp(m_r - m) and
-                    of acc_r * exp(m_r - m) (acc_r = the rank's unnormalized p @ table, [N, D]);
-  backward       -> c = rowsum(g * out) needs nothing; all-reduce SUM of the row sums (a, b) between the two passes
-                    and of dx at the end; dhead_weight, dln_*, dtable stay local to the rank's V slice.
-The C++ pieces (`head_row_stats`, `online_softmax_table`, `head_backward_pass1`/`pass2` in csrc/vet/vet.h) are those
-passes; the TP version exposes them as separate ops and puts the collectives between them.
+Tensor-parallel hook (V split across TP ranks, a later issue): every cross-V reduction is a merge of per-block
+partials, so a rank's slice is merged with other ranks' exactly like another block:
+  moments  -> all-gather per-rank (count, wbar_r, C_r) and merge them (Chan's formula for covariances);
+  forward  -> all-reduce MAX of the rank's running max m_r, then all-reduce SUM of s_r * exp(m_r - m) and
+              of acc_r * exp(m_r - m) (acc_r = the rank's unnormalized p @ table, [N, D]);
+  backward -> c = rowsum(g * out) needs nothing; all-reduce SUM of the row sums (A, B) and of u (the dx part, [N, d_in])
+              after the pass; dhead_weight, dln_*, dtable stay local to the rank's V slice.
+The C++ pieces (`vocab_moments`, `head_rows_forward`, `head_backward_vblock`, `head_backward_finish` in
+csrc/vet/vet.h) are those steps; the TP version exposes them as separate ops and puts the collectives between them.
 """
 
 from __future__ import annotations

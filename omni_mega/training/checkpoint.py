@@ -32,7 +32,7 @@ MARKER = "COMPLETE"
 # Per-layer checkpoint keys (decoder.layers.<global index>.*) instead of megatron's default stacked [num_layers, ...]
 # tensors: with a few layers frozen, the optimizer holds state for only some of a stacked tensor's slices, which
 # dist_checkpointing rejects as an incomplete sharding. Global indices still reshard across PP layouts.
-CKPT_METADATA = {"non_homogeneous_layers": True}
+CKPT_METADATA = {"non_homogeneous_layers": True, "distrib_optim_sharding_type": "fully_reshardable"}
 
 
 def _sharded_state_dict(chunks: list, metadata: dict | None = None) -> dict:
@@ -197,7 +197,11 @@ def load_checkpoint(ckpt: Path, model: list, optimizer, *, with_optimizer: bool 
             c.load_state_dict(msd[f"model{i}"], strict=False)
     if with_optimizer:
         _fill_common_step(state["optimizer"], read_state(ckpt).step)
-        optimizer.load_state_dict(state["optimizer"])
+        from omni_mega.training.optim import keep_missing_dist_keys, set_adam_step
+
+        with keep_missing_dist_keys(optimizer):
+            optimizer.load_state_dict(state["optimizer"])
+        set_adam_step(optimizer, read_state(ckpt).step)
     rng = Path(ckpt) / "rng" / f"rank_{_rank():05d}.pt"
     if with_optimizer and rng.exists():
         load_rng(rng)

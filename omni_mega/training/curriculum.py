@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from omni_mega.config import RunConfig, StageConfig
-from omni_mega.config.schema import DatasetConfig
+from omni_mega.config.schema import DataConfig, DatasetConfig
 from omni_mega.training.schedules import Segment, build_segments, lr_for_step
 
 
@@ -59,6 +59,48 @@ def max_seq_length(plans: list[StagePlan]) -> int:
     return max(p.seq_length for p in plans)
 
 
+# ---- multimodal stages --------------------------------------------------------------------------------------------
+def mm_ratio_target(plan: StagePlan, step_in_stage: int) -> float | None:
+    """The stage's multimodal token share at `step_in_stage` (0-based, before that step): `multimodal_ratio` ramping
+    linearly to `multimodal_ratio_end` by the stage end (the data source ramps by stage progress the same way).
+    Without a configured ratio an all-text mix is 0 and an all-image-text mix 1; a mixed stage with no ratio (which
+    config validation refuses) gives None."""
+    s = plan.cfg
+    if s.multimodal_ratio is None:
+        mm = [d.multimodal for d in plan.mix]
+        return 1.0 if mm and all(mm) else 0.0 if not any(mm) else None
+    end = s.multimodal_ratio if s.multimodal_ratio_end is None else s.multimodal_ratio_end
+    return s.multimodal_ratio + (end - s.multimodal_ratio) * min(max(step_in_stage, 0), plan.steps) / plan.steps
+
+
+def pixel_bounds(plan: StagePlan, data: DataConfig) -> tuple[int, int]:
+    """(min_pixels, max_pixels) of the stage: its own bounds, else the data section's."""
+    return plan.cfg.min_pixels or data.min_pixels, plan.cfg.max_pixels or data.max_pixels
+
+
+def _mix_line(plan: StagePlan) -> str:
+    """The mix of a multimodal run: dataset shares within each modality (the token share splits the modalities)."""
+    parts = []
+    for label, ds in (("text", [d for d in plan.mix if not d.multimodal]),
+                      ("image-text", [d for d in plan.mix if d.multimodal])):
+        w = sum(d.weight for d in ds)
+        if ds:
+            parts.append(f"{label}: " + ", ".join(f"{d.name} ({d.source}{':' + d.path if d.path else ''}) "
+                                                 f"{d.weight / w:.0%}" for d in ds))
+    return "  data: " + " | ".join(parts)
+
+
+def _mm_lines(plan: StagePlan, data: DataConfig) -> list[str]:
+    if not any(d.multimodal for d in plan.mix):
+        return ["  multimodal token share 0% (text-only stage: no images)"]
+    lo, hi = pixel_bounds(plan, data)
+    r0, r1 = mm_ratio_target(plan, 0), mm_ratio_target(plan, plan.steps)
+    ratio = "n/a" if r0 is None else f"{r0:.0%}" + (f" -> {r1:.0%}" if r1 != r0 else " (constant)")
+    budget = data.max_visual_tokens or plan.seq_length
+    return [f"  multimodal token share {ratio}; images {lo:,}-{hi:,} pixels; visual budget {budget} merged tokens "
+            f"per pack of {plan.seq_length}"]
+
+
 class LRPlan:
     """Per-step LR of the whole run (pure function of the global step) and per-group multipliers."""
 
@@ -95,7 +137,9 @@ def set_rope_base(chunks: list, base: float) -> int:
 
 # ---- banner -------------------------------------------------------------------------------------------------------
 def banner(plan: StagePlan, lr_plan: LRPlan, group_counts: dict[str, int], trainable: int, total: int,
-           n_stages: int) -> str:
+           n_stages: int, data: DataConfig | None = None) -> str:
+    """The stage-start banner; `data` (the run's data section) adds the multimodal lines: token share (start ->
+    end), resolution bounds and the visual-token budget per pack. Text-only runs pass None."""
     s = plan.cfg
     seg = lr_plan.segment_of(plan.index)
     lr0, lr1 = lr_plan.lr(plan.start_step), lr_plan.lr(plan.end_step - 1)
@@ -111,8 +155,10 @@ def banner(plan: StagePlan, lr_plan: LRPlan, group_counts: dict[str, int], train
         + f"; this stage {lr0:.3g} -> {lr1:.3g}",
         f"  sequence length {plan.seq_length}, global batch {plan.global_batch_size}, RoPE base {plan.rope_base:g}",
         "  data: " + ", ".join(f"{d.name} ({d.source}{':' + d.path if d.path else ''}) {d.weight / weights:.0%}"
-                               for d in plan.mix),
+                               for d in plan.mix) if data is None else _mix_line(plan),
     ]
+    if data is not None:
+        lines += _mm_lines(plan, data)
     if s.init_from:
         lines.append(f"  init_from: {s.init_from}")
     return "\n".join(lines)

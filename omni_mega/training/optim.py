@@ -13,6 +13,7 @@ trainable writes no step into the shared common state).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -26,13 +27,20 @@ log = logging.getLogger(__name__)
 LR_MULT_ATTR = "_omni_lr_mult"
 
 
-def wrap_ddp(chunks: list, old: list | None = None) -> list:
+def use_dist_opt(o: OptimConfig | None = None) -> bool:
+    """megatron's distributed optimizer (Adam state and fp32 master weights sharded over data-parallel ranks):
+    `optim.distributed_optimizer`, by default on with CUDA and off on CPU (where it also runs, over gloo)."""
+    flag = None if o is None else o.distributed_optimizer
+    return torch.cuda.is_available() if flag is None else bool(flag)
+
+
+def wrap_ddp(chunks: list, old: list | None = None, o: OptimConfig | None = None) -> list:
     """DDP-wraps the (unwrapped) chunks for their current requires_grad set. `old` wrappers are disarmed: their
     grad hooks stay registered on the parameters but no longer find any parameter of theirs."""
     for m in old or []:
         m.param_to_bucket_group = {}
     ddp_cfg = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=torch.cuda.is_available()
+        grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=use_dist_opt(o)
     )
     wrapped = [DistributedDataParallel(c.config, ddp_cfg, c, disable_bucketing=i > 0) for i, c in enumerate(chunks)]
     cfg0 = chunks[0].config
@@ -48,7 +56,7 @@ def build_optimizer(model: list, o: OptimConfig, dtype: torch.dtype, lr_mults: d
     ocfg = OptimizerConfig(
         optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.adam_beta1,
         adam_beta2=o.adam_beta2, adam_eps=o.adam_eps, clip_grad=o.clip_grad,
-        bf16=dtype == torch.bfloat16, params_dtype=dtype, use_distributed_optimizer=torch.cuda.is_available(),
+        bf16=dtype == torch.bfloat16, params_dtype=dtype, use_distributed_optimizer=use_dist_opt(o),
     )
     from megatron.core.optimizer import get_standard_config_overrides
 
@@ -74,7 +82,7 @@ def set_lr(optimizer, lr: float, weight_decay: float) -> None:
 
 
 def _pairs(optimizer):
-    """[(model param, optimizer param, torch optimizer)] or None for optimizers we cannot map (distributed)."""
+    """[(model param, optimizer param, torch optimizer)], or None for a distributed optimizer (see dist_carry_over)."""
     from megatron.core.optimizer.optimizer import ChainedOptimizer, Float16OptimizerWithFloat16Params, FP32Optimizer
 
     subs = optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
@@ -104,9 +112,9 @@ def carry_over(optimizer, snap: dict | None, global_step: int) -> tuple[int, int
     `global_step`. Returns (carried, fresh) parameter counts on this rank."""
     pairs = _pairs(optimizer)
     if snap is None or pairs is None:
-        if pairs is None:
-            log.warning("optimizer state not carried over: %s has no per-parameter mapping (distributed "
-                        "optimizer); Adam moments restart at this stage", type(optimizer).__name__)
+        if pairs is None and not _dist_opts(optimizer):
+            log.warning("optimizer state not carried over: %s has no per-parameter mapping; Adam moments restart "
+                        "at this stage", type(optimizer).__name__)
         return 0, 0
     carried = fresh = 0
     for m, f, t in pairs:
@@ -131,3 +139,120 @@ def set_adam_step(optimizer, global_step: int) -> None:
         st = t.state.get(f)
         if st:
             st["step"] = torch.tensor(float(global_step))
+    for o in _dist_opts(optimizer) if pairs is None else []:
+        if not isinstance(o.optimizer, (torch.optim.Adam, torch.optim.AdamW)):
+            continue  # fused Adams (TE, apex) keep one step per parameter group, which megatron's checkpoint holds
+        for st in o.optimizer.state.values():
+            if st:
+                st["step"] = torch.tensor(float(global_step))
+
+
+@contextlib.contextmanager
+def keep_missing_dist_keys(optimizer):
+    """megatron-core 0.16's reshardable loaders copy every key of a parameter's live optimizer state from the
+    checkpoint, but with torch's Adam (no TE/apex: CPU, or a GPU without them) the live state also holds a per-
+    parameter `step` that the checkpoint does not (it keeps one step per group) -> KeyError. Inside this context a
+    key the checkpoint lacks keeps its live value; `set_adam_step` sets the step after the load."""
+    patched = []
+    for o in _dist_opts(optimizer):
+        orig = o._set_main_param_and_optimizer_states
+
+        def tolerant(model_param, tensors, o=o, orig=orig):
+            live = o._get_main_param_and_optimizer_states(model_param)
+            orig(model_param, {k: tensors.get(k, v) for k, v in live.items()})
+
+        o._set_main_param_and_optimizer_states = tolerant
+        patched.append(o)
+    try:
+        yield
+    finally:
+        for o in patched:
+            del o._set_main_param_and_optimizer_states  # back to the class method
+
+
+# ---- the distributed optimizer ----------------------------------------------------------------------------------
+# megatron's DistributedOptimizer keeps, on each data-parallel rank, an fp32 main copy and Adam moments for a
+# contiguous range of every parameter's flattened elements; the ranges follow the DDP grad-buffer layout, which
+# changes whenever the trainable set does. Carrying state across a stage boundary therefore reshards: for each
+# parameter trainable before and after (in the same order on every rank), each rank writes its old range into a
+# zero tensor of the parameter's size, an all-reduce over the data-parallel group assembles the whole state, and each
+# rank copies out its new range. Peak extra memory is one parameter's state, not the model's.
+
+_DIST_KEYS = ("param", "exp_avg", "exp_avg_sq")
+
+
+def _dist_opts(optimizer) -> list:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+    from megatron.core.optimizer.optimizer import ChainedOptimizer
+
+    subs = optimizer.chained_optimizers if isinstance(optimizer, ChainedOptimizer) else [optimizer]
+    return [o for o in subs if isinstance(o, DistributedOptimizer)]
+
+
+def dist_snapshot(optimizer, chunks: list) -> dict | None:
+    """{"trainable": [params trainable now, in model order], "dp_group": group, model param: (start, end,
+    {key: clone of this rank's shard})} for a distributed optimizer, or None when there is none. A rank holds
+    entries only for parameters whose flattened elements intersect its shard."""
+    opts = _dist_opts(optimizer) if optimizer is not None else []
+    if not opts:
+        return None
+    snap: dict = {"trainable": [p for c in chunks for p in c.parameters() if p.requires_grad],
+                  "dp_group": opts[0].data_parallel_group}
+    for o in opts:
+        for p in o.model_param_gbuf_map:
+            r = o._get_model_param_range_map(p)["param"]
+            tensors = o._get_main_param_and_optimizer_states(p)
+            snap[p] = (r.start, r.end, {k: tensors[k].detach().clone() for k in _DIST_KEYS if k in tensors})
+    return snap
+
+
+def _init_states(o) -> None:
+    """Creates the inner optimizer's per-parameter state in its own format with a no-op step (lr = wd = 0, zero
+    grads): Adam moments stay zero and no main parameter moves."""
+    saved = [(g["lr"], g.get("weight_decay", 0.0)) for g in o.optimizer.param_groups]
+    for g in o.optimizer.param_groups:
+        g["lr"], g["weight_decay"] = 0.0, 0.0
+    o._init_optimizer_states_with_dummy_values()
+    for g, (lr, wd) in zip(o.optimizer.param_groups, saved):
+        g["lr"], g["weight_decay"] = lr, wd
+
+
+def dist_carry_over(optimizer, snap: dict | None, chunks: list, global_step: int) -> tuple[int, int]:
+    """Reshards snapshotted state into the new distributed optimizer; see the comment above. Collective over the
+    data-parallel group (every rank of it holds the same trainable set, so all take the same path).
+    Returns (carried, fresh) parameter counts of this rank's model."""
+    import torch.distributed as dist
+
+    opts = _dist_opts(optimizer)
+    if not opts or (snap is None and global_step == 0):
+        return 0, 0
+    for o in opts:
+        _init_states(o)
+    owner = {p: o for o in opts for p in o.model_param_gbuf_map}
+    before = set(snap["trainable"]) if snap else set()
+    carried = fresh = 0
+    for c in chunks:
+        for p in c.parameters():  # the same order on every data-parallel rank
+            if not p.requires_grad:
+                continue
+            if p not in before:
+                fresh += 1
+                continue
+            full = torch.zeros(len(_DIST_KEYS), p.numel(), dtype=torch.float32, device=p.device)
+            if p in snap:
+                start, end, tensors = snap.pop(p)
+                for i, k in enumerate(_DIST_KEYS):
+                    if k in tensors:
+                        full[i, start:end] = tensors[k].float().view(-1)
+            dist.all_reduce(full, group=snap["dp_group"])
+            if p in owner:
+                o = owner[p]
+                r = o._get_model_param_range_map(p)["param"]
+                dst = o._get_main_param_and_optimizer_states(p)  # other keys (a per-parameter step) kept as they are
+                with torch.no_grad():  # fp32 main shards are views of the (leaf) model parameters
+                    o._set_main_param_and_optimizer_states(
+                        p, {k: full[_DIST_KEYS.index(k), r.start:r.end] if k in _DIST_KEYS else v
+                                for k, v in dst.items()})
+            carried += 1
+    set_adam_step(optimizer, global_step)
+    return carried, fresh

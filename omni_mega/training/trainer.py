@@ -4,6 +4,7 @@ each stage boundary for the stage's trainable set, LR from a pure schedule, chec
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
@@ -15,18 +16,22 @@ import torch.distributed as dist
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
-from omni_mega.config import ConfigError, RunConfig, to_dict
+from omni_mega.config import ConfigError, ConnectorConfig, RunConfig, to_dict
 from omni_mega.data import demo_text
 from omni_mega.models.llm import build_llm_chunks, padded_vocab_size
 from omni_mega.runtime import Runtime
 from omni_mega.training import checkpoint as ckpt_io
-from omni_mega.training.curriculum import LRPlan, StagePlan, banner, max_seq_length, plan_stages, set_rope_base, stage_at
+from omni_mega.training import mm_step
+from omni_mega.training.curriculum import (LRPlan, StagePlan, banner, max_seq_length, mm_ratio_target, plan_stages,
+                                           set_rope_base, stage_at)
 from omni_mega.training.data_source import StepSlice, build_source
 from omni_mega.training.freeze import apply_trainable, mark_frozen_pipeline_input, resolve, trainable_count
 from omni_mega.training.metrics import MetricsWriter, truncate_metrics
-from omni_mega.training.optim import build_optimizer, carry_over, set_adam_step, set_lr, snapshot, wrap_ddp
+from omni_mega.training.optim import (build_optimizer, carry_over, dist_carry_over, dist_snapshot, set_adam_step, set_lr,
+                                      snapshot, wrap_ddp)
 from omni_mega.training.resume import check_model_shape, restore_partial_base
 from omni_mega.training.state import TrainerState
+from omni_mega.training.stop import StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +73,15 @@ class Trainer:
         self.dtype = resolve_dtype(cfg.train.dtype)
         self.plans = plan_stages(cfg)
         self.lr_plan = LRPlan(cfg)
-        self.vocab_size = padded_vocab_size(cfg.model.llm.vocab_size or demo_text.VOCAB_SIZE, cfg.parallel.tp)
+        self.multimodal = cfg.model.vit is not None
+        self.vocab_size = padded_vocab_size(cfg.model.llm.vocab_size or data_vocab_size(cfg), cfg.parallel.tp)
         max_seq = max(max_seq_length(self.plans), cfg.data.seq_length)
-        self.chunks = build_llm_chunks(cfg.model.llm, cfg.parallel, self.vocab_size, max_seq, self.dtype)
+        if self.multimodal:
+            self.chunks = build_omni_chunks(cfg, self.vocab_size, max_seq, self.dtype)
+            self.data_dir = Path(cfg.data.data_dir) if cfg.data.data_dir else self.run_dir / "data"
+            self.image_token_id = (cfg.model.connector or ConnectorConfig()).image_token_id
+        else:
+            self.chunks = build_llm_chunks(cfg.model.llm, cfg.parallel, self.vocab_size, max_seq, self.dtype)
         for c in self.chunks:
             c.to(rt.device)
         self.total_params = trainable_count_all(self.chunks)
@@ -126,20 +137,28 @@ class Trainer:
         """Applies a stage: trainable set, DDP + optimizer (carrying Adam state), RoPE base, data source, and
         `init_from` when the stage starts fresh (not when resuming inside it)."""
         snap = snapshot(self.optimizer) if self.optimizer is not None else None
+        dsnap = dist_snapshot(self.optimizer, self.chunks)  # the distributed optimizer's shards (None otherwise)
         counts = apply_trainable(self.chunks, plan.name, plan.cfg.trainable)
         mark_frozen_pipeline_input(self.chunks)
-        self.model = wrap_ddp(self.chunks, old=self.model)
+        self.model = wrap_ddp(self.chunks, old=self.model, o=self.cfg.optim)
         mults = {id(p): m.mult for m in plan.cfg.lr_mult for p in resolve(self.chunks, m.group)}
         self.optimizer = build_optimizer(self.model, self.cfg.optim, self.dtype, mults)
         carried, fresh_n = carry_over(self.optimizer, snap, self.state.step)
+        if dsnap is not None or self.state.step:
+            d_carried, d_fresh = dist_carry_over(self.optimizer, dsnap, self.chunks, self.state.step)
+            carried, fresh_n, snap = carried + d_carried, fresh_n + d_fresh, snap or dsnap
         set_rope_base(self.chunks, plan.rope_base)
         self.stage = plan
-        self.source = build_source(plan.mix, self.cfg.data.seed, self.state.consumed_samples)
+        if self.multimodal:
+            self.source = mm_step.build_mm_source(self.cfg, plan, self.data_dir, self.state.consumed_samples)
+        else:
+            self.source = build_source(plan.mix, self.cfg.data.seed, self.state.consumed_samples)
         self.trainable = trainable_count(self.chunks)
         if fresh and plan.cfg.init_from:
             self._init_from(plan)
         if self.rt.is_rank0:
-            log.info("%s", banner(plan, self.lr_plan, counts, self.trainable, self.total_params, len(self.plans)))
+            log.info("%s", banner(plan, self.lr_plan, counts, self.trainable, self.total_params, len(self.plans),
+                                  self.cfg.data if self.multimodal else None))
             if snap is not None:
                 log.info("  optimizer rebuilt: Adam state carried for %d tensors, %d start fresh (rank 0)",
                          carried, fresh_n)
@@ -166,7 +185,7 @@ class Trainer:
                 ok = 1
             except (Exception, CheckpointException) as e:  # corrupt files: report, try the next older one
                 log.warning("resume: %s failed to load (%s: %s); trying an older checkpoint", cand,
-                            type(e).__name__, e)
+                            type(e).__name__, e, exc_info=log.isEnabledFor(logging.DEBUG))
                 ok = 0
             if _all_ok(ok, self.rt.device):
                 set_adam_step(self.optimizer, self.state.step)
@@ -187,14 +206,27 @@ class Trainer:
         self.optimizer.zero_grad()
         num_micro = plan.global_batch_size // (d.micro_batch_size * self.rt.dp)
         sl = StepSlice(self.rt.dp_rank(), self.rt.dp, num_micro, d.micro_batch_size, plan.seq_length)
-        it = ({k: v.to(self.rt.device) for k, v in mb.items()} for mb in self.source.micro_batches(sl))
-        data_iter = [it] * len(self.model) if len(self.model) > 1 else it
+        if self.multimodal:
+            self._packs: list[dict] = []
+            it = mm_step.tapped(self.source.micro_batches(sl), self.rt.device, self.image_token_id, self._packs)
+        else:
+            it = ({k: v.to(self.rt.device) for k, v in mb.items()} for mb in self.source.micro_batches(sl))
+        # Interleaved (vpp): megatron calls the step function, hence next(), once per micro-batch on *every* virtual
+        # chunk, so each needs the whole stream (one shared iterator ran dry: StopIteration); tee buffers only the
+        # micro-batches one chunk runs ahead of another.
+        data_iter = list(itertools.tee(it, len(self.model))) if len(self.model) > 1 else it
         losses = get_forward_backward_func()(
-            forward_step_func=lm_forward_step, data_iterator=data_iter,
+            forward_step_func=mm_step.mm_forward_step if self.multimodal else lm_forward_step, data_iterator=data_iter,
             model=self.model if len(self.model) > 1 else self.model[0], num_microbatches=num_micro,
             seq_length=plan.seq_length, micro_batch_size=d.micro_batch_size, forward_only=False,
         )
         ok, grad_norm, _ = self.optimizer.step()
+        if self.multimodal:  # before `advance`: the ratio target is the one this step's packs were drawn for
+            from megatron.core import parallel_state as ps
+
+            self.step_data = mm_step.mm_record(
+                mm_step.step_stats(self._packs, self.rt.device, ps.get_data_parallel_group()),
+                mm_ratio_target(plan, self.state.step - plan.start_step))
         self.source.advance(plan.global_batch_size)
         s = self.state
         s.step += 1
@@ -234,10 +266,13 @@ class Trainer:
         }
         for m in plan.cfg.lr_mult:
             rec[f"lr/{m.group}"] = r.lr * m.mult
+        if self.multimodal:
+            rec.update(self.step_data)
         return rec
 
     def train(self) -> list[StepResult]:
         results, total = [], self.cfg.total_steps
+        self.stop = StopRequest(self.run_dir, self.rt.device)
         start, first = time.perf_counter(), self.state.step
         while self.state.step < total:
             plan = stage_at(self.plans, self.state.step)
@@ -248,8 +283,17 @@ class Trainer:
             results.append(r)
             self.metrics.write(self._record(r, time.perf_counter() - t0))
             s, iv = self.state, plan.cfg.ckpt_interval
-            if s.step == plan.end_step or (iv and s.step_in_stage % iv == 0):
+            saved = s.step == plan.end_step or bool(iv and s.step_in_stage % iv == 0)
+            if saved:
                 self.save()
+            if self.stop.requested():  # SLURM time limit ahead (see training/stop.py): checkpoint and leave
+                if not saved:
+                    self.save()
+                if self.rt.is_rank0:
+                    self.stop.clear()
+                    log.info("stop requested: checkpoint at step %d written, exiting (resume with --resume auto)",
+                             s.step)
+                break
             if self.rt.is_rank0 and (s.step % self.cfg.train.log_interval == 0 or s.step == first + 1):
                 rate = (s.step - first) / (time.perf_counter() - start)
                 log.info("step %5d/%d | %s | loss %.4f | grad %.3f | lr %.2e | %6.0f tok/s | ETA %s", s.step, total,
@@ -257,6 +301,27 @@ class Trainer:
                          _hms((total - s.step) / max(rate, 1e-9)))
         self.metrics.close()
         return results
+
+
+def data_vocab_size(cfg: RunConfig) -> int:
+    """LLM vocabulary of the run's data when model.llm.vocab_size is unset: the tokenizer recorded in mm_shards
+    datasets (`MMShardDataset.tokenizer["vocab_size"]`, the largest over the stages), else the built-in byte
+    tokenizer's 257 (demo_text, demo_mm)."""
+    sizes = [demo_text.VOCAB_SIZE]
+    paths = {d.path for s in cfg.stages for d in s.data if d.source == "mm_shards"}
+    if paths:
+        from omni_mega.data.mmshards import MMShardDataset
+
+        sizes += [int(MMShardDataset(p).tokenizer.get("vocab_size", 0)) for p in sorted(paths)]
+    return max(sizes)
+
+
+def build_omni_chunks(cfg: RunConfig, vocab_size: int, max_seq: int, dtype: torch.dtype) -> list:
+    """This rank's OmniModel chunks (`models.factory.build_model`): one, or one per virtual stage (vpp)."""
+    from omni_mega.models.factory import build_model
+
+    stages = [None] if cfg.parallel.vpp is None else list(range(cfg.parallel.vpp))
+    return [build_model(cfg.model, cfg.parallel, vocab_size, max_seq, dtype, vp_stage=v) for v in stages]
 
 
 def trainable_count_all(chunks: list) -> int:

@@ -261,3 +261,57 @@ def test_split_sentences_writes_sentence_level(tmp_path, gpt2_files, monkeypatch
 
     ds = IndexedDataset(str(tmp_path / "ours_text_sentence"))
     assert len(ds.document_indices) == 31 and len(ds) > 60  # 30 documents, several sentences each
+
+
+def test_unencodable_line_is_dropped_from_every_key(tmp_path, gpt2_files):
+    """A lone surrogate (valid JSON, not UTF-8 text) in one key: the line is a tokenizer error for all keys, and
+    the other lines come out exactly as the reference writes them without it."""
+    docs = [{"text": d, "title": d[:30]} for d in demo_documents(300)[:10]]
+    bad_line = {"text": "fine text", "title": "lone \ud800 surrogate"}
+    inp = str(tmp_path / "in.jsonl")
+    write_lines(inp, docs[:4] + [bad_line] + docs[4:])
+    out = run_cli(inp, str(tmp_path / "ours"), gpt2_files, "--json-keys", "text", "title", "--append-eod")
+    assert out["bad"] == {"tokenizer error": 1} and where(out, "tokenizer error") == [("in.jsonl", 5)]
+    clean = str(tmp_path / "clean.jsonl")
+    write_lines(clean, docs)
+    megatron_reference([clean], str(tmp_path / "ref"), ["text", "title"],
+                       GPT2BPETokenizer(*gpt2_files, reference=True))
+    for key in ("text", "title"):
+        assert read_bytes(tmp_path / "ours", key) == read_bytes(tmp_path / "ref", key), key
+
+
+@pytest.mark.parametrize("append_eod", [True, False])
+def test_pack_documents_matches_the_per_document_loop(append_eod):
+    """The block-at-once numpy packing against Megatron-LM's loop, on fresh random sentence lengths with empty
+    sentences, empty and failed documents, and a partition split."""
+    rng = np.random.default_rng()
+    ndocs, eod, partitions = int(rng.integers(1, 40)), 7, 3
+    nsent = rng.integers(0, 4, ndocs)
+    lens = rng.integers(0, 5, int(nsent.sum())) * (rng.random(int(nsent.sum())) < 0.8)
+    keep = rng.random(ndocs) < 0.85
+    lens[rng.random(lens.size) < 0.05] = -1  # a failed sentence: its document is not kept
+    sent_doc = np.repeat(np.arange(ndocs), nsent)
+    keep[sent_doc[lens < 0]] = False
+    ids = rng.integers(100, 200, int(np.maximum(lens, 0).sum())).astype(np.uint32)
+    packed = preprocess.pack_documents(ids, lens, nsent, keep, eod if append_eod else None)
+    doc_part = rng.integers(0, partitions, int(keep.sum()))
+    split = preprocess._split_partitions(packed, doc_part, partitions)
+    expected = {p: ([], [], []) for p in range(partitions)}
+    pos, sent, kept = 0, 0, 0
+    for d in range(ndocs):  # Megatron-LM: drop empty sentences, eod on a non-empty document
+        doc_ids, doc_lens = [], []
+        for n in lens[sent:sent + nsent[d]]:
+            doc_ids += ids[pos:pos + max(n, 0)].tolist()
+            pos, doc_lens = pos + max(n, 0), doc_lens + ([int(n)] if n > 0 else [])
+        sent += nsent[d]
+        if not keep[d]:
+            continue
+        if doc_ids and append_eod:
+            doc_ids, doc_lens[-1] = doc_ids + [eod], doc_lens[-1] + 1
+        toks, seqs, counts = expected[int(doc_part[kept])]
+        toks += doc_ids
+        seqs += doc_lens
+        counts.append(len(doc_lens))
+        kept += 1
+    got = {p: tuple(a.tolist() for a in arrays) for p, arrays in split.items()}
+    assert got == {p: e for p, e in expected.items() if e[2]}  # only partitions with documents in the block

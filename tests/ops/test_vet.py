@@ -79,6 +79,21 @@ def test_head_fp32_matches_fp64_oracle(device, backend, shape):
 
 
 @pytest.mark.parametrize("device,backend", TARGETS)
+def test_head_fp64_matches_fp64_oracle(device, backend):
+    # On CPU, fp64 tiles take vet.h's ATen epilogues (the CUDA backend's), fp32 tiles the fused loops of vet_cpu.cpp:
+    # this case keeps the former tested without a GPU, and fp64 against fp64 leaves no room for a wrong term.
+    n, d_in, vt, n_ind, d, bn, bv = 37, 16, 67, 5, 24, 8, 16
+    ins = _head_inputs(n, d_in, vt, n_ind, d, device="cpu")
+    ins_dev = [t.detach().to(device).requires_grad_() for t in ins]
+    grad = torch.randn(n, d, dtype=torch.float64)
+    oracle = _fwd_bwd(_head_ref_fn(n_ind), ins, grad)
+    got = _fwd_bwd(_head_fn(n_ind, backend=backend, block_n=bn, block_v=bv), ins_dev, grad.to(device))
+    for name, a, o in zip(HEAD_NAMES, [got[0], *got[1]], [oracle[0], *oracle[1]]):
+        assert a.dtype == torch.float64, name
+        assert_matches_oracle(a, o, name=name)
+
+
+@pytest.mark.parametrize("device,backend", TARGETS)
 def test_head_fp32_logits_with_large_mean(device, backend):
     # LayerNorm statistics: logits whose mean is ~1000x their spread must not lose the variance (fp32 sum/sumsq would).
     ins64 = _head_inputs(16, 8, 53, 5, 12, device="cpu", shift=300.0)

@@ -67,7 +67,8 @@ def test_vision_groups_need_a_vision_model():
     stage = "{name: s1, steps: 2, trainable: ['vit.layers[-1:]', projector]}"
     with pytest.raises(ConfigError, match=r"stages\[s1\].trainable: unknown module group 'vit.layers\[-1:\]'"):
         validate(_cfg(stage), world_size=1)  # a text-only model has no vision groups
-    cfg = _cfg(stage, extra=["model.vit.num_layers=2", "model.connector.kind=mlp"])
+    # multimodal runs pack one sequence per micro-batch (validate: data.micro_batch_size must be 1)
+    cfg = _cfg(stage, extra=["model.vit.num_layers=2", "model.connector.kind=mlp", "data.micro_batch_size=1"])
     validate(cfg, world_size=1)
     assert cfg.stages[0].trainable == ["vit.layers[-1:]", "projector"]
 

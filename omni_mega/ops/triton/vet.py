@@ -1,4 +1,7 @@
-"""Triton forward and backward of `visual_head_vet` (same math and saved statistics as csrc/vet/vet.h).
+"""Triton forward and backward of `visual_head_vet` (same saved statistics as csrc/vet/vet.h, so the two mix).
+
+Still the two-pass algorithm (statistics pass + main pass forward, two recomputing passes backward); the C++/CUDA op
+moved to one pass each way (LayerNorm statistics from W's moments, see csrc/vet/vet.h) and this file has not followed.
 
 The logits GEMM z = x @ W_blk^T runs in Triton (tl.dot, bf16/fp16 inputs, fp32 accumulation) with the LayerNorm and
 softmax arithmetic fused into its epilogue, so z never reaches memory:

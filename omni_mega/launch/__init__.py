@@ -1,0 +1,1 @@
+"""Cluster launch helpers: SLURM job scripts rendered from the templates in examples/slurm."""

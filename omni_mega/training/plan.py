@@ -1,0 +1,332 @@
+"""`omni-mega train CONFIG --dry-run`: the run's plan and a per-GPU memory estimate, from the config alone.
+
+Parameters are counted analytically from the config (no model is built, so a 7B plan takes milliseconds); the counts
+follow exactly the modules `omni_mega.models.factory.build_model` creates (megatron local/TE GPT layers, our ViT,
+projector and Ovis visual tokenizer) and tests/test_plan.py holds them against built tiny models.
+
+Memory per GPU, for the stage's trainable set (frozen parameters hold only their weights):
+- weights: 2 bytes per parameter held by the rank (bf16; 4 with train.dtype fp32);
+- megatron DDP grad buffer: 4 bytes (fp32 main grads, `grad_reduce_in_fp32`) per trainable parameter;
+- distributed optimizer: fp32 master weights + Adam m + v = 12 bytes per trainable parameter, sharded over DP
+  (8 bytes, no master copy, with fp32 weights); not sharded when `optim.distributed_optimizer` is false;
+- activations: Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", selective
+  activation recomputation (attention scores/softmax/dropout recomputed, which flash attention does anyway): per layer
+  34*s*b*h/t bytes with sequence parallelism, s*b*h*(10 + 24/t) without (Table 2). We evaluate the terms behind those
+  numbers for the actual widths (GQA keys/values, the MLP width, SwiGLU's two fc1 halves), which reduces to exactly
+  34 / 10 + 24/t for a 4h GELU MLP with full multi-head attention. The first pipeline stage holds the activations of
+  min(pp, micro-batches per step) micro-batches under 1F1B (x (1 + (pp-1)/(pp*vpp)) interleaved, section 4.2.3), plus
+  the ViT's (run on the first stage, for the pack's visual-token budget x merge^2 patches) when the ViT trains; the
+  last stage adds the fp32 logits for the loss, 4*s*b*V/t bytes. Every LLM layer's activations are counted even when
+  only later layers train (an upper bound). Not counted: CUDA/NCCL workspaces, allocator fragmentation, TE buffers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from omni_mega.config import RunConfig
+from omni_mega.training.groups import parse_group
+
+GIB = 1024 ** 3
+H100_GIB = 80.0  # an H100 SXM's memory; the plan flags a stage whose estimate does not fit
+DEFAULT_VOCAB = 257  # what the trainer uses when model.llm.vocab_size is unset (the built-in byte tokenizer)
+
+
+# ---- parameter counts ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Leaf:
+    """A set of parameters that move together (one group or one layer): elements over the whole model (TP shards
+    summed) and how many of them are split across TP ranks (the rest are replicated on every TP rank)."""
+
+    total: int
+    split: int
+
+    def per_rank(self, tp: int) -> int:
+        return self.split // tp + (self.total - self.split)
+
+
+def _layer(h: int, heads: int, groups: int, ffn: int, glu: bool, bias: bool, layernorm: bool) -> Leaf:
+    """One megatron TransformerLayer: norm, QKV (column-parallel), proj (row-parallel), norm, fc1, fc2."""
+    d = h // heads
+    qkv = (heads + 2 * groups) * d
+    fc1 = ffn * (2 if glu else 1)
+    split = h * qkv + heads * d * h + h * fc1 + ffn * h + (qkv + fc1 if bias else 0)
+    replicated = (2 * h if bias else 0) + 2 * _norm(h, layernorm)  # row-parallel biases; the two norms
+    return Leaf(split + replicated, split)
+
+
+def _norm(h: int, layernorm: bool) -> int:
+    return 2 * h if layernorm else h  # LayerNorm has a bias, RMSNorm does not
+
+
+# The two sizing rules of omni_mega.models.llm, restated here so planning never imports megatron or torch (a plan
+# must print in well under a second); tests/test_plan.py checks they agree with the models' own functions.
+def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
+    """`models.llm.padded_vocab_size`: padded to a multiple of lcm(128, tp)."""
+    step = math.lcm(multiple, tp)
+    return -(-vocab_size // step) * step
+
+
+def ffn_size(llm) -> int:
+    """`models.llm.ffn_size`: the MLP width (8/3 h rounded up to 64 for SwiGLU, 4 h for GELU, unless set)."""
+    if llm.ffn_hidden_size is not None:
+        return llm.ffn_hidden_size
+    return 64 * ((8 * llm.hidden_size // 3 + 63) // 64) if llm.activation == "swiglu" else 4 * llm.hidden_size
+
+
+def llm_vocab(cfg: RunConfig) -> int:
+    return padded_vocab_size(cfg.model.llm.vocab_size or DEFAULT_VOCAB, cfg.parallel.tp)
+
+
+def leaves(cfg: RunConfig) -> dict[str, Leaf]:
+    """Leaf name -> Leaf. Layer lists have one leaf per layer: `llm.layers.3`, `vit.layers.0`."""
+    llm, vit, tp = cfg.model.llm, cfg.model.vit, cfg.parallel.tp
+    h, v = llm.hidden_size, llm_vocab(cfg)
+    out: dict[str, Leaf] = {"llm.embedding": Leaf(v * h, v * h)}
+    layer = _layer(h, llm.num_attention_heads, llm.num_query_groups or llm.num_attention_heads, ffn_size(llm),
+                   llm.activation == "swiglu", False, llm.normalization == "LayerNorm")
+    out.update({f"llm.layers.{i}": layer for i in range(llm.num_layers)})
+    out["llm.final_norm"] = Leaf(_norm(h, llm.normalization == "LayerNorm"), 0)
+    out["llm.output_layer"] = Leaf(v * h, v * h) if llm.untie_embeddings else Leaf(0, 0)  # tied: the embedding's
+    if vit is None:
+        return out
+    hv, ln = vit.hidden_size, vit.normalization == "LayerNorm"
+    in_features = vit.in_channels * vit.temporal_patch_size * vit.patch_size ** 2
+    out["vit.patch_embed"] = Leaf(in_features * hv + vit.pos_embed_grid ** 2 * hv, 0)  # plain Linear + table
+    vlayer = _layer(hv, vit.num_attention_heads, vit.num_attention_heads, vit.ffn_hidden_size or 4 * hv,
+                    vit.activation == "swiglu", True, ln)
+    out.update({f"vit.layers.{i}": vlayer for i in range(vit.num_layers)})
+    out["vit.final_norm"] = Leaf(_norm(hv, ln), 0)
+    d_in = vit.merge_size ** 2 * hv
+    conn = cfg.model.connector
+    if conn is None or conn.kind == "mlp":
+        hid = (conn.projector_hidden_size if conn else None) or h
+        out["projector"] = Leaf(d_in * hid + hid + hid * h + h, d_in * hid + hid + hid * h)  # fc2 bias replicated
+    else:
+        vp = padded_vocab_size(conn.visual_vocab_size - conn.num_indicators, tp)
+        out["visual_head"] = Leaf(vp * d_in + 2 * vp, vp * d_in + 2 * vp)  # weight + vocabulary LayerNorm
+        ind = conn.num_indicators * h  # replicated indicator rows
+        out["vet"] = Leaf(vp * h + ind, vp * h)
+    return out
+
+
+def group_leaves(name: str, names: list[str], cfg: RunConfig) -> list[str]:
+    """Leaves a module-group name (`llm`, `vit.layers[-1:]`, `vet`, ...) selects, following `OmniModel.named_groups`:
+    `vit` is the whole tower (patch embedding, layers, final norm), `llm` the whole GPTModel."""
+    ref = parse_group(name)
+    if ref.base in ("llm.layers", "vit.layers"):
+        n = cfg.model.llm.num_layers if ref.base == "llm.layers" else cfg.model.vit.num_layers
+        return [f"{ref.base}.{i}" for i in ref.select(n)]
+    if ref.base in ("llm", "vit"):
+        return [k for k in names if k.startswith(ref.base + ".")]
+    return [k for k in names if k == ref.base]
+
+
+def trainable_leaves(cfg: RunConfig, groups: list[str]) -> dict[str, list[str]]:
+    names = list(leaves(cfg))
+    return {g: group_leaves(g, names, cfg) for g in groups}
+
+
+# ---- layout -------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Layout:
+    world_size: int
+    tp: int
+    pp: int
+    vpp: int
+    cp: int
+    sp: bool
+
+    @property
+    def dp(self) -> int:
+        return self.world_size // (self.tp * self.pp * self.cp)
+
+
+def layout_of(cfg: RunConfig, world_size: int) -> Layout:
+    p = cfg.parallel
+    return Layout(world_size, p.tp, p.pp, p.vpp or 1, p.cp, p.sp)
+
+
+def rank_leaves(cfg: RunConfig, lay: Layout, rank: int) -> list[str]:
+    """Leaves pipeline rank `rank` holds: its layers (chunks rank, rank + pp, ... of L / (pp * vpp) layers), the
+    embedding and the vision side on rank 0, the final norm and output layer on the last rank."""
+    llm = cfg.model.llm
+    per_chunk = llm.num_layers // (lay.pp * lay.vpp)
+    names = [f"llm.layers.{c * per_chunk + j}" for c in range(rank, lay.pp * lay.vpp, lay.pp) for j in range(per_chunk)]
+    everything = leaves(cfg)
+    if rank == 0:
+        names += ["llm.embedding"] + [k for k in everything if not k.startswith("llm.")]
+    if rank == lay.pp - 1:
+        names += ["llm.final_norm", "llm.output_layer"]
+    return names
+
+
+def rank_params(cfg: RunConfig, lay: Layout, rank: int, subset: set[str] | None = None) -> int:
+    """Elements pipeline rank `rank` holds on one GPU (TP-split leaves divided by tp), optionally only `subset`.
+    Tied embeddings with pp > 1: the last rank holds its own copy of the word embeddings as the output layer."""
+    lv = leaves(cfg)
+    n = sum(lv[k].per_rank(lay.tp) for k in rank_leaves(cfg, lay, rank) if subset is None or k in subset)
+    tied_copy = not cfg.model.llm.untie_embeddings and lay.pp > 1 and rank == lay.pp - 1
+    if tied_copy and (subset is None or {"llm.embedding", "llm.output_layer"} & subset):
+        n += lv["llm.embedding"].per_rank(lay.tp)
+    return n
+
+
+# ---- activations (Korthikanti et al. 2022, selective recompute) ---------------------------------------------------
+def layer_activation_bytes(s: int, b: int, h: int, heads: int, groups: int, ffn: int, glu: bool, t: int,
+                           sp: bool) -> float:
+    """Bytes one transformer layer keeps for backward under selective recompute, 16-bit activations.
+
+    Replicated across TP without SP (10*s*b*h): the two norm inputs (4), the QKV input (2), the MLP input (2), the
+    two dropout masks (1 + 1). Split across TP: Q (2h) and K, V (2 * 2 * kv width), the projection input (2h), the fc1
+    output (2f, x2 for SwiGLU) and the activation output (2f). For h = a*d, f = 4h, no GLU: 24*s*b*h/t."""
+    kv = groups * (h // heads)
+    split = 2 * h + 4 * kv + 2 * h + 2 * ffn * (2 if glu else 1) + 2 * ffn
+    replicated = 10 * h
+    return s * b * (replicated / (t if sp else 1) + split / t)
+
+
+def activation_bytes(cfg: RunConfig, lay: Layout, seq: int, trainable: set[str], n_micro: int) -> tuple[float, float]:
+    """(first pipeline rank, last pipeline rank) activation bytes for one step's in-flight micro-batches."""
+    llm, vit, b = cfg.model.llm, cfg.model.vit, cfg.data.micro_batch_size
+    s = seq // lay.cp
+    per_layer = layer_activation_bytes(s, b, llm.hidden_size, llm.num_attention_heads,
+                                       llm.num_query_groups or llm.num_attention_heads, ffn_size(llm),
+                                       llm.activation == "swiglu", lay.tp, lay.sp)
+    inflight = min(lay.pp, n_micro)
+    interleave = 1 + (lay.pp - 1) / (lay.pp * lay.vpp) if lay.vpp > 1 else 1.0
+    layers_per_rank = llm.num_layers // lay.pp
+    first = per_layer * layers_per_rank * inflight * interleave
+    last = per_layer * layers_per_rank * (1 if lay.pp > 1 else inflight)  # 1F1B: the last stage holds one
+    last += 4 * s * b * llm_vocab(cfg) / lay.tp  # fp32 logits for the cross entropy
+    if lay.pp == 1:
+        first = last
+    if vit is not None and any(k.startswith("vit.") for k in trainable):
+        patches = (cfg.data.max_visual_tokens or seq) * vit.merge_size ** 2
+        vlayer = layer_activation_bytes(patches, 1, vit.hidden_size, vit.num_attention_heads,
+                                        vit.num_attention_heads, vit.ffn_hidden_size or 4 * vit.hidden_size,
+                                        vit.activation == "swiglu", lay.tp, lay.sp)
+        first += vlayer * vit.num_layers * inflight
+    return first, last
+
+
+# ---- memory per GPU -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Memory:
+    """Bytes on one GPU of a pipeline rank."""
+
+    weights: float
+    grads: float
+    optimizer: float
+    activations: float
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.grads + self.optimizer + self.activations
+
+
+def distributed_optimizer(cfg: RunConfig) -> bool:
+    """The plan is for GPUs, where `optim.distributed_optimizer: null` means on; only an explicit false is off."""
+    return getattr(cfg.optim, "distributed_optimizer", None) is not False
+
+
+def stage_memory(cfg: RunConfig, lay: Layout, seq: int, gbs: int, trainable: set[str]) -> list[Memory]:
+    """Memory of pipeline ranks 0 and pp-1 (one entry when pp == 1) for a stage's trainable leaves."""
+    fp32 = cfg.train.dtype == "fp32"
+    w_bytes, opt_bytes = (4, 8) if fp32 else (2, 12)
+    shards = max(1, lay.dp) if distributed_optimizer(cfg) else 1
+    n_micro = max(1, gbs // (cfg.data.micro_batch_size * max(1, lay.dp)))
+    act_first, act_last = activation_bytes(cfg, lay, seq, trainable, n_micro)
+    out = []
+    for rank, act in ((0, act_first), (lay.pp - 1, act_last))[: 1 if lay.pp == 1 else 2]:
+        held = rank_params(cfg, lay, rank)
+        train = rank_params(cfg, lay, rank, trainable)
+        out.append(Memory(held * w_bytes, train * 4, train * opt_bytes / shards, act))
+    return out
+
+
+# ---- the printed plan ---------------------------------------------------------------------------------------------
+def _pixels(n: int) -> str:
+    r = math.isqrt(n)
+    return f"{r}^2" if r * r == n else f"{n:,} px"
+
+
+def _tokens(n: float) -> str:
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= div:
+            return f"{n / div:.4g}{unit}"
+    return f"{n:g}"
+
+
+def _gib(b: float) -> str:
+    return f"{b / GIB:.1f} GiB" if b >= GIB / 10 else f"{b / 2 ** 20:.2f} MiB"
+
+
+def stage_lines(cfg: RunConfig, lay: Layout, plan, lr_plan, lv: dict[str, Leaf]) -> tuple[list[str], float]:
+    s = plan.cfg
+    tokens = plan.steps * plan.global_batch_size * plan.seq_length
+    chosen = trainable_leaves(cfg, s.trainable)
+    union = {k for ks in chosen.values() for k in ks}
+    seg = lr_plan.segment_of(plan.index)
+    lines = [f"  [{plan.index + 1}] stage {plan.name}: {plan.steps:,} steps x {plan.global_batch_size} x "
+             f"{plan.seq_length} = {tokens:,} tokens ({_tokens(tokens)})"
+             + (f", asked {_tokens(s.tokens)}" if s.tokens else "")
+             + f", RoPE base {plan.rope_base:,g}"]
+    if cfg.model.vit is not None:
+        r0, r1 = s.multimodal_ratio, s.multimodal_ratio_end
+        if not any(d.multimodal for d in plan.mix):
+            lines.append("      multimodal share 0 (text only)")
+        else:  # no ratio with an image-text-only mix: every token is multimodal
+            ratio = "1" if r0 is None else f"{r0:g}" + (f" -> {r1:g}" if r1 is not None else "")
+            lo, hi = s.min_pixels or cfg.data.min_pixels, s.max_pixels or cfg.data.max_pixels
+            lines.append(f"      multimodal share {ratio}; resolution {_pixels(lo)} - {_pixels(hi)}")
+    lines.append(f"      trainable {sum(lv[k].total for k in union):,} params: "
+                 + ", ".join(f"{g} {sum(lv[k].total for k in ks):,}" for g, ks in chosen.items()))
+    lines.append(f"      lr: {s.schedule}, {seg.decay} peak {seg.peak:.3g} min {seg.min_lr:.3g} warmup {seg.warmup}"
+                 f"; {lr_plan.lr(plan.start_step):.3g} -> {lr_plan.lr(plan.end_step - 1):.3g} in this stage")
+    worst = 0.0
+    for rank, m in zip((0, lay.pp - 1), stage_memory(cfg, lay, plan.seq_length, plan.global_batch_size, union)):
+        worst = max(worst, m.total)
+        lines.append(f"      memory/GPU pp rank {rank}: weights {_gib(m.weights)} + grads {_gib(m.grads)} + optimizer "
+                     f"{_gib(m.optimizer)} + activations {_gib(m.activations)} = {_gib(m.total)}"
+                     + ("  ** over an 80 GiB H100 **" if m.total / GIB > H100_GIB else ""))
+    return lines, worst
+
+
+def format_plan(cfg: RunConfig, world_size: int) -> str:
+    """The dry-run text: layout, parameter counts, one block per stage, totals."""
+    from omni_mega.training.curriculum import LRPlan, plan_stages
+
+    lay = layout_of(cfg, world_size)
+    lv = leaves(cfg)
+    plans, lr_plan = plan_stages(cfg), LRPlan(cfg)
+    total = sum(x.total for x in lv.values())
+    vision = sum(x.total for k, x in lv.items() if not k.startswith("llm."))
+    lines = [f"run {cfg.name}: {len(plans)} stages",
+             f"layout: world {lay.world_size} = tp {lay.tp} x pp {lay.pp} x cp {lay.cp} x dp {lay.dp}"
+             f" (vpp {cfg.parallel.vpp}, sequence parallel {lay.sp}), micro-batch {cfg.data.micro_batch_size}, "
+             + ("distributed optimizer" if distributed_optimizer(cfg) else "optimizer not sharded"),
+             f"parameters: {total:,} (llm {total - vision:,}, vision {vision:,}; padded vocab {llm_vocab(cfg):,})"]
+    worst, tokens = 0.0, 0
+    for p in plans:
+        block, w = stage_lines(cfg, lay, p, lr_plan, lv)
+        lines += block
+        worst, tokens = max(worst, w), tokens + p.steps * p.global_batch_size * p.seq_length
+    lines.append(f"total: {cfg.total_steps:,} steps, {tokens:,} tokens ({_tokens(tokens)}), "
+                 f"peak memory/GPU {_gib(worst)}")
+    lines.append("memory model: bf16 weights, fp32 grads, fp32 master + Adam sharded over dp; activations by "
+                 "Korthikanti et al. 2022 with selective recompute (see omni_mega/training/plan.py)")
+    return "\n".join(lines)
+
+
+def planning_world_size(cfg: RunConfig, world_size: int | None, detected: int) -> tuple[int, str | None]:
+    """The world size to plan for: the one asked for, else the detected one when it fits the layout, else the
+    smallest that does (dp = 1), with a note saying so."""
+    if world_size is not None:
+        return world_size, None
+    mp = cfg.parallel.tp * cfg.parallel.pp * cfg.parallel.cp
+    if detected % mp == 0:
+        return detected, None
+    return mp, (f"planning for world size {mp} (tp x pp x cp, dp = 1): pass --world-size N or --nodes N "
+                f"--gpus-per-node G for the cluster layout")
