@@ -15,8 +15,8 @@ export MAX_JOBS ?= 2
 $(STAMP): pyproject.toml setup.py
 	@test -x $(PY) || { command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (or PYTHON=...)"; exit 1; }; $(PYTHON) -m venv $(VENV); }
 	$(PIP) install --quiet --upgrade pip setuptools wheel
-	# torch first: the extension must build against exactly this torch (CPU wheel here, CUDA wheel on a cluster).
-	$(PIP) install --quiet torch==2.13.0 numpy==2.4.6
+	# torch (+ pybind11) first: the extensions build against exactly these (CPU wheel here, CUDA wheel on a cluster).
+	$(PIP) install --quiet torch==2.13.0 numpy==2.4.6 pybind11==3.1.0
 	$(PIP) install --quiet -e ".[test,plot]" --no-build-isolation
 	@touch $(STAMP) && touch $(BUILT)
 

@@ -57,6 +57,10 @@ def transformer_config(cfg: LLMConfig, parallel: ParallelConfig, dtype: torch.dt
         sequence_parallel=parallel.sp,
         params_dtype=dtype,
         pipeline_dtype=dtype,
+        # Interleaved at pp=2: a rank's previous and next stage are the same peer, and megatron's batched p2p
+        # (one batch_isend_irecv, ops matched in posting order) crosses the activation and the gradient in the
+        # steady-state exchange (Megatron-LM #750, #1450). Unbatched p2p posts them in even/odd order on two groups.
+        batch_p2p_comm=not (parallel.vpp is not None and parallel.pp == 2),
         bf16=dtype == torch.bfloat16,
         # CPU: initialise on the host and avoid fused CUDA kernels; GPU: the fast paths.
         use_cpu_initialization=not cuda,

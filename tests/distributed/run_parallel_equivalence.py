@@ -16,7 +16,9 @@ from omni_mega.training.trainer import Trainer
 TINY = [
     "model.llm.num_layers=4", "model.llm.hidden_size=64", "model.llm.num_attention_heads=4",
     "model.llm.max_position_embeddings=64", "data.seq_length=32", "data.micro_batch_size=2",
-    "data.global_batch_size=4", "optim.warmup_steps=0", "optim.lr=1e-3", "train.tensorboard=false",
+    # 4 micro-batches per step: more than pp, so pipelined schedules reach their steady state (interleaving at pp=2
+    # crossed activations and gradients there; see models/llm.py batch_p2p_comm).
+    "data.global_batch_size=8", "optim.warmup_steps=0", "optim.lr=1e-3", "train.tensorboard=false",
     "stages=[{name: s, steps: 2}]",
 ]
 

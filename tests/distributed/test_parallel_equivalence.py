@@ -1,4 +1,4 @@
-"""TP=2 and PP=2 reproduce the TP=1/PP=1 loss and gradient norm for identical weights, the weights travelling
+"""TP=2, PP=2 and interleaved PP=2 x VPP=2 reproduce the TP=1/PP=1 loss and gradient norm for identical weights, the weights travelling
 through megatron dist_checkpointing (saved at TP=1, loaded resharded)."""
 
 import json
@@ -19,7 +19,8 @@ def reference(tmp_path_factory):
     return ckpt, json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("layout", [["--set=parallel.tp=2"], ["--set=parallel.pp=2"]], ids=["tp2", "pp2"])
+@pytest.mark.parametrize("layout", [["--set=parallel.tp=2"], ["--set=parallel.pp=2"],
+                                    ["--set=parallel.pp=2", "--set=parallel.vpp=2"]], ids=["tp2", "pp2", "pp2-vpp2"])
 def test_layout_matches_single_process(reference, layout, tmp_path):
     ckpt, ref = reference
     out = tmp_path / "out.json"
