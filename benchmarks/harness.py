@@ -108,6 +108,17 @@ def time_fn(fn: Callable[[], object], *, warmup: int = 3, repeats: int = 10, dev
     return statistics.median(times)
 
 
+def cpu_ms(fn: Callable[[], object], repeats: int) -> float:
+    """Median CPU time of fn() in milliseconds, all threads of this process: unlike wall time it barely moves when
+    other jobs share the machine, so a ratio of two providers' CPU times is the robust comparison on a busy host."""
+    times = []
+    for _ in range(repeats):
+        c0 = time.process_time()
+        fn()
+        times.append((time.process_time() - c0) * 1e3)
+    return statistics.median(times)
+
+
 def peak_memory_mb(fn: Callable[[], object], *, device: str = "cpu") -> float:
     """Peak memory of one call above what was allocated before it."""
     if device == "cuda":

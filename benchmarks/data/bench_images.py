@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import statistics
 import sys
-import time
 
 if "--thp" in sys.argv:  # read once by torch's CPU allocator: must be set before torch allocates anything
     os.environ["THP_MEM_ALLOC_ENABLE"] = "1"
@@ -49,16 +47,6 @@ def make_jpegs(n: int, seed: int = 0) -> list[bytes]:
         out.append(buf.getvalue())
     return out
 
-
-def cpu_ms(fn, repeats: int) -> float:
-    """Median CPU time (all threads of this process) of fn(): unlike wall time it barely moves when other jobs
-    share the machine, so the ratio of two providers' CPU times is the robust comparison on a busy host."""
-    times = []
-    for _ in range(repeats):
-        c0 = time.process_time()
-        fn()
-        times.append((time.process_time() - c0) * 1e3)
-    return statistics.median(times)
 
 
 def transformers_fn(samples: list[bytes], min_pixels: int, max_pixels: int):
@@ -122,7 +110,7 @@ def main() -> None:
         r = harness.measure("images", name, "fwd", shape, fn, device=device, warmup=1, repeats=args.repeats)
         r.extra["img/s"] = round(args.images / (r.ms * 1e-3), 1)
         if device == "cpu":
-            r.extra["cpu ms"] = round(cpu_ms(fn, args.repeats), 1)
+            r.extra["cpu ms"] = round(harness.cpu_ms(fn, args.repeats), 1)
         results.append(r)
     base = next((r for r in results if r.provider.startswith("transformers")), None)
     if base is not None:

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -52,15 +50,6 @@ def quality(ds, ratio: float, seq: int, packs: int, gbs: int, dp: int) -> dict:
             "mm_share_%": round(100 * src.multimodal_share(), 1),
             "dp_imbalance_%": round(100 * sum(gaps) / max(1, len(gaps)), 1), "skipped": sum(src.skipped.values())}
 
-
-def cpu_ms(fn, repeats: int) -> float:
-    """Median process CPU time of fn() (all threads): steadier than wall time when other jobs share the host."""
-    times = []
-    for _ in range(repeats):
-        c0 = time.process_time()
-        fn()
-        times.append((time.process_time() - c0) * 1e3)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -96,7 +85,7 @@ def main() -> None:
             r = harness.measure("mm_packing", f"ours ({backend})", "full", shape + f" gbs={args.gbs}", step,
                                 device=args.device, warmup=1, repeats=args.repeats, bytes_moved=out_bytes or None)
             r.extra["packs/s"] = round(args.gbs / (r.ms * 1e-3), 1)
-            r.extra["cpu_ms"] = round(cpu_ms(step, args.repeats), 1)
+            r.extra["cpu_ms"] = round(harness.cpu_ms(step, args.repeats), 1)
             results.append(r)
     notes = ("- plan: ms per pack (sizes only); full: ms per step of gbs packs (read + decode + resize + pack_images) "
              "through micro_batches (the trainer's path); cpu_ms: process CPU time of that step.\n"

@@ -20,9 +20,9 @@ holding whole image-text and text samples back to back (THD with `cu_seqlens`). 
    with `omni_mega.ops.pack_images`. An image rejected at decode time turns its sample's span into padding.
 
 Determinism and resume: a window is a pure function of (seed, stage index, window index) and the snapshot taken at
-its start (sampler counts/credits, token deficit, carried samples, packs before it). `state_dict()` saves the snapshot of the window
-holding the next pack plus the pack count, so a new process restored from it yields exactly the batches an
-uninterrupted run would. Without a state, a source built at `consumed_samples` replays the stage's windows from the
+its start (sampler counts/credits, token deficit, carried samples, packs before it). `state_dict()` saves the
+snapshot of the window holding the next pack plus the pack count, so a new process restored from it yields exactly
+the batches an uninterrupted run would. Without a state, a source built at `consumed_samples` replays the stage's windows from the
 stage start (sizes only) to reach the same place.
 """
 

@@ -30,7 +30,7 @@ import numpy as np
 
 FORMAT, VERSION = "omni_mega.mmshards", 1
 DATASET_JSON = "dataset.json"
-BYTE_TOKENIZER = {"kind": "byte", "vocab_size": 257, "eod": 256}  # omni_mega.data.demo_text's ids
+BYTE_TOKENIZER = {"kind": "byte", "vocab_size": 257, "eod": 256}  # demo_text's ids, restated: that module imports torch
 INDEX_DTYPE = np.dtype([("key", "S32"), ("image_offset", "<i8"), ("image_size", "<i8"), ("ids_offset", "<i8"),
                         ("num_tokens", "<i4"), ("txt_offset", "<i8"), ("txt_size", "<i8"),
                         ("height", "<i4"), ("width", "<i4")])

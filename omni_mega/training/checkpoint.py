@@ -197,11 +197,10 @@ def load_checkpoint(ckpt: Path, model: list, optimizer, *, with_optimizer: bool 
             c.load_state_dict(msd[f"model{i}"], strict=False)
     if with_optimizer:
         _fill_common_step(state["optimizer"], read_state(ckpt).step)
-        from omni_mega.training.optim import keep_missing_dist_keys, set_adam_step
+        from omni_mega.training.optim import keep_missing_dist_keys
 
-        with keep_missing_dist_keys(optimizer):
+        with keep_missing_dist_keys(optimizer):  # the caller sets the Adam step afterwards (optim.set_adam_step)
             optimizer.load_state_dict(state["optimizer"])
-        set_adam_step(optimizer, read_state(ckpt).step)
     rng = Path(ckpt) / "rng" / f"rank_{_rank():05d}.pt"
     if with_optimizer and rng.exists():
         load_rng(rng)

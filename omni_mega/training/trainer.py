@@ -27,8 +27,8 @@ from omni_mega.training.curriculum import (LRPlan, StagePlan, banner, max_seq_le
 from omni_mega.training.data_source import StepSlice, build_source
 from omni_mega.training.freeze import apply_trainable, mark_frozen_pipeline_input, resolve, trainable_count
 from omni_mega.training.metrics import MetricsWriter, truncate_metrics
-from omni_mega.training.optim import (build_optimizer, carry_over, dist_carry_over, dist_snapshot, set_adam_step, set_lr,
-                                      snapshot, wrap_ddp)
+from omni_mega.training.optim import (build_optimizer, carry_over, dist_carry_over, dist_snapshot, set_adam_step,
+                                      set_lr, snapshot, wrap_ddp)
 from omni_mega.training.resume import check_model_shape, restore_partial_base
 from omni_mega.training.state import TrainerState
 from omni_mega.training.stop import StopRequest
@@ -144,9 +144,8 @@ class Trainer:
         mults = {id(p): m.mult for m in plan.cfg.lr_mult for p in resolve(self.chunks, m.group)}
         self.optimizer = build_optimizer(self.model, self.cfg.optim, self.dtype, mults)
         carried, fresh_n = carry_over(self.optimizer, snap, self.state.step)
-        if dsnap is not None or self.state.step:
-            d_carried, d_fresh = dist_carry_over(self.optimizer, dsnap, self.chunks, self.state.step)
-            carried, fresh_n, snap = carried + d_carried, fresh_n + d_fresh, snap or dsnap
+        d_carried, d_fresh = dist_carry_over(self.optimizer, dsnap, self.chunks, self.state.step)
+        carried, fresh_n = carried + d_carried, fresh_n + d_fresh
         set_rope_base(self.chunks, plan.rope_base)
         self.stage = plan
         if self.multimodal:
@@ -159,7 +158,7 @@ class Trainer:
         if self.rt.is_rank0:
             log.info("%s", banner(plan, self.lr_plan, counts, self.trainable, self.total_params, len(self.plans),
                                   self.cfg.data if self.multimodal else None))
-            if snap is not None:
+            if snap is not None or dsnap is not None:
                 log.info("  optimizer rebuilt: Adam state carried for %d tensors, %d start fresh (rank 0)",
                          carried, fresh_n)
 

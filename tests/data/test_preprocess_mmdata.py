@@ -1,6 +1,5 @@
-"""tools/preprocess_mmdata.py: JSONL and folder inputs, every kind of bad input counted, survivors in order."""
+"""tools/preprocess_mmdata.py (omni_mega/data/preprocess_mm.py): JSONL and folder inputs, every kind of bad input counted, survivors in order."""
 
-import importlib.util
 import io
 import json
 import os
@@ -21,12 +20,9 @@ TOOL = os.path.join(ROOT, "tools", "preprocess_mmdata.py")
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("preprocess_mmdata", TOOL)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["preprocess_mmdata"] = mod  # worker jobs pickle its functions by module name
-    spec.loader.exec_module(mod)
-    yield mod
-    del sys.modules["preprocess_mmdata"]
+    from omni_mega.data import preprocess_mm
+
+    return preprocess_mm
 
 
 def _png_bytes(img, fmt="PNG"):
