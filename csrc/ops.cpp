@@ -4,6 +4,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "common/host_cache.h"
+
 TORCH_LIBRARY(omni_mega, m) {
   // grid_thw int32/int64 [N, 3] -> (pos int32 [T, 2] (row, col), cu_seqlens int32 [sum_i t_i + 1]).
   m.def("vision_positions(Tensor grid_thw, int merge_size) -> (Tensor, Tensor)");
@@ -31,6 +33,13 @@ TORCH_LIBRARY(omni_mega, m) {
   // pixel_values out_dtype [T, C*tps*p*p] in Qwen2-VL token/feature order, C = len(mean).
   m.def("pack_images(Tensor data, Tensor sizes, Tensor offsets, int patch_size, int merge_size, "
         "int temporal_patch_size, float[] mean, float[] std, ScalarType out_dtype) -> Tensor");
+  // [resize_images schemas]
+  // data uint8 [bytes] (HWC images back to back), sizes/offsets as pack_images, out_sizes int [N, 2] ->
+  // uint8 [sum_i out_h * out_w * C]: every image resized with Pillow's BICUBIC filter, bit for bit.
+  m.def("resize_images(Tensor data, Tensor sizes, Tensor offsets, Tensor out_sizes, int channels) -> Tensor");
+  // The recycling pool for large host outputs (csrc/common/host_cache.h): free bytes held, and a way to drop them.
+  m.def("host_cache_free_bytes() -> int", &omni_mega::host_cache_free_bytes);
+  m.def("host_cache_clear() -> ()", &omni_mega::host_cache_clear);
 }
 
 // `import omni_mega._C` loads this library (and so runs the registrations above); it exposes no Python functions.

@@ -22,7 +22,6 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from benchmarks import harness  # noqa: E402
-from benchmarks.data.bench_images import cpu_ms  # noqa: E402
 from omni_mega.ops import pack_images, pack_images_ref  # noqa: E402
 
 
@@ -75,7 +74,7 @@ def main() -> None:
     for name, fn in providers.items():
         r = harness.measure("pack_images", name, "fwd", shape, fn, **kw)
         r.extra["img/s"] = round(args.images / (r.ms * 1e-3), 1)
-        r.extra["cpu ms"] = round(cpu_ms(fn, args.repeats), 1)  # robust to other jobs on the host
+        r.extra["cpu ms"] = round(harness.cpu_ms(fn, args.repeats), 1)  # robust to other jobs on the host
         results.append(r)
     if torch.cuda.is_available():
         gpu_images = [i.cuda() for i in images]

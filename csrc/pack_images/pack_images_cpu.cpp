@@ -6,6 +6,7 @@
 
 #include <cstring>
 
+#include "common/host_cache.h"
 #include "pack_images/pack_images.h"
 
 namespace omni_mega {
@@ -28,10 +29,11 @@ void pack_block_row(const uint8_t* img, int64_t w_px, int64_t block_row, int64_t
         const int64_t pr = block_row * m + ir, pc = bc * m + ic;
         const uint8_t* patch = img + ((pr * p) * w_px + pc * p) * C;
         for (int64_t c = 0; c < C; ++c) {
-          const scalar_t* lc = lut + c * 256;
-          scalar_t* dst = out + c * tps * pp;
+          // restrict: without it every store may alias the table, and each lookup waits for the previous store.
+          const scalar_t* __restrict__ lc = lut + c * 256;
+          scalar_t* __restrict__ dst = out + c * tps * pp;
           for (int64_t y = 0; y < p; ++y) {
-            const uint8_t* src = patch + y * w_px * C + c;
+            const uint8_t* __restrict__ src = patch + y * w_px * C + c;
             for (int64_t x = 0; x < p; ++x) dst[y * p + x] = lc[src[x * C]];
           }
           // A still image is its own temporal neighbour: copy the frame's p x p block tps - 1 more times.
@@ -48,7 +50,8 @@ at::Tensor pack_images_cpu(const at::Tensor& data, const at::Tensor& sizes, cons
   TORCH_CHECK(data.device().is_cpu(), "pack_images_cpu: data must be on CPU, got ", data.device());
   PackImagesPlan plan = plan_pack_images(data, sizes, offsets, patch_size, merge_size, temporal_patch_size, mean,
                                          std, out_dtype);
-  at::Tensor out = at::empty({plan.total_tokens, plan.features}, data.options().dtype(out_dtype));
+  // Recycled: first-touch page faults on a fresh output cost ~10x the packing itself (common/host_cache.h).
+  at::Tensor out = empty_recycled({plan.total_tokens, plan.features}, out_dtype);
   const int64_t n = plan.sizes.size(0), p = patch_size, m = merge_size;
   const int64_t* hw = plan.sizes.data_ptr<int64_t>();
   const int64_t* off = plan.offsets.data_ptr<int64_t>();

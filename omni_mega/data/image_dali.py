@@ -4,8 +4,9 @@
 `device="mixed"` (nvJPEG on the GPU). Only plain 8-bit RGB/gray JPEG and PNG go through DALI, where its decode is
 bit-exact with Pillow's; other modes (CMYK, RGBA, 16-bit, palette, ...) and anything DALI fails on take the Pillow
 path, which converts them or names the rejection reason, so a bad image in a DALI batch never loses the batch.
-After decoding, the CPU path resizes with Pillow (identical to the Pillow path); the mixed path resizes on the GPU
-with torch's antialiased bicubic, which is close to but not bit-exact with Pillow's.
+After decoding, the CPU path resizes like the Pillow path (one batched C++ resize, or Pillow: the same pixels);
+the mixed path resizes on the GPU with torch's antialiased bicubic, which is close to but not bit-exact with
+Pillow's.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from omni_mega.data.images import (
     _Decoded,
     _is_16bit,
     decode_one,
+    deferred_resize,
     open_image,
     resize_to_factor,
     target_size,
@@ -100,9 +102,11 @@ def _resize_cuda(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return y.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).contiguous()
 
 
-def _finish(arr, mode: str, factor: int, min_pixels: int, max_pixels: int) -> _Decoded:
+def _finish(arr, mode: str, factor: int, min_pixels: int, max_pixels: int, resize: bool = True) -> _Decoded:
     converted_from = None if mode == "RGB" else mode
     try:
+        if not resize and not isinstance(arr, torch.Tensor):  # the caller resizes the whole batch at once
+            return deferred_resize(arr, converted_from, factor, min_pixels, max_pixels)
         if isinstance(arr, torch.Tensor):  # mixed: resize on the GPU
             h, w = arr.shape[:2]
             nh, nw, scale = target_size(h, w, factor, min_pixels, max_pixels)
@@ -115,11 +119,14 @@ def _finish(arr, mode: str, factor: int, min_pixels: int, max_pixels: int) -> _D
 
 
 def decode_with_dali(samples: Sequence[bytes], *, device: str, num_threads: int, factor: int, min_pixels: int,
-                     max_pixels: int, max_decode_pixels: int, batch_size: int = 64) -> list[_Decoded]:
-    """Same contract as the Pillow path of decode_images: one `_Decoded` per sample, in order."""
+                     max_pixels: int, max_decode_pixels: int, batch_size: int = 64,
+                     resize: bool = True) -> list[_Decoded]:
+    """Same contract as the Pillow path of decode_images: one `_Decoded` per sample, in order. With resize=False
+    the CPU images keep their decoded size and carry their target (see `images.decode_one`)."""
     if not dali_available():
         raise RuntimeError("decode_images(backend='dali'): nvidia-dali is not installed (pip install omni_mega[dali])")
-    kw = dict(factor=factor, min_pixels=min_pixels, max_pixels=max_pixels, max_decode_pixels=max_decode_pixels)
+    kw = dict(factor=factor, min_pixels=min_pixels, max_pixels=max_pixels, max_decode_pixels=max_decode_pixels,
+              resize=resize)
     results: list[_Decoded | None] = [None] * len(samples)
     eligible: list[tuple[int, str]] = []
     for i, s in enumerate(samples):
@@ -144,7 +151,8 @@ def decode_with_dali(samples: Sequence[bytes], *, device: str, num_threads: int,
                 for (i, _), r in zip(chunk, pool.map(lambda c: decode_one(samples[c[0]], **kw), chunk)):
                     results[i] = r
                 continue
-            done = pool.map(lambda a: _finish(a[0], a[1][1], factor, min_pixels, max_pixels), zip(arrays, chunk))
+            done = pool.map(lambda a: _finish(a[0], a[1][1], factor, min_pixels, max_pixels, resize),
+                            zip(arrays, chunk))
             for (i, _), r in zip(chunk, done):
                 results[i] = r
     return results  # type: ignore[return-value]

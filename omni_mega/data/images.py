@@ -2,7 +2,10 @@
 
 Path: decode (DALI CPU when installed and backend="auto"/"dali", DALI GPU with "dali-mixed", else Pillow) ->
 convert to RGB -> `smart_resize` to multiples of patch_size * merge_size with Pillow's antialiased BICUBIC ->
-`omni_mega.ops.pack_images` (`decode_and_pack` does all of it).
+`omni_mega.ops.pack_images` (`decode_and_pack` does all of it). The CPU paths decode in a thread pool, then resize
+every image of the call in one `omni_mega.ops.resize_images` call (C++, threads over rows, Pillow's exact integer
+arithmetic: the same pixels as Pillow's resize at ~2x its speed), writing one flat buffer that pack_images reads
+without a copy; without the C++ extension each thread resizes with Pillow itself.
 
 Bad input never stops a run and never shifts samples: `decode_images` returns one entry per input, `None` for a
 rejected image, and counts every rejection (and every conversion or resize) by reason in a `DecodeStats`, logging
@@ -25,6 +28,9 @@ import torch
 from PIL import Image
 
 log = logging.getLogger(__name__)
+# deferred_resize hands numpy's read-only view of Pillow's pixels to torch (writable would cost a copy per image);
+# only resize_images reads it.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", module=__name__)
 
 # Qwen2-VL's processor defaults (transformers Qwen2VLImageProcessor: size shortest_edge / longest_edge).
 MIN_PIXELS = 56 * 56
@@ -111,6 +117,7 @@ class _Decoded:
     error: ImageRejected | None = None
     converted_from: str | None = None
     scale: int = 0  # -1 down, +1 up, 0 same pixel count or only rounded
+    target: tuple[int, int] | None = None  # (h, w) the image still has to be resized to; None: already there
 
 
 def open_image(data: bytes, max_decode_pixels: int = MAX_DECODE_PIXELS) -> Image.Image:
@@ -194,8 +201,9 @@ def resize_to_factor(img: Image.Image, factor: int, min_pixels: int, max_pixels:
 
 
 def decode_one(data: bytes, *, factor: int = 28, min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS,
-               max_decode_pixels: int = MAX_DECODE_PIXELS) -> _Decoded:
-    """Pillow path for one image; never raises for bad input (the error is returned)."""
+               max_decode_pixels: int = MAX_DECODE_PIXELS, resize: bool = True) -> _Decoded:
+    """Pillow path for one image; never raises for bad input (the error is returned). With resize=False the image
+    keeps its decoded size and `target` says what to resize it to (`resize_decoded` does it for a batch)."""
     try:
         img = open_image(data, max_decode_pixels)
         # 48/64-bit PNGs open as RGB/RGBA (Pillow keeps the high byte): still count them as converted.
@@ -206,10 +214,38 @@ def decode_one(data: bytes, *, factor: int = 28, min_pixels: int = MIN_PIXELS, m
             raise ImageRejected(CORRUPT, f"{type(e).__name__}: {e}") from None
         rgb, converted_from = to_rgb(img)
         converted_from = deep or converted_from
+        if not resize:
+            return deferred_resize(np.asarray(rgb), converted_from, factor, min_pixels, max_pixels)
         rgb, scale = resize_to_factor(rgb, factor, min_pixels, max_pixels)
         return _Decoded(torch.from_numpy(np.array(rgb)), None, converted_from, scale)
     except ImageRejected as e:
         return _Decoded(None, e)
+
+
+def deferred_resize(rgb: np.ndarray, converted_from: str | None, factor: int, min_pixels: int,
+                    max_pixels: int) -> _Decoded:
+    """A decoded uint8 [H, W, 3] image with the smart_resize target it still needs (raises ImageRejected)."""
+    h, w = rgb.shape[:2]
+    new_h, new_w, scale = target_size(h, w, factor, min_pixels, max_pixels)
+    return _Decoded(torch.from_numpy(rgb), None, converted_from, scale, target=(new_h, new_w))
+
+
+def resize_decoded(results: list[_Decoded]):
+    """Resizes every kept image of `results` to its target in one `omni_mega.ops.resize_images` call; returns the
+    ResizedImages (one flat buffer, kept images in order) and points each result's `image` at its view in it."""
+    from omni_mega.ops import resize_images
+
+    kept = [r for r in results if r.image is not None]
+    out = resize_images([r.image for r in kept], [r.target or tuple(r.image.shape[:2]) for r in kept])
+    for r, view in zip(kept, out.images()):
+        r.image, r.target = view, None
+    return out
+
+
+def _cpp_resize() -> bool:
+    from omni_mega.ops import has_cpu_extension
+
+    return has_cpu_extension()
 
 
 def decode_images(samples: Sequence[bytes], *, patch_size: int = 14, merge_size: int = 2,
@@ -227,27 +263,33 @@ def decode_images(samples: Sequence[bytes], *, patch_size: int = 14, merge_size:
         (images, stats): images[i] is uint8 [H_i, W_i, 3] RGB with H_i, W_i multiples of patch_size * merge_size,
         or None when sample i was rejected (stats says why; a warning was logged).
     """
-    stats = stats if stats is not None else DecodeStats()
-    kw = dict(factor=patch_size * merge_size, min_pixels=min_pixels, max_pixels=max_pixels,
-              max_decode_pixels=max_decode_pixels)
-    if backend == "auto":
-        from omni_mega.data import image_dali
+    images, stats, _ = _decode_flat(samples, patch_size=patch_size, merge_size=merge_size, min_pixels=min_pixels,
+                                    max_pixels=max_pixels, num_threads=num_threads, backend=backend, stats=stats,
+                                    max_decode_pixels=max_decode_pixels)
+    return images, stats
 
-        backend = "dali" if image_dali.dali_available() else "pillow"
+
+def _decode_all(samples: Sequence[bytes], backend: str, num_threads: int, kw: dict):
+    """One _Decoded per sample at its final size, and the flat ResizedImages holding the kept CPU images when the
+    batched C++ resize ran (None otherwise)."""
+    batched = backend != "dali-mixed" and _cpp_resize()  # mixed decodes and resizes on the GPU
     if backend in ("dali", "dali-mixed"):
         from omni_mega.data import image_dali
 
         results = image_dali.decode_with_dali(samples, device="mixed" if backend == "dali-mixed" else "cpu",
-                                              num_threads=num_threads, **kw)
+                                              num_threads=num_threads, resize=not batched, **kw)
     elif backend == "pillow":
+        def one(s: bytes) -> _Decoded:
+            return decode_one(s, resize=not batched, **kw)
+
         if num_threads > 1 and len(samples) > 1:
             with ThreadPoolExecutor(num_threads) as pool:
-                results = list(pool.map(lambda s: decode_one(s, **kw), samples))
+                results = list(pool.map(one, samples))
         else:
-            results = [decode_one(s, **kw) for s in samples]
+            results = [one(s) for s in samples]
     else:
         raise ValueError(f"decode_images: backend must be 'auto', 'pillow', 'dali' or 'dali-mixed', got {backend!r}")
-    return _account(results, stats), stats
+    return results, (resize_decoded(results) if batched else None)
 
 
 def _account(results: list[_Decoded], stats: DecodeStats) -> list[torch.Tensor | None]:
@@ -276,8 +318,28 @@ def decode_and_pack(samples: Sequence[bytes], *, patch_size: int = 14, merge_siz
     """
     from omni_mega.ops import pack_images
 
-    images, stats = decode_images(samples, patch_size=patch_size, merge_size=merge_size, **decode_kwargs)
+    kw = dict(patch_size=patch_size, merge_size=merge_size, temporal_patch_size=temporal_patch_size,
+              out_dtype=out_dtype)
+    images, stats, flat = _decode_flat(samples, patch_size=patch_size, merge_size=merge_size, **decode_kwargs)
     kept = [i for i, img in enumerate(images) if img is not None]
-    packed = pack_images([images[i] for i in kept], patch_size=patch_size, merge_size=merge_size,
-                         temporal_patch_size=temporal_patch_size, out_dtype=out_dtype)
+    if flat is not None and kept:  # the resized images sit back to back already: pack reads them without a copy
+        packed = pack_images(flat.data, flat.sizes, offsets=flat.offsets, **kw)
+    else:
+        packed = pack_images([images[i] for i in kept], **kw)
     return packed, torch.tensor(kept, dtype=torch.int64), stats
+
+
+def _decode_flat(samples: Sequence[bytes], *, patch_size: int = 14, merge_size: int = 2,
+                 min_pixels: int = MIN_PIXELS, max_pixels: int = MAX_PIXELS, num_threads: int = 2,
+                 backend: str = "auto", stats: DecodeStats | None = None, max_decode_pixels: int = MAX_DECODE_PIXELS):
+    """decode_images, also returning the flat ResizedImages behind the kept images (None when the batched C++
+    resize did not run)."""
+    stats = stats if stats is not None else DecodeStats()
+    kw = dict(factor=patch_size * merge_size, min_pixels=min_pixels, max_pixels=max_pixels,
+              max_decode_pixels=max_decode_pixels)
+    if backend == "auto":
+        from omni_mega.data import image_dali
+
+        backend = "dali" if image_dali.dali_available() else "pillow"
+    results, flat = _decode_all(samples, backend, num_threads, kw)
+    return _account(results, stats), stats, flat
