@@ -17,28 +17,38 @@ struct Unit {
   int64_t block_row;  // merge-block row inside it
 };
 
+// One pixel row of one patch, every channel: dst[c * frame + x] = lut[c][src[x * C + c]]. Separate and small so the
+// compiler keeps its pointers in registers (inlined into the dispatch lambda they were reloaded from the stack on
+// every element, measured); kC > 0 fixes the channel count at compile time.
+template <typename scalar_t, int64_t kC>
+__attribute__((noinline)) void lut_row(const uint8_t* __restrict__ src, int64_t p, int64_t C_arg,
+                                       const scalar_t* __restrict__ lut, scalar_t* __restrict__ dst, int64_t frame) {
+  const int64_t C = kC > 0 ? kC : C_arg;
+  for (int64_t x = 0; x < p; ++x)
+    for (int64_t c = 0; c < C; ++c) dst[c * frame + x] = lut[c * 256 + src[x * C + c]];
+}
+
 // Writes the m * gw tokens of one merge-block row of one image, Qwen2-VL order: tokens by (block col, in-block row,
 // in-block col), features by (channel, temporal, pixel row, pixel col), the frame repeated `tps` times.
 template <typename scalar_t>
 void pack_block_row(const uint8_t* img, int64_t w_px, int64_t block_row, int64_t p, int64_t m, int64_t tps,
                     int64_t C, const scalar_t* lut, scalar_t* out) {
-  const int64_t gw = w_px / p, pp = p * p, F = C * tps * pp;
+  const int64_t gw = w_px / p, pp = p * p, F = C * tps * pp, frame = tps * pp;
   for (int64_t bc = 0; bc < gw / m; ++bc)
     for (int64_t ir = 0; ir < m; ++ir)
       for (int64_t ic = 0; ic < m; ++ic, out += F) {
         const int64_t pr = block_row * m + ir, pc = bc * m + ic;
         const uint8_t* patch = img + ((pr * p) * w_px + pc * p) * C;
-        for (int64_t c = 0; c < C; ++c) {
-          // restrict: without it every store may alias the table, and each lookup waits for the previous store.
-          const scalar_t* __restrict__ lc = lut + c * 256;
-          scalar_t* __restrict__ dst = out + c * tps * pp;
-          for (int64_t y = 0; y < p; ++y) {
-            const uint8_t* __restrict__ src = patch + y * w_px * C + c;
-            for (int64_t x = 0; x < p; ++x) dst[y * p + x] = lc[src[x * C]];
+        for (int64_t y = 0; y < p; ++y) {
+          if (C == 3) {
+            lut_row<scalar_t, 3>(patch + y * w_px * C, p, C, lut, out + y * p, frame);
+          } else {
+            lut_row<scalar_t, 0>(patch + y * w_px * C, p, C, lut, out + y * p, frame);
           }
-          // A still image is its own temporal neighbour: copy the frame's p x p block tps - 1 more times.
-          for (int64_t t = 1; t < tps; ++t) std::memcpy(dst + t * pp, dst, pp * sizeof(scalar_t));
         }
+        // A still image is its own temporal neighbour: copy each channel's p x p frame tps - 1 more times.
+        for (int64_t c = 0; c < C; ++c)
+          for (int64_t t = 1; t < tps; ++t) std::memcpy(out + c * frame + t * pp, out + c * frame, pp * sizeof(scalar_t));
       }
 }
 
