@@ -4,7 +4,8 @@ Providers: the C++ CPU kernel (one batched call, threads over images and rows) a
 once per image (what omni_mega.data.images does without the extension, and what transformers' processor does).
 The inputs are N random RGB images with sides uniform in 200..1600 px, each resized to
 `smart_resize(h, w, 28, MIN_PIXELS, MAX_PIXELS)`. Bytes moved = uint8 input read + uint8 output written once.
-There is no CUDA kernel (GPU decoding resizes inside DALI), so this benchmark has no GPU rows.
+There is no CUDA kernel (the GPU decode path resizes with torch's bicubic interpolate), so this benchmark has no
+GPU rows.
 
     .venv/bin/python benchmarks/ops/bench_resize_images.py [--out] [--images 32] [--threads 2]
 """
@@ -89,7 +90,8 @@ def main() -> None:
              f"{out_px * 3 / 1e6:.1f} MB at smart_resize sizes (factor 28, min_pixels {MIN_PIXELS}, max_pixels "
              f"{MAX_PIXELS}). CPU threads: {torch.get_num_threads()} (Pillow's resize is single-threaded); load "
              f"average {load0:.1f} before, {os.getloadavg()[0]:.1f} after (other jobs share the CPU when above 0). "
-             "No GPU rows: resize_images has no CUDA kernel (GPU decoding resizes inside DALI).")
+             "No GPU rows: resize_images has no CUDA kernel (the GPU decode path resizes with torch's bicubic "
+             "interpolate).")
     out = harness.results_path("resize_images") if args.out else None
     harness.emit(results, title="resize_images (Pillow-exact BICUBIC, batched)", out=out, notes=notes)
 

@@ -48,7 +48,8 @@ void pack_block_row(const uint8_t* img, int64_t w_px, int64_t block_row, int64_t
         }
         // A still image is its own temporal neighbour: copy each channel's p x p frame tps - 1 more times.
         for (int64_t c = 0; c < C; ++c)
-          for (int64_t t = 1; t < tps; ++t) std::memcpy(out + c * frame + t * pp, out + c * frame, pp * sizeof(scalar_t));
+          for (int64_t t = 1; t < tps; ++t)
+            std::memcpy(out + c * frame + t * pp, out + c * frame, pp * sizeof(scalar_t));
       }
 }
 

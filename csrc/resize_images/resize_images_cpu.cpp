@@ -92,7 +92,8 @@ static void transpose_bytes(const uint8_t* __restrict__ in, int64_t rows, int64_
 #if defined(__SSE2__)
   full_rows = rows / 16 * 16, full_cols = cols / 16 * 16;
   for (int64_t i = 0; i < full_rows; i += 16)
-    for (int64_t j = 0; j < full_cols; j += 16) transpose_tile16(in + i * in_pitch + j, in_pitch, out + j * out_pitch + i, out_pitch);
+    for (int64_t j = 0; j < full_cols; j += 16)
+      transpose_tile16(in + i * in_pitch + j, in_pitch, out + j * out_pitch + i, out_pitch);
 #endif
   for (int64_t i = 0; i < rows; ++i)  // the edges the tiles did not cover (everything without SSE2)
     for (int64_t j = i < full_rows ? full_cols : 0; j < cols; ++j) out[j * out_pitch + i] = in[i * in_pitch + j];
@@ -141,7 +142,8 @@ static void horizontal_rows_any(const uint8_t* in, int64_t w, int64_t rows, int6
       for (int64_t c = 0; c < C; ++c) {
         const uint8_t* p = in + (y * w + taps.first[x]) * C + c;
         int32_t acc = 1 << (kResizePrecisionBits - 1);
-        for (int32_t i = 0; i < taps.count[x]; ++i) acc += static_cast<int32_t>(p[i * C]) * taps.weight[x * taps.taps + i];
+        const int32_t* k = &taps.weight[x * taps.taps];
+        for (int32_t i = 0; i < taps.count[x]; ++i) acc += static_cast<int32_t>(p[i * C]) * k[i];
         out[(y * out_w + x) * C + c] = clip_fixed(acc);
       }
 }

@@ -12,8 +12,9 @@ Pillow 13 computes it (checked against Pillow on thousands of random shapes in t
 - The horizontal pass runs first, except when the image shrinks vertically and 2 * out_w - out_h > 2 * in_w - in_h
   (measured against Pillow 13: its rule for the cheaper order); the order changes the result by up to a few levels.
 
-Backends: "ref" (plain PyTorch, int64, exact by construction) and "cpp" (threads over images and rows, the
-vertical pass vectorized); there is no CUDA kernel (GPU decoding resizes inside DALI, `omni_mega.data.image_dali`).
+Backends: "ref" (plain PyTorch, int64, exact by construction) and "cpp" (threads over images and rows; both passes
+are vectorized weighted sums of whole rows, the horizontal one on a transposed block). There is no CUDA kernel: the
+GPU decode path (`omni_mega.data.image_dali`) resizes with torch's antialiased bicubic, close to Pillow, not exact.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def resize_images(
     out_sizes = torch.as_tensor(out_sizes, dtype=torch.int64).reshape(-1, 2)
     which = _backend.resolve(backend, data.device, op="resize_images")
     if which == "cuda":
-        raise ValueError("resize_images: runs on CPU tensors (GPU decoding resizes inside DALI)")
+        raise ValueError("resize_images: runs on CPU tensors (the GPU decode path resizes with "
+                         "torch.nn.functional.interpolate)")
     if which == "ref":
         out = _resize_flat_ref(data, sizes, offsets, out_sizes, channels)
     else:
