@@ -29,6 +29,20 @@ inline void check_same_device(const at::Tensor& a, const char* an, const at::Ten
               b.device());
 }
 
+// A flat image batch: data uint8 [bytes] holding HWC images, sizes int [N, 2] (h, w), offsets int [N] (first byte of
+// each image). Shapes and dtypes only; each op checks the values against its own rules.
+inline void check_flat_images(const at::Tensor& data, const at::Tensor& sizes, const at::Tensor& offsets) {
+  check_dim(data, "data", 1);
+  check_dtype(data, "data", {at::kByte});
+  check_dim(sizes, "sizes", 2);
+  TORCH_CHECK(sizes.size(1) == 2, "sizes must have shape [N, 2] (h, w), got ", sizes.sizes());
+  check_dtype(sizes, "sizes", {at::kInt, at::kLong});
+  check_dim(offsets, "offsets", 1);
+  check_dtype(offsets, "offsets", {at::kInt, at::kLong});
+  TORCH_CHECK(offsets.size(0) == sizes.size(0), "offsets must have shape [N] = [", sizes.size(0),
+              "] (one per row of sizes), got ", offsets.sizes());
+}
+
 // grid_thw [N, 3] integer (t, h, w) in patches. Values are checked on the host copy (see validate_grid_values).
 inline void check_grid_thw(const at::Tensor& grid_thw) {
   check_dim(grid_thw, "grid_thw", 2);

@@ -26,15 +26,7 @@ struct PackImagesPlan {
 inline void check_pack_images_args(const at::Tensor& data, const at::Tensor& sizes, const at::Tensor& offsets,
                                    int64_t patch_size, int64_t merge_size, int64_t temporal_patch_size,
                                    at::ArrayRef<double> mean, at::ArrayRef<double> std, at::ScalarType out_dtype) {
-  check_dim(data, "data", 1);
-  check_dtype(data, "data", {at::kByte});
-  check_dim(sizes, "sizes", 2);
-  TORCH_CHECK(sizes.size(1) == 2, "sizes must have shape [N, 2] (h, w), got ", sizes.sizes());
-  check_dtype(sizes, "sizes", {at::kInt, at::kLong});
-  check_dim(offsets, "offsets", 1);
-  check_dtype(offsets, "offsets", {at::kInt, at::kLong});
-  TORCH_CHECK(offsets.size(0) == sizes.size(0), "offsets must have shape [N] = [", sizes.size(0),
-              "] (one per row of sizes), got ", offsets.sizes());
+  check_flat_images(data, sizes, offsets);
   TORCH_CHECK(patch_size >= 1, "patch_size must be >= 1, got ", patch_size);
   TORCH_CHECK(merge_size >= 1, "merge_size must be >= 1, got ", merge_size);
   TORCH_CHECK(temporal_patch_size >= 1, "temporal_patch_size must be >= 1, got ", temporal_patch_size);

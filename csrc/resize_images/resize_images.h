@@ -83,17 +83,9 @@ void resample_vertical(const uint8_t* in, int64_t row_bytes, const BicubicTaps& 
 
 inline void check_resize_images_args(const at::Tensor& data, const at::Tensor& sizes, const at::Tensor& offsets,
                                      const at::Tensor& out_sizes, int64_t channels) {
-  check_dim(data, "data", 1);
-  check_dtype(data, "data", {at::kByte});
+  check_flat_images(data, sizes, offsets);
   TORCH_CHECK(channels >= 1 && channels <= kResizeMaxChannels, "channels must be in 1..", kResizeMaxChannels,
               ", got ", channels);
-  check_dim(sizes, "sizes", 2);
-  TORCH_CHECK(sizes.size(1) == 2, "sizes must have shape [N, 2] (h, w), got ", sizes.sizes());
-  check_dtype(sizes, "sizes", {at::kInt, at::kLong});
-  check_dim(offsets, "offsets", 1);
-  check_dtype(offsets, "offsets", {at::kInt, at::kLong});
-  TORCH_CHECK(offsets.size(0) == sizes.size(0), "offsets must have shape [N] = [", sizes.size(0),
-              "] (one per row of sizes), got ", offsets.sizes());
   TORCH_CHECK(out_sizes.dim() == 2 && out_sizes.size(1) == 2 && out_sizes.size(0) == sizes.size(0),
               "out_sizes must have shape [N, 2] = [", sizes.size(0), ", 2] (one (h, w) per image), got ",
               out_sizes.sizes());
