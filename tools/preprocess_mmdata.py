@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Image-text pairs -> omni_mega image-text shards. See omni_mega/data/preprocess_mm.py for what it does and
+"""Image-text pairs -> omni_mega image-text shards. See omni_mega/data/multimodal/preprocess.py for what it does and
 docs/multimodal_data.md for the format.
 
 Example:
@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from omni_mega.data.preprocess_mm import main  # noqa: E402
+from omni_mega.data.multimodal.preprocess import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

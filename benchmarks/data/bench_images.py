@@ -30,7 +30,7 @@ from PIL import Image  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from benchmarks import harness  # noqa: E402
-from omni_mega.data import image_dali  # noqa: E402
+from omni_mega.data.images import dali as image_dali  # noqa: E402
 from omni_mega.data.images import MAX_PIXELS, MIN_PIXELS, decode_and_pack, decode_images  # noqa: E402
 
 

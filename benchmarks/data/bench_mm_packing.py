@@ -1,7 +1,7 @@
 """Multimodal sequence packing on the built-in demo data: packing efficiency, token share, data-parallel visual
 balance, and throughput of planning (sizes only) and of building packs (read + decode + resize + pack_images).
 
-Rows per (multimodal ratio, pack length): the demo image-text set (`omni_mega.data.demo`, 3,000 rendered-text and
+Rows per (multimodal ratio, pack length): the demo image-text set (`omni_mega.data.demo.scenes`, 3,000 rendered-text and
 shape images 28-112 px tall) mixed with `pydoc_data.topics` documents, patch 14, merge 2, min 56*56 pixels, the
 visual budget = the pack length, pack_window 256 (the config defaults). Modes:
   - plan: windows drawn and best-fit-decreasing packed from index sizes (no decode): time per pack;
@@ -21,11 +21,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from benchmarks import harness  # noqa: E402
-from omni_mega.data import mm_packing as mp  # noqa: E402
-from omni_mega.data.demo import build_demo_data  # noqa: E402
-from omni_mega.data.mm_datasets import DemoTextDocs  # noqa: E402
-from omni_mega.data.mm_source import MMPackingSpec, PackedMultimodalSource  # noqa: E402
-from omni_mega.data.mmshards import MMShardDataset  # noqa: E402
+from omni_mega.data import packing as mp  # noqa: E402
+from omni_mega.data.demo.scenes import build_demo_data  # noqa: E402
+from omni_mega.data.readers import DemoTextDocs  # noqa: E402
+from omni_mega.data.packed_source import MMPackingSpec, PackedMultimodalSource  # noqa: E402
+from omni_mega.data.multimodal.shards import MMShardDataset  # noqa: E402
 from omni_mega.training.data_source import StepSlice  # noqa: E402
 
 

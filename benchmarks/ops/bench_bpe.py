@@ -23,7 +23,7 @@ sys.path.insert(0, ROOT)
 
 from benchmarks import harness  # noqa: E402
 from benchmarks.data.bench_preprocess import english_docs  # noqa: E402
-from omni_mega.data.bpe import (GPT2BPEFast, GPT2BPEReference, fetch_gpt2_files, load_gpt2_files,  # noqa: E402
+from omni_mega.data.text.bpe import (GPT2BPEFast, GPT2BPEReference, fetch_gpt2_files, load_gpt2_files,  # noqa: E402
                                 native_encoder)
 
 

@@ -1,7 +1,7 @@
 """resize_images: Pillow-exact BICUBIC resize of a batch of uint8 RGB images to their Qwen2-VL (smart_resize) sizes.
 
 Providers: the C++ CPU kernel (one batched call, threads over images and rows) and Pillow's Image.resize called
-once per image (what omni_mega.data.images does without the extension, and what transformers' processor does).
+once per image (what omni_mega.data.images.decode does without the extension, and what transformers' processor does).
 The inputs are N random RGB images with sides uniform in 200..1600 px, each resized to
 `smart_resize(h, w, 28, MIN_PIXELS, MAX_PIXELS)`. Bytes moved = uint8 input read + uint8 output written once.
 There is no CUDA kernel (the GPU decode path resizes with torch's bicubic interpolate), so this benchmark has no

@@ -25,6 +25,9 @@ class LLMConfig:
     vocab_size: int | None = None  # None: taken from the tokenizer
     max_position_embeddings: int = 4096  # longest sequence any stage may use
     rotary_base: float = 10000.0  # RoPE theta (a long-context stage raises it)
+    # Qwen2-VL M-RoPE: rotary pairs per (temporal, height, width) axis, summing to head_dim / 2, e.g. [16, 24, 24]
+    # for head_dim 128; image tokens then get 3D positions (models.mrope.get_rope_index). null: 1D RoPE.
+    mrope_section: list[int] | None = None
     normalization: str = "RMSNorm"  # RMSNorm | LayerNorm
     activation: str = "swiglu"  # swiglu | gelu
     untie_embeddings: bool = True  # separate output layer (avoids the first/last pipeline stage embedding all-reduce)
@@ -45,6 +48,12 @@ class LLMConfig:
                  f"must be RMSNorm or LayerNorm, got {self.normalization!r}")
         _require(self.activation in ("swiglu", "gelu"), f"{p}.activation", f"must be swiglu or gelu, got {self.activation!r}")
         _require(self.rotary_base > 0, f"{p}.rotary_base", f"must be > 0, got {self.rotary_base}")
+        if self.mrope_section is not None:
+            half = self.hidden_size // self.num_attention_heads // 2
+            _require(len(self.mrope_section) == 3 and all(x >= 1 for x in self.mrope_section)
+                     and sum(self.mrope_section) == half, f"{p}.mrope_section",
+                     f"needs 3 positive entries (temporal, height, width) summing to head_dim / 2 = {half}, "
+                     f"got {self.mrope_section}")
 
 
 @dataclass
@@ -134,13 +143,12 @@ class ParallelConfig:
 class DataConfig:
     source: str = "demo_text"  # demo_text (pydoc topics, built in) | indexed (Megatron .bin/.idx prefixes in `paths`)
     paths: list[str] = field(default_factory=list)  # dataset prefixes for source=indexed
-    tokenizer: str = "byte"  # byte (built in) | gpt2 | huggingface | null
-    seq_length: int = 128  # tokens per sample
-    micro_batch_size: int = 2  # samples per micro-batch per data-parallel rank
-    global_batch_size: int = 8  # samples per optimizer step over all data-parallel ranks
+    seq_length: int = 128  # positions per pack (the LLM sequence length)
+    micro_batch_size: int = 2  # packs per micro-batch per data-parallel rank
+    global_batch_size: int = 8  # packs per optimizer step over all data-parallel ranks
     seed: int = 1234  # data order seed
-    # Multimodal runs (model.vit set): every micro-batch is one packed sequence of seq_length tokens
-    # (micro_batch_size must be 1); a stage may override the resolution bounds.
+    # Every micro-batch is micro_batch_size packs of seq_length positions laid end to end as one packed (THD)
+    # sequence; samples never attend across each other. A stage may override the resolution bounds.
     min_pixels: int = 56 * 56  # smart_resize lower bound (pixels per image)
     max_pixels: int = 28 * 28 * 1280  # smart_resize upper bound (Qwen2-VL's default)
     max_visual_tokens: int | None = None  # per-pack budget of merged visual tokens; None = seq_length
@@ -183,6 +191,8 @@ class OptimConfig:
 
 
 DECAYS = ("cosine", "linear", "constant", "wsd")
+# Training objectives a stage may name; each is a module of omni_mega.objectives (a test holds the two lists equal).
+OBJECTIVES = ("lm",)
 TEXT_SOURCES = ("demo_text", "indexed")
 MM_SOURCES = ("demo_mm", "mm_shards")
 SCHEDULES = ("new", "resume", "rewarmup")
@@ -191,7 +201,7 @@ SCHEDULES = ("new", "resume", "rewarmup")
 @dataclass
 class DatasetConfig:
     """One dataset of a stage's data mix. Text sources: demo_text, indexed. Image-text sources: demo_mm (the built-in
-    rendered-text and shape scenes, `omni_mega.data.demo`), mm_shards (`tools/preprocess_mmdata.py` output in `path`)."""
+    rendered-text and shape scenes, `omni_mega.data.demo.scenes`), mm_shards (`tools/preprocess_mmdata.py` output in `path`)."""
 
     name: str = "demo"  # label in banners and metrics
     source: str = "demo_text"  # demo_text | indexed (prefix in `path`) | demo_mm | mm_shards (directory in `path`)
@@ -216,6 +226,7 @@ class StageConfig:
     batch from `data`, the RoPE base from the previous stage (the first from model.llm.rotary_base)."""
 
     name: str = "pretrain"  # shown in logs and metrics; unique
+    objective: str = "lm"  # what the stage optimises: lm (next-token loss on text and image-text packs)
     steps: int | None = None  # optimizer steps in this stage (default 100 when `tokens` is unset too)
     tokens: int | None = None  # alternatively the stage length in tokens (rounded up to whole steps)
     data: list[DatasetConfig] = field(default_factory=list)  # weighted mix; empty = the `data` section's source
@@ -249,6 +260,8 @@ class StageConfig:
             _require(self.steps >= 1, f"{p}.steps", f"must be >= 1, got {self.steps}")
         if self.tokens is not None:
             _require(self.tokens >= 1, f"{p}.tokens", f"must be >= 1, got {self.tokens}")
+        _require(self.objective in OBJECTIVES, f"{p}.objective",
+                 f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
         _require(self.schedule in SCHEDULES, f"{p}.schedule", f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         _require(self.decay is None or self.decay in DECAYS, f"{p}.decay",
                  f"must be one of {', '.join(DECAYS)}, got {self.decay!r}")

@@ -30,8 +30,6 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
         raise ConfigError(
             f"data.seq_length: {data.seq_length} exceeds model.llm.max_position_embeddings={llm.max_position_embeddings}"
         )
-    if par.sp and data.seq_length % par.tp:
-        raise ConfigError(f"data.seq_length: {data.seq_length} must be divisible by tp={par.tp} with sequence parallelism")
     if cfg.model.vit is not None and par.tp > 1 and cfg.model.vit.num_attention_heads % par.tp:
         raise ConfigError(
             f"parallel.tp: tp={par.tp} does not divide model.vit.num_attention_heads={cfg.model.vit.num_attention_heads}"
@@ -53,32 +51,32 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
 
 
 def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:
-    """Per-stage rules: group names, lengths vs schedules, sequence lengths and batch sizes per stage."""
-    from omni_mega.training.groups import check_group_name, known_groups
+    """Per-stage rules, on the stage plan's effective values: group names, lengths vs schedules, sequence lengths,
+    batch sizes and resolution bounds."""
+    from omni_mega.config.groups import check_group_name, known_groups
+    from omni_mega.config.plan import plan_stages
 
     llm, data = cfg.model.llm, cfg.data
     known = known_groups(cfg.model.vit is not None, cfg.model.connector is not None)
     dp = cfg.parallel.data_parallel_size(world_size) if world_size else None
-    multimodal = cfg.model.vit is not None
-    if multimodal and data.micro_batch_size != 1:
-        raise ConfigError(f"data.micro_batch_size: multimodal runs pack samples into one sequence per micro-batch; "
-                          f"set it to 1 (got {data.micro_batch_size}) and raise global_batch_size instead")
-    for i, s in enumerate(cfg.stages):
-        p = f"stages[{s.name}]"
-        mm = [d.name for d in s.data if d.multimodal]
-        if mm and not multimodal:
+    for plan in plan_stages(cfg):
+        s, p = plan.cfg, f"stages[{plan.name}]"
+        mm = [d.name for d in plan.mix if d.multimodal]
+        if mm and cfg.model.vit is None:
             raise ConfigError(f"{p}.data: image-text datasets {mm} need a vision model; set model.vit and "
                               "model.connector or drop them from the mix")
-        lo = s.min_pixels or data.min_pixels
-        hi = s.max_pixels or data.max_pixels
-        if lo > hi:
-            raise ConfigError(f"{p}.min_pixels: {lo} is above max_pixels={hi}")
-        for g in s.trainable:
+        indexed = [d.name for d in plan.mix if d.source == "indexed"]
+        if indexed and llm.vocab_size is None:
+            raise ConfigError(f"model.llm.vocab_size: stage {plan.name!r} reads indexed datasets {indexed}, whose "
+                              "files do not record the tokenizer; set the tokenizer's vocabulary size")
+        if plan.min_pixels > plan.max_pixels:
+            raise ConfigError(f"{p}.min_pixels: {plan.min_pixels} is above max_pixels={plan.max_pixels}")
+        for g in plan.trainable:
             try:
                 check_group_name(g, known)
             except ValueError as e:
                 raise ConfigError(f"{p}.trainable: {e}") from None
-        if i == 0 and s.schedule == "resume":
+        if plan.index == 0 and s.schedule == "resume":
             raise ConfigError(f"{p}.schedule: the first stage has no previous schedule to resume; use new")
         if s.schedule == "resume" and any(getattr(s, k) is not None for k in ("lr", "min_lr", "warmup_steps", "decay")):
             raise ConfigError(f"{p}.schedule: resume continues the previous stage's schedule; drop lr/min_lr/"
@@ -91,17 +89,19 @@ def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:
             raise ConfigError(f"{p}.warmup_steps: must be >= 0, got {s.warmup_steps}")
         if s.decay_steps is not None and s.decay_steps < 1:
             raise ConfigError(f"{p}.decay_steps: must be >= 1, got {s.decay_steps}")
-        seq = s.seq_length or data.seq_length
-        if seq > llm.max_position_embeddings:
-            raise ConfigError(f"{p}.seq_length: {seq} exceeds model.llm.max_position_embeddings="
+        if plan.seq_length > llm.max_position_embeddings:
+            raise ConfigError(f"{p}.seq_length: {plan.seq_length} exceeds model.llm.max_position_embeddings="
                               f"{llm.max_position_embeddings}")
-        gbs = s.global_batch_size or data.global_batch_size
-        if gbs % data.micro_batch_size:
-            raise ConfigError(f"{p}.global_batch_size: {gbs} is not a multiple of data.micro_batch_size="
-                              f"{data.micro_batch_size}")
-        if dp and gbs % (data.micro_batch_size * dp):
+        if cfg.parallel.sp and plan.seq_length * plan.micro_batch_size % cfg.parallel.tp:
+            raise ConfigError(f"{p}.seq_length: seq_length x micro_batch_size = {plan.seq_length} x "
+                              f"{plan.micro_batch_size} must be divisible by tp={cfg.parallel.tp} with sequence "
+                              "parallelism")
+        gbs, mbs = plan.global_batch_size, plan.micro_batch_size
+        if gbs % mbs:
+            raise ConfigError(f"{p}.global_batch_size: {gbs} is not a multiple of data.micro_batch_size={mbs}")
+        if dp and gbs % (mbs * dp):
             raise ConfigError(f"{p}.global_batch_size: {gbs} is not divisible by micro_batch_size x dp = "
-                              f"{data.micro_batch_size} x {dp}")
+                              f"{mbs} x {dp}")
 
 
 def _divisors(n: int) -> list[int]:

@@ -17,8 +17,9 @@ def build_model(cfg: ModelConfig, parallel: ParallelConfig, vocab_size: int, max
     Text-only configs (`cfg.vit is None`) give a plain GPTModel; otherwise an OmniModel whose vision tower and
     connector exist only on the first pipeline stage (the first virtual chunk of pipeline rank 0).
     vocab_size: the padded LLM vocabulary (`models.llm.padded_vocab_size`); max_seq: the longest sequence.
-    mrope_section: enables Qwen2-VL M-RoPE in the LLM (see `models.mrope`).
+    mrope_section: overrides `cfg.llm.mrope_section` (Qwen2-VL M-RoPE in the LLM, see `models.mrope`).
     """
+    mrope_section = cfg.llm.mrope_section if mrope_section is None else mrope_section
     llm = build_llm(cfg.llm, parallel, vocab_size, max_seq, dtype, vp_stage=vp_stage, mrope_section=mrope_section)
     if cfg.vit is None:
         if cfg.connector is not None:
@@ -30,7 +31,15 @@ def build_model(cfg: ModelConfig, parallel: ParallelConfig, vocab_size: int, max
     vit = connector = None
     if ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage):
         vit, connector = _vision(cfg, conn_cfg, parallel, dtype)
-    return OmniModel(llm, vit, connector, conn_cfg, cfg.vit.num_layers)
+    return OmniModel(llm, vit, connector, conn_cfg, cfg.vit.num_layers, cfg.vit.merge_size,
+                     mrope=mrope_section is not None)
+
+
+def build_chunks(cfg: ModelConfig, parallel: ParallelConfig, vocab_size: int, max_seq: int,
+                 dtype: torch.dtype) -> list:
+    """Every model chunk this rank holds: one, or one per virtual pipeline stage (interleaved 1F1B)."""
+    stages = [None] if parallel.vpp is None else list(range(parallel.vpp))
+    return [build_model(cfg, parallel, vocab_size, max_seq, dtype, vp_stage=v) for v in stages]
 
 
 def _vision(cfg: ModelConfig, conn: ConnectorConfig, parallel: ParallelConfig, dtype: torch.dtype):

@@ -11,7 +11,6 @@ from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from omni_mega.config import ConfigError, LLMConfig, ParallelConfig
-from omni_mega.models.specs import gpt_layer_spec
 from omni_mega.runtime.capabilities import probe
 
 
@@ -74,10 +73,13 @@ def transformer_config(cfg: LLMConfig, parallel: ParallelConfig, dtype: torch.dt
 
 
 def llm_layer_spec(cfg: LLMConfig, tcfg: TransformerConfig, vp_stage: int | None = None):
-    """TransformerEngine's GPT layer spec when TE imports; otherwise local TP linears with SP-capable norms and
-    packed (THD-capable) causal attention (models.vision.attention), so SP and PackedSeqParams work on CPU."""
+    """TransformerEngine's GPT layer spec when TE imports (GPU clusters); otherwise local TP linears with SP-capable
+    norms and packed (THD-capable) causal attention (models.vision.attention), so SP and PackedSeqParams work on
+    CPU. The backend is chosen by spec, never by branches inside the modules."""
     if probe().te:
-        return gpt_layer_spec(cfg.normalization)
+        from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
+
+        return get_gpt_layer_with_transformer_engine_spec()
     from omni_mega.models.vision.attention import block_spec
 
     return block_spec(tcfg, causal=True, vp_stage=vp_stage)
@@ -107,11 +109,3 @@ def build_llm(cfg: LLMConfig, parallel: ParallelConfig, vocab_size: int, max_seq
         vp_stage=vp_stage,
         position_embedding_type="rope" if mrope_section is None else "mrope",
     )
-
-
-def build_llm_chunks(cfg: LLMConfig, parallel: ParallelConfig, vocab_size: int, max_seq: int,
-                     dtype: torch.dtype) -> list[GPTModel]:
-    """All model chunks this rank holds: one, or `vpp` with interleaved pipelining."""
-    if parallel.vpp is None:
-        return [build_llm(cfg, parallel, vocab_size, max_seq, dtype)]
-    return [build_llm(cfg, parallel, vocab_size, max_seq, dtype, vp_stage=i) for i in range(parallel.vpp)]

@@ -63,3 +63,26 @@ def get_rope_index(input_ids: torch.Tensor, image_token_id: int, grid_thw: torch
     if img != len(grids):
         raise ValueError(f"grid_thw has {len(grids)} images but input_ids hold placeholders for {img}")
     return pos.to(input_ids.device), deltas.to(input_ids.device)
+
+
+def packed_rope_index(input_ids: torch.Tensor, image_token_id: int, grid_thw: torch.Tensor | None, merge_size: int,
+                      cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """`get_rope_index` for a packed (THD) row: positions restart in every segment of `cu_seqlens` (int32 [n + 1]
+    over input_ids [1, T]), and the images of `grid_thw` are consumed in order across segments. Returns int64
+    [3, 1, T]. Without cu_seqlens every row of input_ids [b, s] is one sample."""
+    if cu_seqlens is None:
+        return get_rope_index(input_ids, image_token_id, grid_thw, merge_size)[0]
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"packed_rope_index: a packed batch has one row, got input_ids {tuple(input_ids.shape)}")
+    per_image = [] if grid_thw is None else merged_tokens_per_image(grid_thw, merge_size)
+    bounds, rows, img = cu_seqlens.tolist(), [], 0
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        seg = input_ids[:, a:b]
+        n_img, need = 0, int((seg == image_token_id).sum())
+        while need > 0:
+            need -= per_image[img + n_img]
+            n_img += 1
+        grids = grid_thw[img:img + n_img] if n_img else None
+        rows.append(get_rope_index(seg, image_token_id, grids, merge_size)[0])
+        img += n_img
+    return torch.cat(rows, dim=2) if rows else torch.zeros(3, 1, 0, dtype=torch.long, device=input_ids.device)

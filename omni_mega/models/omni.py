@@ -18,7 +18,8 @@ from megatron.core.transformer.module import MegatronModule
 from torch import nn
 
 from omni_mega.config import ConnectorConfig
-from omni_mega.models.vision.merge import check_placeholders, image_loss_mask
+from omni_mega.models.groups import ModuleGroup, llm_groups
+from omni_mega.models.vision.merge import check_placeholders
 from omni_mega.models.vision.vit import VisionTransformer
 
 
@@ -30,14 +31,16 @@ class OmniModel(MegatronModule):
     """
 
     def __init__(self, llm: GPTModel, vit: VisionTransformer | None, connector: nn.Module | None,
-                 connector_cfg: ConnectorConfig, vit_num_layers: int) -> None:
+                 connector_cfg: ConnectorConfig, vit_num_layers: int, merge_size: int = 2, *,
+                 mrope: bool = False) -> None:
         super().__init__(config=llm.config)
         self.llm, self.vit, self.connector = llm, vit, connector
         self.pre_process, self.post_process = llm.pre_process, llm.post_process
         self.kind = connector_cfg.kind
         self.image_token_id = connector_cfg.image_token_id
         self.indicator_token_ids = list(connector_cfg.indicator_token_ids)
-        self.vit_num_layers = vit_num_layers
+        self.vit_num_layers, self.merge_size = vit_num_layers, merge_size
+        self.mrope = mrope  # the LLM takes Qwen2-VL 3D positions, computed here from the placeholders
         if self.pre_process and (vit is None or connector is None):
             raise ValueError("OmniModel: the first pipeline stage needs both vit and connector")
 
@@ -61,18 +64,11 @@ class OmniModel(MegatronModule):
     def special_token_ids(self) -> list[int]:
         return [self.image_token_id, *self.indicator_token_ids]
 
-    def loss_mask(self, input_ids: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
-        """loss_mask [b, s] with image placeholder / indicator positions (as input or as target) set to 0.
-        Needs no vision modules: every pipeline stage can call it on the micro-batch."""
-        return image_loss_mask(input_ids, labels, loss_mask, self.special_token_ids)
-
     # ---- named module groups (the curriculum's freeze/LR contract) ----------------------------------------------
     def named_groups(self) -> dict:
-        """Group name -> `training.freeze.ModuleGroup` (modules this chunk holds; empty when the group lives on another
+        """Group name -> `models.groups.ModuleGroup` (modules this chunk holds; empty when the group lives on another
         pipeline stage). Layer lists also map global 0-based layer index -> layer, so the curriculum's resolver can
         slice `vit.layers[-k:]` / `llm.layers[-k:]` the same way under any layout."""
-        from omni_mega.training.freeze import ModuleGroup, llm_groups
-
         groups = llm_groups(self.llm)
         vit, conn, vet = self.vit, self.connector, self.kind == "vet"
         here = vit is not None
@@ -94,7 +90,9 @@ class OmniModel(MegatronModule):
                 grid_thw: torch.Tensor | None = None, packed_seq_params: PackedSeqParams | None = None):
         """Args:
             input_ids: int64 [b, s] with one `image_token_id` per merged visual token (b = 1 for packed THD).
-            position_ids: int64 [b, s], or [3, b, s] for M-RoPE (`models.mrope.get_rope_index`), or None.
+            position_ids: int64 [b, s] (restarting per sample when packed), or [3, b, s] for M-RoPE, or None. With
+                M-RoPE on (`mrope`) and [b, s] given, the 3D positions are computed here from the placeholders
+                (`models.mrope`), per packed sample.
             labels: int64 [b, s] or None; mask image positions with `loss_mask` in the loss function.
             pixel_values: [T, C*tps*p*p] packed patches (`ops.pack_images`) or None for a text-only micro-batch.
             grid_thw: int [N, 3] per image, with pixel_values.
@@ -103,6 +101,11 @@ class OmniModel(MegatronModule):
             per-token loss [b, s] (float32) when labels are given on the last stage, logits [b, s, V/tp] otherwise
             on the last stage, hidden states [s, b, h] on other stages (GPTModel's contract).
         """
+        if self.mrope and position_ids is not None and position_ids.dim() == 2:
+            from omni_mega.models.mrope import packed_rope_index
+
+            cu = None if packed_seq_params is None else packed_seq_params.cu_seqlens_q
+            position_ids = packed_rope_index(input_ids, self.image_token_id, grid_thw, self.merge_size, cu)
         decoder_input = None
         if self.pre_process:
             decoder_input = self.embed(input_ids, position_ids, pixel_values, grid_thw)

@@ -14,7 +14,7 @@ Pillow 13 computes it (checked against Pillow on thousands of random shapes in t
 
 Backends: "ref" (plain PyTorch, int64, exact by construction) and "cpp" (threads over images and rows; both passes
 are vectorized weighted sums of whole rows, the horizontal one on a transposed block). There is no CUDA kernel: the
-GPU decode path (`omni_mega.data.image_dali`) resizes with torch's antialiased bicubic, close to Pillow, not exact.
+GPU decode path (`omni_mega.data.images.dali`) resizes with torch's antialiased bicubic, close to Pillow, not exact.
 """
 
 from __future__ import annotations

@@ -1,70 +1,10 @@
-"""Freeze/unfreeze by named module groups, resolved against the model chunks this rank holds.
-
-A model exposes its groups with `named_groups() -> {name: ModuleGroup}`; megatron's GPTModel does not, so
-`llm_groups` provides the text groups for it. Layer lists carry *global* layer indices (pipeline offset included),
-so `llm.layers[-2:]` selects the same two layers under any PP layout; a rank that holds none of them just gets an
-empty selection. The models issue registers `vit`, `vit.layers`, `visual_head`, `vet`, `projector` the same way.
-"""
+"""Freeze/unfreeze a stage's trainable module groups (`omni_mega.models.groups` resolves the names on this rank)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
-import torch
-import torch.distributed as dist
-
 from omni_mega.config import ConfigError
-from omni_mega.training.groups import parse_group
-
-
-@dataclass
-class ModuleGroup:
-    """Modules of one named group on this rank. `layers` (global index -> module) and `total_layers` are set for
-    sliceable layer lists."""
-
-    modules: list[torch.nn.Module] = field(default_factory=list)
-    layers: dict[int, torch.nn.Module] | None = None
-    total_layers: int = 0
-
-
-def llm_groups(chunk) -> dict[str, ModuleGroup]:
-    """Groups of one megatron GPTModel chunk (unwrapped). Absent parts (embedding off the first pipeline stage,
-    output layer off the last) are empty groups, not errors."""
-    layers = {layer.layer_number - 1: layer for layer in chunk.decoder.layers}  # layer_number: global, 1-based
-    g = {
-        "llm": ModuleGroup([chunk]),
-        "llm.embedding": ModuleGroup([chunk.embedding] if chunk.pre_process else []),
-        "llm.layers": ModuleGroup(list(layers.values()), layers, chunk.config.num_layers),
-        "llm.final_norm": ModuleGroup([chunk.decoder.final_layernorm] if chunk.decoder.final_layernorm is not None
-                                      and chunk.post_process else []),
-        "llm.output_layer": ModuleGroup([chunk.output_layer] if chunk.post_process else []),
-    }
-    return g
-
-
-def chunk_groups(chunk) -> dict[str, ModuleGroup]:
-    return chunk.named_groups() if hasattr(chunk, "named_groups") else llm_groups(chunk)
-
-
-def resolve(chunks: list, name: str) -> list[torch.nn.Parameter]:
-    """Parameters of group `name` (e.g. 'llm.layers[-2:]') held by this rank's (unwrapped) chunks."""
-    ref = parse_group(name)
-    params: dict[int, torch.nn.Parameter] = {}
-    for chunk in chunks:
-        groups = chunk_groups(chunk)
-        if ref.base not in groups:
-            raise KeyError(f"unknown module group {name!r}; this model has {', '.join(sorted(groups))}")
-        grp = groups[ref.base]
-        if ref.index is None:
-            mods = grp.modules
-        elif grp.layers is None:
-            raise KeyError(f"{name!r}: group {ref.base!r} is not a layer list and takes no slice")
-        else:
-            mods = [grp.layers[i] for i in ref.select(grp.total_layers) if i in grp.layers]
-        for m in mods:
-            for p in m.parameters():
-                params[id(p)] = p
-    return list(params.values())
+from omni_mega.models.groups import resolve
+from omni_mega.runtime.collectives import all_reduce_scalar
 
 
 def apply_trainable(chunks: list, stage_name: str, groups: list[str]) -> dict[str, int]:
@@ -82,7 +22,7 @@ def apply_trainable(chunks: list, stage_name: str, groups: list[str]) -> dict[st
             raise ConfigError(f"stages[{stage_name}].trainable: {e.args[0]}") from None
         for p in params:
             p.requires_grad_(True)
-        counts[g] = _global_sum(sum(p.numel() for p in params))
+        counts[g] = model_sum(sum(p.numel() for p in params))
     for g, n in counts.items():
         if n == 0:
             raise ConfigError(f"stages[{stage_name}].trainable: group {g!r} selects no parameters in this model")
@@ -91,17 +31,16 @@ def apply_trainable(chunks: list, stage_name: str, groups: list[str]) -> dict[st
 
 def trainable_count(chunks: list) -> int:
     """Trainable elements over the whole model (summed over ranks of one data-parallel replica)."""
-    return _global_sum(sum(p.numel() for c in chunks for p in c.parameters() if p.requires_grad))
+    return model_sum(sum(p.numel() for c in chunks for p in c.parameters() if p.requires_grad))
 
 
-def _global_sum(n: int) -> int:
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return n
+def model_sum(n: int) -> int:
+    """`n` summed over the model-parallel ranks of this replica (TP x PP): a count over the whole model."""
+    import torch
     from megatron.core import parallel_state as ps
 
-    t = torch.tensor([n], dtype=torch.int64, device="cuda" if torch.cuda.is_available() else "cpu")
-    dist.all_reduce(t, group=ps.get_model_parallel_group())
-    return int(t.item())
+    group = ps.get_model_parallel_group() if ps.model_parallel_is_initialized() else None
+    return int(all_reduce_scalar(n, "sum", group, torch.int64))
 
 
 def mark_frozen_pipeline_input(chunks: list) -> None:

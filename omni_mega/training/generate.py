@@ -1,5 +1,5 @@
 """Greedy captions from a trained OmniModel: the prompt is `[image_token_id] * n_vis + [SEP]` (the layout the packer
-trains on, `omni_mega.data.multimodal`), then the argmax token is appended until EOD or `max_new_tokens`.
+trains on, `omni_mega.data.source`), then the argmax token is appended until EOD or `max_new_tokens`.
 
 No KV cache: each new token re-runs the whole (short) sequence, which at the demo's sizes (a few dozen visual
 tokens, captions under ~64 bytes) costs well under a second per caption on CPU. One process only (tp = pp = 1):
@@ -83,7 +83,7 @@ def caption_dataset(model, cfg: RunConfig, dataset, indices: list[int], *, min_p
                     max_new_tokens: int = 64) -> list[dict]:
     """Greedy captions for samples `indices` of an `MMShardDataset` with byte-level tokens.
     Returns [{"key", "true", "generated", "exact"}] (texts decoded from bytes)."""
-    from omni_mega.data import demo_text
+    from omni_mega.data.demo import text as demo_text
 
     check_layout(cfg)
     tok = dict(getattr(dataset, "tokenizer", {}) or {})
@@ -104,11 +104,10 @@ def caption_dataset(model, cfg: RunConfig, dataset, indices: list[int], *, min_p
 def write_captions(trainer, heldout_dir: str | Path, n: int = 6, max_new_tokens: int = 64) -> Path:
     """Captions for the first `n` held-out images after training (the last stage's resolution bounds), written to
     `<run dir>/captions.json`."""
-    from omni_mega.data.mmshards import MMShardDataset
-    from omni_mega.training.curriculum import pixel_bounds
+    from omni_mega.data.multimodal.shards import MMShardDataset
 
     ds = MMShardDataset(heldout_dir)
-    lo, hi = pixel_bounds(trainer.plans[-1], trainer.cfg.data)
+    lo, hi = trainer.plans[-1].min_pixels, trainer.plans[-1].max_pixels
     rows = caption_dataset(trainer.chunks[0], trainer.cfg, ds, list(range(min(n, len(ds)))), min_pixels=lo,
                            max_pixels=hi, max_new_tokens=max_new_tokens)
     path = Path(trainer.run_dir) / "captions.json"

@@ -26,11 +26,11 @@ import math
 from dataclasses import dataclass
 
 from omni_mega.config import RunConfig
-from omni_mega.training.groups import parse_group
+from omni_mega.config.groups import parse_group
+from omni_mega.config.plan import StagePlan, plan_stages
 
 GIB = 1024 ** 3
 H100_GIB = 80.0  # an H100 SXM's memory; the plan flags a stage whose estimate does not fit
-DEFAULT_VOCAB = 257  # what the trainer uses when model.llm.vocab_size is unset (the built-in byte tokenizer)
 
 
 # ---- parameter counts ---------------------------------------------------------------------------------------------
@@ -76,7 +76,11 @@ def ffn_size(llm) -> int:
 
 
 def llm_vocab(cfg: RunConfig) -> int:
-    return padded_vocab_size(cfg.model.llm.vocab_size or DEFAULT_VOCAB, cfg.parallel.tp)
+    """The padded LLM vocabulary the trainer builds (`training.curriculum.run_vocab_size`: the config's, else the
+    one the run's datasets record)."""
+    from omni_mega.training.curriculum import run_vocab_size
+
+    return padded_vocab_size(run_vocab_size(cfg, cfg.data.data_dir), cfg.parallel.tp)
 
 
 def leaves(cfg: RunConfig) -> dict[str, Leaf]:
@@ -263,24 +267,23 @@ def _gib(b: float) -> str:
     return f"{b / GIB:.1f} GiB" if b >= GIB / 10 else f"{b / 2 ** 20:.2f} MiB"
 
 
-def stage_lines(cfg: RunConfig, lay: Layout, plan, lr_plan, lv: dict[str, Leaf]) -> tuple[list[str], float]:
-    s = plan.cfg
-    tokens = plan.steps * plan.global_batch_size * plan.seq_length
-    chosen = trainable_leaves(cfg, s.trainable)
+def stage_lines(cfg: RunConfig, lay: Layout, plan: StagePlan, lr_plan, lv: dict[str, Leaf]) -> tuple[list[str], float]:
+    s, tokens = plan.cfg, plan.tokens
+    chosen = trainable_leaves(cfg, list(plan.trainable))
     union = {k for ks in chosen.values() for k in ks}
     seg = lr_plan.segment_of(plan.index)
-    lines = [f"  [{plan.index + 1}] stage {plan.name}: {plan.steps:,} steps x {plan.global_batch_size} x "
+    lines = [f"  [{plan.index + 1}] stage {plan.name} ({plan.objective}): {plan.steps:,} steps x {plan.global_batch_size} x "
              f"{plan.seq_length} = {tokens:,} tokens ({_tokens(tokens)})"
              + (f", asked {_tokens(s.tokens)}" if s.tokens else "")
              + f", RoPE base {plan.rope_base:,g}"]
-    if cfg.model.vit is not None:
-        r0, r1 = s.multimodal_ratio, s.multimodal_ratio_end
-        if not any(d.multimodal for d in plan.mix):
+    if plan.ratio_start is not None:
+        if not plan.multimodal:
             lines.append("      multimodal share 0 (text only)")
-        else:  # no ratio with an image-text-only mix: every token is multimodal
-            ratio = "1" if r0 is None else f"{r0:g}" + (f" -> {r1:g}" if r1 is not None else "")
-            lo, hi = s.min_pixels or cfg.data.min_pixels, s.max_pixels or cfg.data.max_pixels
-            lines.append(f"      multimodal share {ratio}; resolution {_pixels(lo)} - {_pixels(hi)}")
+        else:
+            r0, r1 = plan.ratio_start, plan.ratio_end
+            ratio = f"{r0:g}" + (f" -> {r1:g}" if r1 != r0 else "")
+            lines.append(f"      multimodal share {ratio}; resolution {_pixels(plan.min_pixels)} - "
+                         f"{_pixels(plan.max_pixels)}")
     lines.append(f"      trainable {sum(lv[k].total for k in union):,} params: "
                  + ", ".join(f"{g} {sum(lv[k].total for k in ks):,}" for g, ks in chosen.items()))
     lines.append(f"      lr: {s.schedule}, {seg.decay} peak {seg.peak:.3g} min {seg.min_lr:.3g} warmup {seg.warmup}"
@@ -296,7 +299,7 @@ def stage_lines(cfg: RunConfig, lay: Layout, plan, lr_plan, lv: dict[str, Leaf])
 
 def format_plan(cfg: RunConfig, world_size: int) -> str:
     """The dry-run text: layout, parameter counts, one block per stage, totals."""
-    from omni_mega.training.curriculum import LRPlan, plan_stages
+    from omni_mega.training.curriculum import LRPlan
 
     lay = layout_of(cfg, world_size)
     lv = leaves(cfg)

@@ -1,4 +1,4 @@
-"""omni_mega.data.demo: the built-in image-text data (content, determinism, caching, races, interrupted builds)."""
+"""omni_mega.data.demo.scenes: the built-in image-text data (content, determinism, caching, races, interrupted builds)."""
 
 import multiprocessing
 import os
@@ -7,10 +7,10 @@ import re
 import numpy as np
 import pytest
 
-from omni_mega.data import demo
-from omni_mega.data.demo import build_demo_data
+from omni_mega.data.demo import scenes as demo
+from omni_mega.data.demo.scenes import build_demo_data
 from omni_mega.data.images import decode_images
-from omni_mega.data.mmshards import BYTE_TOKENIZER, MMShardDataset
+from omni_mega.data.multimodal.shards import BYTE_TOKENIZER, MMShardDataset
 
 COLOUR = "|".join(demo.COLOURS)
 SHAPE = "|".join(demo.SHAPES)

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from omni_mega.data import image_dali
+from omni_mega.data.images import dali as image_dali
 from omni_mega.data.images import DecodeStats, decode_and_pack, decode_images, smart_resize
 from omni_mega.ops import pack_images
 
@@ -122,7 +122,7 @@ def test_each_bad_input_is_counted_and_never_shifts_samples(tmp_path, caplog, ba
     inputs = _bad_and_odd_inputs(tmp_path)
     names = list(inputs)
     max_pixels = 28 * 28 * 20  # "big" (300x400) exceeds it and is resized down
-    with caplog.at_level(logging.WARNING, logger="omni_mega.data.images"):
+    with caplog.at_level(logging.WARNING, logger="omni_mega.data.images.decode"):
         images, stats = decode_images([inputs[n] for n in names], max_pixels=max_pixels, backend=backend)
     assert len(images) == len(names)
     for name, img in zip(names, images):
@@ -229,7 +229,7 @@ def test_dali_cpu_equals_pillow(tmp_path, caplog):
              _encode(Image.fromarray(_rand_rgb(57, 61, 9)), "PNG", tmp_path, "p")]
     # Plain decodes only (factor 1, no limits): DALI's decoder against Pillow's, byte for byte.
     kw = dict(patch_size=1, merge_size=1, min_pixels=0, max_pixels=10**9)
-    with caplog.at_level(logging.INFO, logger="omni_mega.data.image_dali"):
+    with caplog.at_level(logging.INFO, logger="omni_mega.data.images.dali"):
         dali, _ = decode_images(plain, backend="dali", **kw)
     assert not caplog.records, "the DALI batch fell back to Pillow: nothing compared"
     pil, _ = decode_images(plain, backend="pillow", **kw)

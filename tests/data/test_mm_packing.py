@@ -1,11 +1,11 @@
-"""Pure multimodal packing pieces (omni_mega.data.mm_packing): one pack's layout against hand-built tensors, best-fit
+"""Pure multimodal packing pieces (omni_mega.data.packing): one pack's layout against hand-built tensors, best-fit
 decreasing (capacity, budget, the best-fit choice), data-parallel dealing, sample token construction."""
 
 import numpy as np
 import pytest
 import torch
 
-from omni_mega.data import mm_packing as mp
+from omni_mega.data import packing as mp
 
 IMG, SEP, EOD = -200, 10, 256
 

@@ -1,4 +1,4 @@
-"""omni_mega.data.mmshards: writer/reader round trip, WebDataset readability, atomic writes, damaged datasets."""
+"""omni_mega.data.multimodal.shards: writer/reader round trip, WebDataset readability, atomic writes, damaged datasets."""
 
 import io
 import json
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omni_mega.data import mmshards
-from omni_mega.data.mmshards import BYTE_TOKENIZER, MMShardDataset, MMShardWriter
+from omni_mega.data.source import shards as mmshards
+from omni_mega.data.multimodal.shards import BYTE_TOKENIZER, MMShardDataset, MMShardWriter
 
 
 def _samples(n, seed):

@@ -1,4 +1,4 @@
-"""PackedMultimodalSource (omni_mega.data.multimodal): packs agree with their samples, visual budget and capacity,
+"""PackedMultimodalSource (omni_mega.data.source): packs agree with their samples, visual budget and capacity,
 token-share tracking and the ramp, data-parallel balance and coverage, exact resume (also dp=2 and by replay),
 rejected and oversized images, and packing efficiency on the built-in demo data."""
 
@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from omni_mega.data import mm_packing as mp
-from omni_mega.data.mm_source import MMPackingSpec, PackedMultimodalSource
-from omni_mega.data.mmshards import ImageTextRecord
+from omni_mega.data import packing as mp
+from omni_mega.data.packed_source import MMPackingSpec, PackedMultimodalSource
+from omni_mega.data.multimodal.shards import ImageTextRecord
 from omni_mega.training.data_source import StepSlice
 
 IMG, SEP, EOD = -200, 10, 256
@@ -242,8 +242,8 @@ def test_oversized_image_is_skipped_and_counted(text_set, caplog):
 def test_demo_data_packing_efficiency(tmp_path_factory, monkeypatch):
     from omni_mega.config.schema import (ConnectorConfig, DataConfig, DatasetConfig, ModelConfig, RunConfig,
                                          StageConfig, ViTConfig)
-    from omni_mega.data import demo
-    from omni_mega.data.multimodal import build_multimodal_source
+    from omni_mega.data.demo import scenes as demo
+    from omni_mega.data.source import build_multimodal_source
     from omni_mega.training.curriculum import plan_stages
 
     build = demo.build_demo_data
@@ -283,7 +283,7 @@ def test_demo_data_packing_efficiency(tmp_path_factory, monkeypatch):
 
 
 def test_demo_text_pieces_cover_every_document_byte_once():
-    from omni_mega.data.mm_datasets import DemoTextDocs
+    from omni_mega.data.readers import DemoTextDocs
 
     whole, cut = DemoTextDocs(0), DemoTextDocs(3, max_tokens=101)
     assert len(cut) > len(whole) and {cut.num_tokens(i) for i in range(len(cut))} <= set(range(2, 102))
@@ -299,7 +299,7 @@ def test_demo_text_pieces_cover_every_document_byte_once():
 def test_indexed_documents_get_one_eod(tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    from omni_mega.data.mm_datasets import IndexedDocs
+    from omni_mega.data.readers import IndexedDocs
 
     builder = IndexedDatasetBuilder(str(tmp_path / "d.bin"), dtype=np.int32)
     for doc in ([5, 6, 7], [8, EOD], [9]):

@@ -15,9 +15,9 @@ import sys
 import numpy as np
 import pytest
 
-from omni_mega.data import preprocess
-from omni_mega.data.corpus import demo_documents, write_jsonl
-from omni_mega.data.tokenizer import GPT2BPETokenizer
+from omni_mega.data.text import preprocess
+from omni_mega.data.demo.corpus import demo_documents, write_jsonl
+from omni_mega.data.text.tokenizer import GPT2BPETokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -193,7 +193,7 @@ def test_interrupted_run_leaves_no_complete_idx(tmp_path, gpt2_files, monkeypatc
 def test_null_and_huggingface_tokenizers(tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDataset
 
-    from omni_mega.data.tokenizer import demo_tokenizer
+    from omni_mega.data.text.tokenizer import demo_tokenizer
 
     inp = str(tmp_path / "ids.jsonl")
     write_lines(inp, [{"text": "3 1 4 1 5"}, {"text": "9 2 6"}, {"text": ""}])

@@ -1,4 +1,4 @@
-"""tools/preprocess_mmdata.py (omni_mega/data/preprocess_mm.py): JSONL and folder inputs, every kind of bad input counted, survivors in order."""
+"""tools/preprocess_mmdata.py (omni_mega/data/multimodal/preprocess.py): JSONL and folder inputs, every kind of bad input counted, survivors in order."""
 
 import io
 import json
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omni_mega.data.mmshards import MMShardDataset
+from omni_mega.data.multimodal.shards import MMShardDataset
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOOL = os.path.join(ROOT, "tools", "preprocess_mmdata.py")
@@ -20,7 +20,7 @@ TOOL = os.path.join(ROOT, "tools", "preprocess_mmdata.py")
 
 @pytest.fixture(scope="module")
 def tool():
-    from omni_mega.data import preprocess_mm
+    from omni_mega.data.source import preprocess as preprocess_mm
 
     return preprocess_mm
 

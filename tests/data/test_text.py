@@ -8,12 +8,12 @@ import textwrap
 import pytest
 import torch
 
-from omni_mega.data import preprocess
+from omni_mega.data.text import preprocess
 from omni_mega.data.blend import BlendSchedule, StageMix
-from omni_mega.data.corpus import demo_documents, write_jsonl
+from omni_mega.data.demo.corpus import demo_documents, write_jsonl
 from omni_mega.data.text import (PackedTextBatches, TextDataConfig, build_text_sources, demo_text_batches,
                                  to_packed_seq_params)
-from omni_mega.data.tokenizer import demo_tokenizer
+from omni_mega.data.text.tokenizer import demo_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 S = 128
@@ -99,7 +99,7 @@ def test_plain_batches_and_data_parallel_slices(demo):
 RESUME_SCRIPT = textwrap.dedent("""
     import sys, torch
     from omni_mega.data.text import PackedTextBatches, TextDataConfig, build_text_sources
-    from omni_mega.data.tokenizer import demo_tokenizer
+    from omni_mega.data.text.tokenizer import demo_tokenizer
     from omni_mega.data.blend import BlendSchedule
     work, state_path, out_path, n, prefixes, schedule = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), \\
         eval(sys.argv[5]), BlendSchedule.from_dict(eval(sys.argv[6]))

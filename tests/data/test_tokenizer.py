@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from omni_mega.data.corpus import demo_documents
-from omni_mega.data.tokenizer import build_tokenizer, demo_tokenizer, train_demo_bpe
+from omni_mega.data.demo.corpus import demo_documents
+from omni_mega.data.text.tokenizer import build_tokenizer, demo_tokenizer, train_demo_bpe
 
 TRICKY = [
     "", " ", "\n", "Hello world", "Hello  world", "  leading and trailing  ", "tabs\t\tand\n\n\nnewlines \n x",

@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from omni_mega.data.bpe import GPT2_PATTERN, GPT2BPEFast, GPT2BPEReference, bytes_to_unicode
+from omni_mega.data.text.bpe import GPT2_PATTERN, GPT2BPEFast, GPT2BPEReference, bytes_to_unicode
 
 
 @pytest.fixture(scope="module")

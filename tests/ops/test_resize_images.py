@@ -259,7 +259,7 @@ def _jpegs() -> list[bytes]:
 
 @needs_cpp
 def test_images_path_equals_pillow(monkeypatch):
-    from omni_mega.data import images as images_mod
+    from omni_mega.data.images import decode as images_mod
 
     jpegs = _jpegs()
     # 30x41 is under min_pixels (upscaled); 700x523 and others are over max_pixels (downscaled).

@@ -7,7 +7,7 @@ import torch
 from omni_mega.config import ConfigError, load_config, validate
 from omni_mega.training.curriculum import plan_stages
 from omni_mega.training.freeze import apply_trainable, resolve
-from omni_mega.training.groups import parse_group
+from omni_mega.config.groups import parse_group
 
 
 def _cfg(*stages, extra=()):

@@ -104,8 +104,8 @@ def test_vocab_padding_rows_never_chosen(model):
 
 
 def test_caption_dataset_on_demo_data(model, tmp_path):
-    from omni_mega.data.demo import build_demo_data
-    from omni_mega.data.mmshards import MMShardDataset
+    from omni_mega.data.demo.scenes import build_demo_data
+    from omni_mega.data.multimodal.shards import MMShardDataset
 
     cfg, m = model
     ds = MMShardDataset(build_demo_data(tmp_path, num_train=2, num_heldout=2)["heldout"])

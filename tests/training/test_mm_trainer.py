@@ -7,7 +7,7 @@ checkpoint at the stage boundary and from one inside the joint stage.
 Two data sources, each test runs on both:
 - "fake": `FakePackedSource`, a small in-test implementation of the packed BatchSource contract (one image-text
   sample sized to the target share per pack), so the trainer's statistics can be checked exactly;
-- "shards": the real `omni_mega.data.multimodal` source over a small demo dataset in the real shard format
+- "shards": the real `omni_mega.data.source` source over a small demo dataset in the real shard format
   (`build_demo_data(num_train=48)`, read as `mm_shards`), which also checks that its saved state resumes exactly."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from omni_mega.config import load_config
-from omni_mega.data import demo_text
+from omni_mega.data.demo import text as demo_text
 from omni_mega.training import mm_step
 from omni_mega.training.curriculum import mm_ratio_target
 
@@ -126,7 +126,7 @@ def rt():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    from omni_mega.data.demo import build_demo_data
+    from omni_mega.data.demo.scenes import build_demo_data
 
     return build_demo_data(tmp_path_factory.mktemp("demo"), num_train=48, num_heldout=2)["train"]
 

@@ -39,13 +39,3 @@ def check_placeholders(input_ids: torch.Tensor, image_token_id: int, grid_thw: t
             f"insert t*(h/{merge_size})*(w/{merge_size}) placeholders per image, in image order"
         )
     return found
-
-
-def image_loss_mask(input_ids: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor,
-                    special_ids: list[int]) -> torch.Tensor:
-    """loss_mask with 0 wherever the input or the target is an image placeholder / indicator token.
-
-    input_ids, labels: int [b, s]; loss_mask: float [b, s]. Returns float [b, s] (a new tensor)."""
-    special = torch.tensor(special_ids, device=input_ids.device, dtype=input_ids.dtype)
-    drop = torch.isin(input_ids, special) | torch.isin(labels, special.to(labels.dtype))
-    return loss_mask * (~drop).to(loss_mask.dtype)

@@ -21,16 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from omni_mega.data.images import (
-    ImageRejected,
-    _Decoded,
-    _is_16bit,
-    decode_one,
-    deferred_resize,
-    open_image,
-    resize_to_factor,
-    target_size,
-)
+from omni_mega.data.images.pillow import Decoded, decode_one, deferred_resize, is_16bit, open_image, resize_to_factor
+from omni_mega.data.images.sizes import ImageRejected, target_size
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +84,7 @@ def _dali_eligible(img: Image.Image) -> bool:
     if img.format not in DALI_FORMATS or img.mode not in DALI_MODES or "transparency" in img.info:
         return False
     # 16-bit PNGs: Pillow keeps the high byte, DALI may round; leave them to Pillow so both paths agree.
-    return not _is_16bit(img)
+    return not is_16bit(img)
 
 
 def _resize_cuda(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -102,7 +94,7 @@ def _resize_cuda(img: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return y.round_().clamp_(0, 255).to(torch.uint8)[0].permute(1, 2, 0).contiguous()
 
 
-def _finish(arr, mode: str, factor: int, min_pixels: int, max_pixels: int, resize: bool = True) -> _Decoded:
+def _finish(arr, mode: str, factor: int, min_pixels: int, max_pixels: int, resize: bool = True) -> Decoded:
     converted_from = None if mode == "RGB" else mode
     try:
         if not resize and not isinstance(arr, torch.Tensor):  # the caller resizes the whole batch at once
@@ -111,29 +103,29 @@ def _finish(arr, mode: str, factor: int, min_pixels: int, max_pixels: int, resiz
             h, w = arr.shape[:2]
             nh, nw, scale = target_size(h, w, factor, min_pixels, max_pixels)
             out = arr if (nh, nw) == (h, w) else _resize_cuda(arr, nh, nw)
-            return _Decoded(out, None, converted_from, scale)
+            return Decoded(out, None, converted_from, scale)
         rgb, scale = resize_to_factor(Image.fromarray(arr, "RGB"), factor, min_pixels, max_pixels)
-        return _Decoded(torch.from_numpy(np.array(rgb)), None, converted_from, scale)
+        return Decoded(torch.from_numpy(np.array(rgb)), None, converted_from, scale)
     except ImageRejected as e:
-        return _Decoded(None, e)
+        return Decoded(None, e)
 
 
 def decode_with_dali(samples: Sequence[bytes], *, device: str, num_threads: int, factor: int, min_pixels: int,
                      max_pixels: int, max_decode_pixels: int, batch_size: int = 64,
-                     resize: bool = True) -> list[_Decoded]:
-    """Same contract as the Pillow path of decode_images: one `_Decoded` per sample, in order. With resize=False
-    the CPU images keep their decoded size and carry their target (see `images.decode_one`)."""
+                     resize: bool = True) -> list[Decoded]:
+    """Same contract as the Pillow path of decode_images: one `Decoded` per sample, in order. With resize=False
+    the CPU images keep their decoded size and carry their target (see `images.pillow.decode_one`)."""
     if not dali_available():
         raise RuntimeError("decode_images(backend='dali'): nvidia-dali is not installed (pip install omni_mega[dali])")
     kw = dict(factor=factor, min_pixels=min_pixels, max_pixels=max_pixels, max_decode_pixels=max_decode_pixels,
               resize=resize)
-    results: list[_Decoded | None] = [None] * len(samples)
+    results: list[Decoded | None] = [None] * len(samples)
     eligible: list[tuple[int, str]] = []
     for i, s in enumerate(samples):
         try:
             img = open_image(s, max_decode_pixels)  # header only
         except ImageRejected as e:
-            results[i] = _Decoded(None, e)
+            results[i] = Decoded(None, e)
             continue
         if _dali_eligible(img):
             eligible.append((i, img.mode))

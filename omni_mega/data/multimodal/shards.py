@@ -28,9 +28,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from omni_mega.data.demo.text import EOD, VOCAB_SIZE
+
 FORMAT, VERSION = "omni_mega.mmshards", 1
 DATASET_JSON = "dataset.json"
-BYTE_TOKENIZER = {"kind": "byte", "vocab_size": 257, "eod": 256}  # demo_text's ids, restated: that module imports torch
+BYTE_TOKENIZER = {"kind": "byte", "vocab_size": VOCAB_SIZE, "eod": EOD}  # the built-in byte ids (demo data)
 INDEX_DTYPE = np.dtype([("key", "S32"), ("image_offset", "<i8"), ("image_size", "<i8"), ("ids_offset", "<i8"),
                         ("num_tokens", "<i4"), ("txt_offset", "<i8"), ("txt_size", "<i8"),
                         ("height", "<i4"), ("width", "<i4")])
@@ -52,7 +54,7 @@ def image_ext(data: bytes) -> str:
 
 
 class ByteTokenizer:
-    """UTF-8 bytes as ids 0..255, EOD = 256 (the demo's tokens). Same interface as omni_mega.data.tokenizer."""
+    """UTF-8 bytes as ids 0..255, EOD = 256 (the demo's tokens). Same interface as omni_mega.data.text.tokenizer."""
 
     vocab_size, eod = 257, 256
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from omni_mega.data.images import ImageRejected, target_size
+from omni_mega.data.images.sizes import ImageRejected, target_size
 
 # Reasons an image-text sample is skipped when a window is drawn (counted in PackedMultimodalSource.skipped).
 OVER_BUDGET, OVER_PACK, BAD_SIZE, EMPTY_SAMPLE = "visual_over_budget", "visual_over_pack", "bad_image_size", "empty"
@@ -109,16 +109,18 @@ def assign_to_ranks(visual: list[int], dp: int, per_rank: int) -> list[list[int]
     return [sorted(o) for o in out]
 
 
-def layout_pack(seqs: list[np.ndarray | None], lengths: list[int], seq_length: int, image_token_id: int,
-                pad_id: int = 0) -> dict:
+def layout_pack(seqs: list[np.ndarray | None], lengths: list[int], seq_length: int,
+                no_loss_ids: int | tuple[int, ...], pad_id: int = 0) -> dict:
     """Tensors of one pack of `seq_length` positions.
 
     seqs: per sample, its (already truncated) int64 token ids [lengths[i] + 1], or None for a sample whose span
         becomes padding (its image was rejected at decode time: it keeps its place and segment, loss 0).
+    no_loss_ids: ids never predicted and never predicted from (the image placeholder, indicator tokens).
     Returns {"tokens", "labels": int64 [1, S], "loss_mask": float32 [1, S] (0 on padding and wherever the input or
-    the label is image_token_id), "position_ids": int64 [1, S] (restart at 0 per sample and for the trailing
+    the label is one of no_loss_ids), "position_ids": int64 [1, S] (restart at 0 per sample and for the trailing
     padding), "cu_seqlens": int32 [n + 1] (the trailing padding is one more segment), "max_seqlen": int}."""
     S = seq_length
+    ids = torch.tensor([no_loss_ids] if isinstance(no_loss_ids, int) else list(no_loss_ids), dtype=torch.int64)
     tokens = torch.full((S,), pad_id, dtype=torch.int64)
     labels = torch.full((S,), pad_id, dtype=torch.int64)
     mask = torch.zeros(S, dtype=torch.float32)
@@ -132,7 +134,7 @@ def layout_pack(seqs: list[np.ndarray | None], lengths: list[int], seq_length: i
             if t.numel() != n + 1:
                 raise ValueError(f"layout_pack: sample has {t.numel()} tokens, expected positions + 1 = {n + 1}")
             tokens[at:at + n], labels[at:at + n] = t[:-1], t[1:]
-            mask[at:at + n] = ((t[:-1] != image_token_id) & (t[1:] != image_token_id)).float()
+            mask[at:at + n] = (~torch.isin(t[:-1], ids) & ~torch.isin(t[1:], ids)).float()
         pos[at:at + n] = torch.arange(n)
         at += n
         bounds.append(at)

@@ -47,7 +47,7 @@ class GPT2BPETokenizer(_Base):
     """GPT-2 BPE from `vocab_file` (encoder.json) and `merge_file` (vocab.bpe)."""
 
     def __init__(self, vocab_file: str, merge_file: str, reference: bool = False):
-        from omni_mega.data.bpe import GPT2BPEFast, GPT2BPEReference
+        from omni_mega.data.text.bpe import GPT2BPEFast, GPT2BPEReference
 
         for name, path in (("vocab_file", vocab_file), ("merge_file", merge_file)):
             if not path or not os.path.isfile(path):
@@ -152,7 +152,7 @@ def train_demo_bpe(out_dir: str, vocab_size: int = 4096) -> str:
     """Trains the demo byte-level BPE on the demo corpus into out_dir/tokenizer.json (atomically); returns out_dir."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from omni_mega.data.corpus import demo_documents
+    from omni_mega.data.demo.corpus import demo_documents
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

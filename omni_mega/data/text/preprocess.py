@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from omni_mega.data.bpe import flat_encode
+from omni_mega.data.text.bpe import flat_encode
 
 # 256 KiB per worker job (~200 documents of 1 KB): pickling a block costs <1% of encoding it, and blocks this small
 # keep the workers evenly loaded up to the end of the input.
@@ -317,7 +317,7 @@ def expand_inputs(pattern: str) -> list[str]:
 
 
 def tokenizer_from_args(args):
-    from omni_mega.data.tokenizer import build_tokenizer
+    from omni_mega.data.text.tokenizer import build_tokenizer
 
     kind = args.tokenizer_type
     if kind == "GPT2BPETokenizer":

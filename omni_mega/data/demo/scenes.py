@@ -1,6 +1,6 @@
 """Built-in image-text demo data, made on first use with Pillow (nothing downloaded), in the real shard format.
 
-Two kinds of samples, half each, byte-level tokens (`omni_mega.data.demo_text`: ids 0..255 = bytes, EOD = 256):
+Two kinds of samples, half each, byte-level tokens (`omni_mega.data.demo.text`: ids 0..255 = bytes, EOD = 256):
 - text lines: a run of words from `pydoc_data.topics` rendered in dark ink on a light background; the caption is
   the text (an OCR-style task);
 - shape scenes: one or two shapes from a small vocabulary (circle, square, triangle x seven colours) placed left to
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from omni_mega.data.mmshards import BYTE_TOKENIZER, DATASET_JSON, MMShardWriter
+from omni_mega.data.multimodal.shards import BYTE_TOKENIZER, DATASET_JSON, MMShardWriter
 
 VERSION = 1  # bump when the generated samples change, so cached copies are rebuilt
 NUM_TRAIN, NUM_HELDOUT = 3000, 16
@@ -118,7 +118,7 @@ def _write_split(out_dir: Path, split: str, n: int) -> None:
             png, caption, h, w, kind = make_sample(split, i)
             kinds[kind] = kinds.get(kind, 0) + 1
             writer.add(png, list(caption.encode("utf-8")), height=h, width=w, text=caption, meta={"kind": kind})
-        writer.finish(source=f"omni_mega.data.demo v{VERSION} ({split})", kinds=kinds,
+        writer.finish(source=f"omni_mega.data.demo.scenes v{VERSION} ({split})", kinds=kinds,
                       bad_input={"counts": {}, "first": {}})
 
 

@@ -1,5 +1,5 @@
 """`tools/preprocess_mmdata.py`: image-text pairs -> omni_mega image-text shards (WebDataset-style tars + index;
-see omni_mega/data/mmshards.py and docs/multimodal_data.md).
+see omni_mega/data/multimodal/shards.py and docs/multimodal_data.md).
 
 Input, either:
 - JSONL (a file or a glob, `.gz` too): one object per line, `{"image": path, "text": caption}` (keys set with
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omni_mega.data.mmshards import ByteTokenizer, MMShardWriter, tokenizer_identity
+from omni_mega.data.multimodal.shards import ByteTokenizer, MMShardWriter, tokenizer_identity
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MAX_SHOWN = 5  # places shown per bad-input reason
@@ -188,7 +188,7 @@ def _results(jobs, workers: int, tokenizer):
 def build_tokenizer_from_args(args):
     if args.tokenizer_type == "byte":
         return ByteTokenizer()
-    from omni_mega.data.tokenizer import build_tokenizer
+    from omni_mega.data.text.tokenizer import build_tokenizer
 
     paths = {"GPT2BPETokenizer": dict(vocab_file=args.vocab_file, merge_file=args.merge_file),
              "HuggingFaceTokenizer": dict(tokenizer_model=args.tokenizer_model),

@@ -3,7 +3,7 @@
 Pure Python (no torch) so config validation can check names before any model exists. A name is a dotted path,
 optionally ending in a Python-style slice or index over a layer list: `layers[-2:]`, `layers[3]`, `layers[1:3]`.
 Slices count over the *whole* model's layers (all pipeline ranks), so the same name means the same layers under any
-TP/PP layout; `omni_mega.training.freeze` maps them to the layers a rank holds.
+TP/PP layout; `omni_mega.models.groups.resolve` maps them to the layers a rank holds.
 """
 
 from __future__ import annotations
@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 _NAME = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*)(?:\[(-?\d*)(:(-?\d*))?\])?$")
 
-# Groups every text model has. Vision groups exist only when the model config has the parts (the models issue
-# registers them through the model's `named_groups()`).
+# Groups every text model has. Vision groups exist only when the model config has the parts (the models register
+# them through `named_groups()`).
 LLM_GROUPS = ("llm", "llm.embedding", "llm.layers", "llm.final_norm", "llm.output_layer")
-VISION_GROUPS = ("vit", "vit.patch_embed", "vit.layers", "visual_head", "vet", "projector")
 SLICEABLE = ("llm.layers", "vit.layers")
 
 

@@ -1,0 +1,205 @@
+"""`PackedSource`: a stage's micro-batches, for every model and every mix (text, image-text, or both).
+
+The stream of packs (what is drawn, packed and where the stage stands) is `pack_stream.PackStream`; this module
+turns one optimizer step of it into this rank's micro-batches. A step takes the next `global_batch_size` packs and
+deals them to data-parallel ranks evenly by visual tokens (`packing.assign_to_ranks`); a rank's packs form
+`num_micro` micro-batches of `micro_batch_size` packs each, laid end to end as one packed sequence.
+
+Planning (`plan_step`, sizes only, cheap, in stream order) is apart from materialising (`materialize`: reading
+tokens, decoding, resizing and packing images; a pure function of the plan, safe in a background thread), so
+`prefetch.Prefetcher` can prepare the next steps while the current one trains, and the batches are the same bytes
+either way. All images of a rank's step go through one `images.decode_and_pack` call: decode in a thread pool, one
+batched resize into a flat buffer, and `pack_images` reading that buffer without a copy; each micro-batch's
+`pixel_values` is a view of the packed result (its images are contiguous). An image rejected at decode time (or whose
+decoded size disagrees with the index that planned its pack) turns its sample's span into padding; every other
+sample keeps its place.
+
+Micro-batch dict (all CPU): tokens / labels int64 [1, T], loss_mask float32 [1, T] (0 on padding and wherever the
+input or the label is a placeholder or another no-loss id), position_ids int64 [1, T] (restarting per sample),
+cu_seqlens int32 [n + 1], max_seqlen int, T = micro_batch_size x seq_length; pixel_values float32
+[patches, 3 * tps * p * p] and grid_thw int64 [images, 3] when it holds images; `stats` (python ints, `STAT_KEYS`).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from omni_mega.data import packing as mp
+from omni_mega.data.images import DecodeStats
+from omni_mega.data.pack_stream import PackingSpec, PackStream
+
+STAT_KEYS = ("text_tokens", "visual_tokens", "pad_tokens", "mm_samples", "text_samples", "rejected_images",
+             "mm_tokens", "capacity")
+
+
+class PackedSource:
+    """The `data.source.BatchSource` of a stage. text_sets / mm_sets: the readers' datasets with their weights
+    (relative within the modality); consumed_samples: packs of the whole run consumed so far."""
+
+    def __init__(self, spec: PackingSpec, text_sets: list, text_weights: list[float], mm_sets: list,
+                 mm_weights: list[float], consumed_samples: int = 0, *, decode_threads: int = 2,
+                 decode_backend: str = "pillow") -> None:
+        self.stream = PackStream(spec, text_sets, text_weights, mm_sets, mm_weights, consumed_samples)
+        self.spec, self.text_sets, self.mm_sets = spec, list(text_sets), list(mm_sets)
+        self.decode_threads, self.decode_backend = decode_threads, decode_backend
+        self.decode_stats = DecodeStats()  # every decode this rank did (this process)
+        self.totals: Counter = Counter()  # STAT_KEYS summed over the packs this process consumed (all ranks')
+
+    # ---- the stream ---------------------------------------------------------------------------------------------
+    @property
+    def consumed_samples(self) -> int:
+        return self.stream.consumed_samples
+
+    @property
+    def skipped(self) -> Counter:
+        return self.stream.skipped
+
+    def pack_at(self, p: int) -> list[mp.SampleRef]:
+        return self.stream.pack_at(p)
+
+    def step_packs(self, global_batch: int, ahead: int = 0) -> list[list[mp.SampleRef]]:
+        """The packs of the step `ahead` steps after the next one (sizes only), in stream order."""
+        first = self.stream.cursor + ahead * global_batch
+        return [self.stream.pack_at(first + i) for i in range(global_batch)]
+
+    def plan_step(self, sl, ahead: int = 0) -> list[list[list[mp.SampleRef]]]:
+        """This rank's micro-batches of a step (`ahead` steps after the next one): per micro-batch, its packs."""
+        if sl.seq_length != self.spec.seq_length:
+            raise ValueError(f"StepSlice.seq_length={sl.seq_length} but the source packs {self.spec.seq_length}")
+        packs = self.step_packs(sl.global_batch, ahead)
+        per_rank = sl.num_micro * sl.micro_batch_size
+        mine = mp.assign_to_ranks([sum(s.visual for s in p) for p in packs], sl.dp, per_rank)[sl.dp_rank]
+        b = sl.micro_batch_size
+        return [[packs[i] for i in mine[m * b:(m + 1) * b]] for m in range(sl.num_micro)]
+
+    def advance(self, samples: int) -> None:
+        for p in range(self.stream.cursor, self.stream.cursor + int(samples)):
+            self.totals.update(self.pack_stats(self.stream.pack_at(p)))
+        self.stream.advance(samples)
+
+    def state_dict(self) -> dict:
+        return self.stream.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.stream.load_state_dict(state)
+
+    # ---- micro-batches ------------------------------------------------------------------------------------------
+    def micro_batches(self, sl) -> Iterator[dict]:
+        """This rank's `sl.num_micro` micro-batches of the next step (no prefetching)."""
+        yield from self.materialize(self.plan_step(sl))
+
+    def materialize(self, plan: list[list[list[mp.SampleRef]]]) -> list[dict]:
+        """Reads and decodes the micro-batches of `plan_step` (see the module docstring for their tensors)."""
+        refs = [s for micro in plan for pack in micro for s in pack if s.kind == "mm"]
+        records = [self.mm_sets[s.dataset][s.index] for s in refs]
+        packed, kept = self._decode([r.image for r in records], [s.visual for s in refs])
+        by_ref = iter(zip(records, kept))
+        out, image_row, patch_row = [], 0, 0
+        for micro in plan:
+            parts = [self._assemble(pack, by_ref) for pack in micro]
+            mb = _concat([p for p, _ in parts])
+            n_img = sum(k for _, k in parts)
+            if n_img:
+                grid = packed.grid_thw[image_row:image_row + n_img]
+                patches = int(grid.prod(dim=1).sum())
+                mb["pixel_values"] = packed.pixel_values[patch_row:patch_row + patches]
+                mb["grid_thw"] = grid
+                image_row, patch_row = image_row + n_img, patch_row + patches
+            out.append(mb)
+        return out
+
+    def _decode(self, images: list[bytes], visual: list[int]):
+        """(PackedImages over the kept images, kept flag per image) for a step's images, in order."""
+        if not images:
+            return None, []
+        from omni_mega.data.images import decode_and_pack
+
+        sp = self.spec
+        packed, kept_idx, _ = decode_and_pack(images, patch_size=sp.patch_size, merge_size=sp.merge_size,
+                                              temporal_patch_size=sp.temporal_patch_size, min_pixels=sp.min_pixels,
+                                              max_pixels=sp.max_pixels, num_threads=self.decode_threads,
+                                              backend=self.decode_backend, stats=self.decode_stats,
+                                              expect_tokens=visual)
+        kept = np.zeros(len(images), dtype=bool)
+        kept[kept_idx.numpy()] = True
+        return packed, kept.tolist()
+
+    def _assemble(self, pack: list[mp.SampleRef], by_ref) -> tuple[dict, int]:
+        """One pack's tensors (and its number of kept images); `by_ref` yields (record, kept) per image-text
+        sample in order."""
+        sp = self.spec
+        seqs, n_img = [], 0
+        for s in pack:
+            if s.kind == "text":
+                seqs.append(mp.text_sample_tokens(self.text_sets[s.dataset].tokens(s.index),
+                                                  seq_length=sp.seq_length))
+                continue
+            rec, kept = next(by_ref)
+            seqs.append(self._mm_tokens(s, rec) if kept else None)  # None: its span becomes padding
+            n_img += bool(kept)
+        out = mp.layout_pack(seqs, [s.positions for s in pack], sp.seq_length,
+                             (sp.image_token_id,) + tuple(sp.no_loss_ids))
+        out["stats"] = self.pack_stats([s for s, q in zip(pack, seqs) if q is not None], len(pack))
+        return out, n_img
+
+    def _mm_tokens(self, s: mp.SampleRef, rec) -> np.ndarray:
+        sp = self.spec
+        if mp.mm_positions(s.visual, len(rec.tokens), sp.seq_length) != s.positions:
+            raise ValueError(f"image-text sample {rec.key} (dataset {s.dataset}, item {s.index}) has "
+                             f"{len(rec.tokens)} caption tokens, which disagrees with the length in its index")
+        return mp.mm_sample_tokens(s.visual, rec.tokens, image_token_id=sp.image_token_id, sep=sp.sep, eod=sp.eod,
+                                   seq_length=sp.seq_length)
+
+    # ---- statistics ---------------------------------------------------------------------------------------------
+    def pack_stats(self, kept: list[mp.SampleRef], n_samples: int | None = None) -> dict[str, int]:
+        """STAT_KEYS of one pack from its samples' sizes; `kept`: the samples whose span holds tokens (all but those
+        whose image was rejected at decode time), `n_samples`: all of the pack's samples (default: len(kept))."""
+        rejected = (len(kept) if n_samples is None else n_samples) - len(kept)
+        visual = sum(s.visual for s in kept)
+        used = sum(s.positions for s in kept)
+        return {"text_tokens": used - visual, "visual_tokens": visual, "pad_tokens": self.spec.seq_length - used,
+                "mm_samples": sum(s.kind == "mm" for s in kept), "text_samples": sum(s.kind == "text" for s in kept),
+                "rejected_images": rejected, "mm_tokens": sum(s.positions for s in kept if s.kind == "mm"),
+                "capacity": self.spec.seq_length}
+
+    def step_metrics(self, st: dict[str, int]) -> dict:
+        """metrics.jsonl fields of one step from its packs' STAT_KEYS summed over micro-batches and data-parallel
+        ranks; call before `advance` (the ratio target is the one the step's packs were drawn for)."""
+        non_pad = st["capacity"] - st["pad_tokens"]
+        rec = {"packing_efficiency": non_pad / max(st["capacity"], 1), "text_tokens": st["text_tokens"],
+               "pad_tokens": st["pad_tokens"], "text_samples": st["text_samples"]}
+        if self.spec.multimodal_metrics:
+            progress = self.stream.cursor / max(self.spec.stage_packs, 1)
+            rec.update({"mm_ratio_target": self.spec.ratio_at(progress), "mm_ratio": st["mm_tokens"] / max(non_pad, 1),
+                        "visual_tokens": st["visual_tokens"], "images": st["mm_samples"],
+                        "rejected_images": st["rejected_images"]})
+        return rec
+
+    def packing_efficiency(self) -> float:
+        """Non-pad positions / capacity over the packs consumed so far by this process (0.0 before the first)."""
+        t = self.totals
+        return (t["capacity"] - t["pad_tokens"]) / t["capacity"] if t["capacity"] else 0.0
+
+    def multimodal_share(self) -> float:
+        """Positions of image-text samples / non-pad positions over the packs consumed so far by this process."""
+        non_pad = self.totals["capacity"] - self.totals["pad_tokens"]
+        return self.totals["mm_tokens"] / non_pad if non_pad else 0.0
+
+
+def _concat(packs: list[dict]) -> dict:
+    """Packs laid end to end as one packed sequence: segments (cu_seqlens) shifted, positions kept per sample."""
+    if len(packs) == 1:
+        return packs[0]
+    cu, at = [torch.zeros(1, dtype=torch.int32)], 0
+    for p in packs:
+        cu.append(p["cu_seqlens"][1:] + at)
+        at += int(p["tokens"].shape[1])
+    out = {k: torch.cat([p[k] for p in packs], dim=1) for k in ("tokens", "labels", "loss_mask", "position_ids")}
+    out["cu_seqlens"] = torch.cat(cu)
+    out["max_seqlen"] = max(p["max_seqlen"] for p in packs)
+    out["stats"] = {k: sum(p["stats"][k] for p in packs) for k in STAT_KEYS}
+    return out

@@ -1,0 +1,134 @@
+"""One reader per dataset source kind, the same whatever the model or the stage.
+
+Text kinds give `TextDocs` (`len(ds)`, `ds.num_tokens(i)` read cheaply, `ds.tokens(i)` int64 ids; a document's last
+item ends with EOD): `demo_text` -> `demo.text.DemoTextDocs`, `indexed` -> `text.indexed.IndexedDocs`. Both cut long
+documents into pack-sized pieces, so nothing is truncated away.
+
+Image-text kinds give the `multimodal.shards.MMShardDataset` interface (`len`, `meta(i)` -> (height, width, caption
+length) from the index, `ds[i]` -> ImageTextRecord(key, image bytes, int32 tokens), `tokenizer` dict):
+`demo_mm` (the built-in scenes, built on first use under the data dir) and `mm_shards` (a directory).
+
+Imports stay light (NumPy and JSON): the dry-run reads the datasets' tokenizers through `tokenizer_of`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from omni_mega.config.schema import DatasetConfig
+from omni_mega.data.demo import text as demo_text
+
+BYTE_SEP = 10  # byte "\n": the separator between an image's placeholders and its caption for byte tokens
+
+
+@dataclass(frozen=True)
+class Reader:
+    modality: str  # "text" | "image-text"
+    open: Callable  # text: (d, eod, seq_length) -> TextDocs; image-text: (d, data_dir) -> MMShardDataset
+    tokenizer: Callable[[DatasetConfig, Path], dict | None]  # what its token ids are (None: not recorded)
+
+
+def _open_demo_text(d: DatasetConfig, eod: int | None, seq_length: int | None):
+    return demo_text.DemoTextDocs(d.seed, None if seq_length is None else seq_length + 1)
+
+
+def _open_indexed(d: DatasetConfig, eod: int | None, seq_length: int | None):
+    from omni_mega.data.text.indexed import IndexedDocs
+
+    return IndexedDocs(str(d.path), eod, seq_length)
+
+
+def _demo_mm_dir(data_dir: Path) -> str:
+    from omni_mega.data.demo.scenes import build_demo_data
+
+    return build_demo_data(data_dir)["train"]
+
+
+def _open_demo_mm(d: DatasetConfig, data_dir: Path):
+    from omni_mega.data.multimodal.shards import MMShardDataset
+
+    return MMShardDataset(_demo_mm_dir(data_dir))
+
+
+def _open_mm_shards(d: DatasetConfig, data_dir: Path):
+    from omni_mega.data.multimodal.shards import MMShardDataset
+
+    return MMShardDataset(str(d.path))
+
+
+def _byte_tokenizer(d: DatasetConfig, data_dir: Path) -> dict:
+    return {"kind": "byte", "vocab_size": demo_text.VOCAB_SIZE, "eod": demo_text.EOD}
+
+
+def _shards_tokenizer(d: DatasetConfig, data_dir: Path) -> dict | None:
+    """The tokenizer recorded in an image-text dataset's dataset.json (read without opening the shards)."""
+    path = Path(str(d.path)) / "dataset.json"
+    try:
+        return dict(json.loads(path.read_text()).get("tokenizer") or {})
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"dataset {d.name!r}: cannot read {path} ({e}); is {d.path} a directory written by "
+                                "tools/preprocess_mmdata.py?") from None
+
+
+READERS: dict[str, Reader] = {
+    "demo_text": Reader("text", _open_demo_text, _byte_tokenizer),
+    "indexed": Reader("text", _open_indexed, lambda d, data_dir: None),
+    "demo_mm": Reader("image-text", _open_demo_mm, _byte_tokenizer),
+    "mm_shards": Reader("image-text", _open_mm_shards, _shards_tokenizer),
+}
+
+
+def reader(d: DatasetConfig) -> Reader:
+    if d.source not in READERS:
+        raise ValueError(f"dataset {d.name!r}: unknown source {d.source!r} (one of {', '.join(READERS)})")
+    return READERS[d.source]
+
+
+def open_text_dataset(d: DatasetConfig, eod: int | None, seq_length: int | None = None):
+    """seq_length: the pack length (documents are cut into pieces that fit one pack)."""
+    r = reader(d)
+    if r.modality != "text":
+        raise ValueError(f"dataset {d.name!r}: source {d.source!r} is not a text source")
+    return r.open(d, eod, seq_length)
+
+
+def open_mm_dataset(d: DatasetConfig, data_dir: Path):
+    r = reader(d)
+    if r.modality != "image-text":
+        raise ValueError(f"dataset {d.name!r}: source {d.source!r} is not an image-text source")
+    return r.open(d, Path(data_dir))
+
+
+def tokenizer_of(d: DatasetConfig, data_dir: Path) -> dict | None:
+    return reader(d).tokenizer(d, Path(data_dir))
+
+
+def data_vocab_size(mixes, data_dir: Path) -> int | None:
+    """The largest vocabulary the datasets of `mixes` (lists of DatasetConfig) record, None when none records one
+    (indexed datasets only: the config must say)."""
+    sizes = [int((tokenizer_of(d, data_dir) or {}).get("vocab_size", 0)) for mix in mixes for d in mix]
+    return max(sizes) or None if sizes else None
+
+
+def special_ids(tokenizers: list[dict | None], names: list[str]) -> tuple[int | None, int | None]:
+    """(EOD, SEP) ids of one stage's datasets; the datasets that record a tokenizer must all record the same one.
+
+    SEP (between an image's placeholders and its caption) is the tokenizer's "sep" entry, else byte "\\n" (10) for
+    byte-level tokens, else None (then no image-text sample can be laid out). EOD is None when no dataset records a
+    tokenizer (indexed text only: documents as stored)."""
+    known = [(n, t) for n, t in zip(names, tokenizers) if t is not None]
+    for name, t in known[1:]:
+        if t != known[0][1]:
+            raise ValueError(f"dataset {name!r} has tokenizer {t}, but {known[0][0]!r} has {known[0][1]}: one run "
+                             "needs one tokenizer")
+    if not known:
+        return None, None
+    name, t = known[0]
+    if "eod" not in t:
+        raise ValueError(f"dataset {name!r}: tokenizer {t} names no 'eod' id")
+    if "sep" in t:
+        return int(t["eod"]), int(t["sep"])
+    return int(t["eod"]), BYTE_SEP if t.get("kind") == "byte" else None

@@ -1,0 +1,81 @@
+"""The trainer's data interface: one `BatchSource` per stage, built by `build_source` from the stage plan, for every
+model and every mix. There is one path: the stage's datasets are opened by their readers (`readers`, one per source
+kind) and packed into sequences of `seq_length` positions (`packed_source.PackedSource`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from omni_mega.config.plan import StagePlan
+from omni_mega.config.schema import ConnectorConfig, ModelConfig
+from omni_mega.data.readers import open_mm_dataset, open_text_dataset, special_ids, tokenizer_of
+
+
+@dataclass(frozen=True)
+class StepSlice:
+    """What one data-parallel rank consumes in one optimizer step."""
+
+    dp_rank: int
+    dp: int
+    num_micro: int  # micro-batches per rank per step
+    micro_batch_size: int  # packs per micro-batch
+    seq_length: int  # positions per pack
+
+    @property
+    def global_batch(self) -> int:
+        return self.dp * self.num_micro * self.micro_batch_size
+
+
+class BatchSource(Protocol):
+    consumed_samples: int  # packs of the whole run consumed so far (all ranks)
+
+    def plan_step(self, sl: StepSlice, ahead: int = 0) -> list:
+        """This rank's micro-batches of the step `ahead` steps after the next one, by size only (cheap, in stream
+        order; the state does not move)."""
+
+    def materialize(self, plan: list) -> list[dict]:
+        """The micro-batch dicts of a `plan_step` result: tokens/labels/loss_mask/position_ids [1, T], cu_seqlens,
+        max_seqlen, optional pixel_values/grid_thw, `stats` (python ints). Pure: safe in a background thread."""
+
+    def step_metrics(self, stats: dict[str, int]) -> dict:
+        """metrics.jsonl fields of a step from its micro-batches' `stats` summed over data-parallel ranks."""
+
+    def advance(self, samples: int) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def build_source(plan: StagePlan, model: ModelConfig, data_dir: str | Path, consumed_samples: int, *,
+                 decode_threads: int = 2):
+    """The `PackedSource` of stage `plan` at `consumed_samples` packs of the run.
+
+    model: the run's model config (the vision tower's patch sizes and the connector's placeholder ids shape the
+    image-text samples). data_dir: where the built-in demo data is cached. Then call `load_state_dict` with a
+    checkpoint's data state to skip replaying the stage's windows."""
+    from omni_mega.data.pack_stream import PackingSpec
+    from omni_mega.data.packed_source import PackedSource
+
+    data_dir = Path(data_dir)
+    text = [d for d in plan.mix if not d.multimodal]
+    mm = [d for d in plan.mix if d.multimodal]
+    if mm and model.vit is None:
+        raise ValueError(f"stage {plan.name!r}: image-text datasets {[d.name for d in mm]} need model.vit")
+    eod, sep = special_ids([tokenizer_of(d, data_dir) for d in plan.mix], [d.name for d in plan.mix])
+    conn, vit = model.connector or ConnectorConfig(), model.vit
+    vision = {} if vit is None else dict(patch_size=vit.patch_size, merge_size=vit.merge_size,
+                                         temporal_patch_size=vit.temporal_patch_size)
+    spec = PackingSpec(
+        seq_length=plan.seq_length, visual_budget=plan.visual_budget, pack_window=plan.pack_window,
+        ratio_start=plan.ratio_start or 0.0, ratio_end=plan.ratio_end or 0.0, stage_packs=plan.samples,
+        stage_start=plan.samples_before, stage_index=plan.index, seed=plan.seed,
+        image_token_id=conn.image_token_id, no_loss_ids=tuple(conn.indicator_token_ids), eod=eod, sep=sep,
+        min_pixels=plan.min_pixels, max_pixels=plan.max_pixels, multimodal_metrics=plan.ratio_start is not None,
+        **vision)
+    return PackedSource(spec, [open_text_dataset(d, eod, plan.seq_length) for d in text], [d.weight for d in text],
+                        [open_mm_dataset(d, data_dir) for d in mm], [d.weight for d in mm], consumed_samples,
+                        decode_threads=decode_threads)

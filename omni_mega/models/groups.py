@@ -1,0 +1,65 @@
+"""Named module groups of a model chunk, resolved against the chunks this rank holds.
+
+A model exposes its groups with `named_groups() -> {name: ModuleGroup}`; megatron's GPTModel does not, so
+`llm_groups` provides the text groups for it. Layer lists carry *global* layer indices (pipeline offset included),
+so `llm.layers[-2:]` selects the same two layers under any PP layout; a rank that holds none of them just gets an
+empty selection. The names and their syntax are `omni_mega.config.groups` (pure, so configs are checked before any
+model exists).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from omni_mega.config.groups import parse_group
+
+
+@dataclass
+class ModuleGroup:
+    """Modules of one named group on this rank. `layers` (global index -> module) and `total_layers` are set for
+    sliceable layer lists."""
+
+    modules: list[torch.nn.Module] = field(default_factory=list)
+    layers: dict[int, torch.nn.Module] | None = None
+    total_layers: int = 0
+
+
+def llm_groups(chunk) -> dict[str, ModuleGroup]:
+    """Groups of one megatron GPTModel chunk (unwrapped). Absent parts (embedding off the first pipeline stage,
+    output layer off the last) are empty groups, not errors."""
+    layers = {layer.layer_number - 1: layer for layer in chunk.decoder.layers}  # layer_number: global, 1-based
+    return {
+        "llm": ModuleGroup([chunk]),
+        "llm.embedding": ModuleGroup([chunk.embedding] if chunk.pre_process else []),
+        "llm.layers": ModuleGroup(list(layers.values()), layers, chunk.config.num_layers),
+        "llm.final_norm": ModuleGroup([chunk.decoder.final_layernorm] if chunk.decoder.final_layernorm is not None
+                                      and chunk.post_process else []),
+        "llm.output_layer": ModuleGroup([chunk.output_layer] if chunk.post_process else []),
+    }
+
+
+def chunk_groups(chunk) -> dict[str, ModuleGroup]:
+    return chunk.named_groups() if hasattr(chunk, "named_groups") else llm_groups(chunk)
+
+
+def resolve(chunks: list, name: str) -> list[torch.nn.Parameter]:
+    """Parameters of group `name` (e.g. 'llm.layers[-2:]') held by this rank's (unwrapped) chunks."""
+    ref = parse_group(name)
+    params: dict[int, torch.nn.Parameter] = {}
+    for chunk in chunks:
+        groups = chunk_groups(chunk)
+        if ref.base not in groups:
+            raise KeyError(f"unknown module group {name!r}; this model has {', '.join(sorted(groups))}")
+        grp = groups[ref.base]
+        if ref.index is None:
+            mods = grp.modules
+        elif grp.layers is None:
+            raise KeyError(f"{name!r}: group {ref.base!r} is not a layer list and takes no slice")
+        else:
+            mods = [grp.layers[i] for i in ref.select(grp.total_layers) if i in grp.layers]
+        for m in mods:
+            for p in m.parameters():
+                params[id(p)] = p
+    return list(params.values())

@@ -1,0 +1,21 @@
+"""Training objectives: one module per objective, each giving megatron's schedules a forward step and a loss.
+
+A stage names its objective in YAML (`objective: lm`); the trainer asks `build(plan.objective)` once per stage and
+never asks what it trains. A new objective is a new module here (and, where it needs one, a data source kind).
+"""
+
+from __future__ import annotations
+
+from omni_mega.objectives.base import Objective
+from omni_mega.objectives.lm import LMObjective
+
+OBJECTIVES: dict[str, type] = {"lm": LMObjective}
+
+
+def build(name: str) -> Objective:
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[name]()
+
+
+__all__ = ["OBJECTIVES", "Objective", "build"]

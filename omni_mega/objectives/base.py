@@ -1,0 +1,46 @@
+"""What every objective provides, and the pieces objectives share.
+
+Contract with megatron's schedules (`get_forward_backward_func`): `forward_step(data_iterator, model)` pulls one
+micro-batch, runs the model chunk and returns (output, loss_func); on the last pipeline stage megatron calls
+`loss_func(output)`, which returns (loss, {name: tensor}). Every reported value is a float64 pair [sum, count] so the
+trainer can reduce any metric the same way: sum both over micro-batches and data-parallel ranks, then divide.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class Objective(Protocol):
+    name: str
+    metric_names: tuple[str, ...]  # the keys of loss_func's dict ("loss" first): metrics.jsonl fields
+
+    def forward_step(self, data_iterator, model):
+        """One micro-batch through one model chunk: (output tensor, loss_func)."""
+
+
+def metric(total: torch.Tensor, count: float | torch.Tensor = 1.0) -> torch.Tensor:
+    """A reported value as float64 [sum, count] (detached; a copy: megatron scales returned losses in place)."""
+    return torch.stack([total.detach().double().reshape(()),
+                        torch.as_tensor(count, dtype=torch.float64, device=total.device).reshape(())])
+
+
+def packed_seq_params(batch: dict):
+    """megatron PackedSeqParams for a packed micro-batch (THD, self-attention: q and kv bounds are the same)."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    cu = batch["cu_seqlens"]
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=batch["max_seqlen"],
+                           max_seqlen_kv=batch["max_seqlen"])
+
+
+def model_inputs(batch: dict) -> dict:
+    """Keyword inputs of the model beyond tokens and positions: the packing, and images when the batch has them
+    (a text-only model never gets image keys, because its batches never hold images)."""
+    out = {"packed_seq_params": packed_seq_params(batch)}
+    for k in ("pixel_values", "grid_thw"):
+        if batch.get(k) is not None:
+            out[k] = batch[k]
+    return out
