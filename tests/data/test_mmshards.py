@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omni_mega.data.source import shards as mmshards
+from omni_mega.data.multimodal import shards as mmshards
 from omni_mega.data.multimodal.shards import BYTE_TOKENIZER, MMShardDataset, MMShardWriter
 
 

@@ -20,7 +20,7 @@ TOOL = os.path.join(ROOT, "tools", "preprocess_mmdata.py")
 
 @pytest.fixture(scope="module")
 def tool():
-    from omni_mega.data.source import preprocess as preprocess_mm
+    from omni_mega.data.multimodal import preprocess as preprocess_mm
 
     return preprocess_mm
 
