@@ -24,7 +24,7 @@ def test_version():
 def test_dry_run_prints_plan():
     p = _cli("train", "examples/configs/tiny_text.yaml", "--dry-run")
     assert p.returncode == 0, p.stderr
-    assert "stage pretrain: 200 steps" in p.stdout and "204,800 tokens" in p.stdout
+    assert "stage pretrain (lm): 200 steps" in p.stdout and "204,800 tokens" in p.stdout
 
 
 def test_config_error_exit_code_and_message():
@@ -43,8 +43,9 @@ def test_short_training_run_writes_metrics(tmp_path):
     for key in ("step", "stage", "loss", "lr", "tokens", "grad_norm", "tokens_per_s"):
         assert key in rows[0], key
     assert rows[0]["stage"] == "s1" and rows[-1]["tokens"] == 30 * 8 * 128
-    # Byte-level LM on English: starts near ln(257) = 5.55 and must learn something in 30 steps.
-    assert 5.0 < rows[0]["loss"] < 6.0, rows[0]
+    # Byte-level LM on English: starts near chance over the padded vocabulary (ln 384 = 5.95) and must learn
+    # something in 30 steps.
+    assert 5.5 < rows[0]["loss"] < 6.2, rows[0]
     assert rows[-1]["loss"] < rows[0]["loss"] - 1.5, (rows[0]["loss"], rows[-1]["loss"])
     assert any(f.name.startswith("events") for f in (run / "tensorboard").iterdir())
     assert "ETA" in p.stdout and "tok/s" in p.stdout

@@ -60,7 +60,7 @@ VISION = ["vit", "vit.patch_embed", "vit.layers", "vit.layers[-1:]", "vit.layers
 @pytest.mark.parametrize("case", list(CASES))
 def test_counts_match_built_model_exactly(megatron_single, case):
     from omni_mega.models.factory import build_model
-    from omni_mega.training.freeze import resolve
+    from omni_mega.models.groups import resolve
 
     model_cfg = CASES[case]
     cfg = RunConfig(model=model_cfg, stages=[StageConfig()])
@@ -171,7 +171,7 @@ def test_cli_dry_run_prints_every_stage(capsys):
     assert main(["train", cfg, "--dry-run", "--world-size", "2", "--set", "stages.2.global_batch_size=8"]) == 0
     out = capsys.readouterr().out
     for name in ("pretrain", "cooldown", "long_context"):
-        assert f"] stage {name}: " in out
+        assert f"] stage {name} (lm): " in out
     assert "world 2 = tp 1 x pp 1 x cp 1 x dp 2" in out and "memory/GPU pp rank 0" in out
     assert main(["train", cfg, "--dry-run", "--world-size", "2", "--nodes", "1"]) == 2
     # A layout the config cannot use is a config error naming the field.

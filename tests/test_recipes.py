@@ -10,7 +10,7 @@ import pytest
 from omni_mega.config import load_config, validate
 
 CONFIGS = Path(__file__).resolve().parent.parent / "examples" / "configs"
-STAGE = re.compile(r"\] stage (\S+): ([\d,]+) steps x (\d+) x (\d+) = ([\d,]+) tokens .*RoPE base ([\d,.e+]+)")
+STAGE = re.compile(r"\] stage (\S+) \(\w+\): ([\d,]+) steps x (\d+) x (\d+) = ([\d,]+) tokens .*RoPE base ([\d,.e+]+)")
 
 # name -> (nodes of 8 H100s in the recipe's comment, [(stage, published tokens, RoPE base)])
 PUBLISHED = {
@@ -60,16 +60,16 @@ def _model_parallel(name):
 def test_kimi_ratio_ramp_and_rewarmup(capsys):
     out = _plan("kimi_vl_style", capsys)  # no layout given: the smallest that fits (dp = 1)
     assert "planning for world size 8" in out
-    joint = out.split("] stage joint_pretrain:")[1].split("] stage joint_cooldown:")[0]
+    joint = out.split("] stage joint_pretrain (")[1].split("] stage joint_cooldown (")[0]
     assert "multimodal share 0 -> 0.4" in joint
-    cooldown = out.split("] stage joint_cooldown:")[1].split("] stage long_context:")[0]
+    cooldown = out.split("] stage joint_cooldown (")[1].split("] stage long_context (")[0]
     assert "lr: rewarmup" in cooldown
-    assert "multimodal share 0 (text only)" in out.split("] stage joint_pretrain:")[0]
+    assert "multimodal share 0 (text only)" in out.split("] stage joint_pretrain (")[0]
 
 
 def test_ovis_phases(capsys):
     out = _plan("ovis_5phase", capsys)
-    p1, rest = out.split("] stage p2_multimodal_pretrain:")
+    p1, rest = out.split("] stage p2_multimodal_pretrain (")
     assert "resolution 448^2 - 896^2" in p1 and "resolution 448^2 - 1792^2" in rest
     trainable = re.search(r"trainable [\d,]+ params: (.*)", p1).group(1)
     assert [g.rsplit(" ", 1)[0] for g in trainable.split(", ")] == ["vit.layers[-1:]", "visual_head", "vet"]

@@ -112,6 +112,10 @@ class PackedSource:
             out.append(mb)
         return out
 
+    def materialize_pack(self, pack: list[mp.SampleRef]) -> dict:
+        """One pack alone as a micro-batch."""
+        return self.materialize([[pack]])[0]
+
     def _decode(self, images: list[bytes], visual: list[int]):
         """(PackedImages over the kept images, kept flag per image) for a step's images, in order."""
         if not images:
@@ -169,15 +173,8 @@ class PackedSource:
     def step_metrics(self, st: dict[str, int]) -> dict:
         """metrics.jsonl fields of one step from its packs' STAT_KEYS summed over micro-batches and data-parallel
         ranks; call before `advance` (the ratio target is the one the step's packs were drawn for)."""
-        non_pad = st["capacity"] - st["pad_tokens"]
-        rec = {"packing_efficiency": non_pad / max(st["capacity"], 1), "text_tokens": st["text_tokens"],
-               "pad_tokens": st["pad_tokens"], "text_samples": st["text_samples"]}
-        if self.spec.multimodal_metrics:
-            progress = self.stream.cursor / max(self.spec.stage_packs, 1)
-            rec.update({"mm_ratio_target": self.spec.ratio_at(progress), "mm_ratio": st["mm_tokens"] / max(non_pad, 1),
-                        "visual_tokens": st["visual_tokens"], "images": st["mm_samples"],
-                        "rejected_images": st["rejected_images"]})
-        return rec
+        target = self.spec.ratio_at(self.stream.cursor / max(self.spec.stage_packs, 1))
+        return step_record(st, target if self.spec.multimodal_metrics else None)
 
     def packing_efficiency(self) -> float:
         """Non-pad positions / capacity over the packs consumed so far by this process (0.0 before the first)."""
@@ -188,6 +185,19 @@ class PackedSource:
         """Positions of image-text samples / non-pad positions over the packs consumed so far by this process."""
         non_pad = self.totals["capacity"] - self.totals["pad_tokens"]
         return self.totals["mm_tokens"] / non_pad if non_pad else 0.0
+
+
+def step_record(st: dict[str, int], mm_target: float | None) -> dict:
+    """metrics.jsonl fields from a step's STAT_KEYS; the image-text fields only for a multimodal model
+    (`mm_target` not None: the multimodal token share the step's packs were drawn for)."""
+    non_pad = st["capacity"] - st["pad_tokens"]
+    rec = {"packing_efficiency": non_pad / max(st["capacity"], 1), "text_tokens": st["text_tokens"],
+           "pad_tokens": st["pad_tokens"], "text_samples": st["text_samples"]}
+    if mm_target is not None:
+        rec.update({"mm_ratio_target": mm_target, "mm_ratio": st["mm_tokens"] / max(non_pad, 1),
+                    "visual_tokens": st["visual_tokens"], "images": st["mm_samples"],
+                    "rejected_images": st["rejected_images"]})
+    return rec
 
 
 def _concat(packs: list[dict]) -> dict:

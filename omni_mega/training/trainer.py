@@ -117,6 +117,7 @@ class Trainer:
     def _enter_stage(self, plan: StagePlan, *, fresh: bool) -> None:
         """Applies a stage: trainable set, DDP + optimizer (carrying Adam state), RoPE base, objective, data source,
         and `init_from` when the stage starts fresh (not when resuming inside it)."""
+        self._close_prefetch()
         snap = snapshot(self.optimizer) if self.optimizer is not None else None
         dsnap = dist_snapshot(self.optimizer, self.chunks)  # the distributed optimizer's shards (None otherwise)
         counts = apply_trainable(self.chunks, plan.name, list(plan.trainable))
@@ -268,10 +269,13 @@ class Trainer:
                     return False
                 self._log_progress(r, first, start)
         finally:
-            if self.prefetch is not None:
-                self.prefetch.close()
-                self.prefetch = None
+            self._close_prefetch()
         return True
+
+    def _close_prefetch(self) -> None:
+        if self.prefetch is not None:
+            self.prefetch.close()
+            self.prefetch = None
 
     def _log_progress(self, r: StepResult, first: int, start: float) -> None:
         s, plan, total = self.state, self.stage, self.cfg.total_steps

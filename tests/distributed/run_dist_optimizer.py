@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from omni_mega.config import load_config
 from omni_mega.runtime import init_distributed, shutdown
-from omni_mega.training.curriculum import stage_at
+from omni_mega.config.plan import stage_at
 from omni_mega.training.optim import _dist_opts
 from omni_mega.training.trainer import Trainer
 

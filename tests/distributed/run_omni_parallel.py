@@ -12,16 +12,14 @@ row, PackedSeqParams) with two images of different grids, independent of the tra
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from omni_mega.config import ConnectorConfig, LLMConfig, ModelConfig, ParallelConfig, ViTConfig
 from omni_mega.models.factory import build_model
+from omni_mega.objectives.lm import LMObjective
 
 SEQ, VOCAB, IMG_ID, IND_IDS = 32, 256, -200, [-301, -302]
 PATCH, GRID = 2, [[1, 4, 4], [1, 2, 6]]  # 16 + 12 patches -> 4 + 3 merged tokens
@@ -50,29 +48,17 @@ def micro_batch(k: int, with_images: bool) -> dict:
         batch["pixel_values"] = torch.randn(int(grid.prod(1).sum()), 3 * 2 * PATCH * PATCH, generator=g)
         batch["grid_thw"] = grid
     tokens, labels = ids[:, :-1].clone(), ids[:, 1:].clone()
-    labels[labels < 0] = 0  # placeholder targets are masked out of the loss anyway
+    special = torch.tensor([IMG_ID, *IND_IDS])
+    mask = ~(torch.isin(tokens, special) | torch.isin(labels, special))  # as the data sources mask placeholders
     pos = torch.cat([torch.arange(CU[i + 1] - CU[i]) for i in range(len(CU) - 1)])[None]
-    batch.update(tokens=tokens, labels=labels, position_ids=pos, loss_mask=torch.ones(1, SEQ))
+    cu = torch.tensor(CU, dtype=torch.int32)
+    batch.update(tokens=tokens, labels=labels, position_ids=pos, loss_mask=mask.float(), cu_seqlens=cu,
+                 max_seqlen=int((cu[1:] - cu[:-1]).max()))
     return batch
 
 
-def packed_params() -> PackedSeqParams:
-    cu = torch.tensor(CU, dtype=torch.int32)
-    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=20, max_seqlen_kv=20)
-
-
-def _loss(loss_mask, per_token):
-    mask = loss_mask.reshape(-1).float()
-    loss = (per_token.float().reshape(-1) * mask).sum() / mask.sum()
-    return loss, {"lm loss": loss.detach().clone()}
-
-
-def forward_step(data_iterator, model):
-    b = next(data_iterator)
-    inner = getattr(model, "module", model)
-    out = model(b["tokens"], b["position_ids"], None, labels=b["labels"], pixel_values=b.get("pixel_values"),
-                grid_thw=b.get("grid_thw"), packed_seq_params=packed_params())
-    return out, partial(_loss, inner.loss_mask(b["tokens"], b["labels"], b["loss_mask"]))
+# The trainer's own forward step: the LM objective over packed micro-batches.
+forward_step = LMObjective().forward_step
 
 
 def build(kind: str, parallel: ParallelConfig, freeze: tuple[str, ...] = ()):
@@ -99,7 +85,7 @@ def train_step(ddp, opt, batches: list[dict]) -> tuple[float, float]:
     grads = vision_grad_norms(ddp.module)
     ok, grad_norm, _ = opt.step()
     assert ok, "optimizer step skipped"
-    loss = float(torch.stack([x["lm loss"] for x in losses]).mean()) if losses else float("nan")
+    loss = float(torch.stack([x["loss"][0] for x in losses]).mean()) if losses else float("nan")
     return loss, float(grad_norm), grads
 
 

@@ -8,7 +8,7 @@ import torch
 
 from omni_mega.models.mrope import get_rope_index
 from omni_mega.models.vision.attention import packed_attention
-from omni_mega.models.vision.merge import check_placeholders, image_loss_mask, merged_tokens_per_image, spatial_merge
+from omni_mega.models.vision.merge import check_placeholders, merged_tokens_per_image, spatial_merge
 from omni_mega.models.vision.norms import SPNorm
 
 
@@ -84,13 +84,6 @@ def test_merge_and_placeholder_accounting():
     ids[1, 2] = 7  # one placeholder short
     with pytest.raises(ValueError, match=r"hold 8 image placeholder tokens .* needs 9 .*per image: \[6, 2, 1\]"):
         check_placeholders(ids, -200, grid, 2)
-
-
-def test_image_loss_mask_drops_image_inputs_and_targets():
-    ids = torch.tensor([[5, -200, -200, 6, -301, 8]])
-    labels = torch.tensor([[-200, -200, 6, -301, 8, 9]])
-    got = image_loss_mask(ids, labels, torch.ones(1, 6), [-200, -301])
-    assert got.tolist() == [[0.0, 0.0, 0.0, 0.0, 0.0, 1.0]]
 
 
 def test_mrope_positions_follow_qwen2_vl():

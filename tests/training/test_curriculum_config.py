@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from omni_mega.config import ConfigError, load_config, validate
-from omni_mega.training.curriculum import plan_stages
-from omni_mega.training.freeze import apply_trainable, resolve
+from omni_mega.config.plan import plan_stages
+from omni_mega.models.groups import resolve
+from omni_mega.training.freeze import apply_trainable
 from omni_mega.config.groups import parse_group
 
 

@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
 from omni_mega.config import load_config
 from omni_mega.data.demo import text as demo_text
-from omni_mega.training import mm_step
-from omni_mega.training.curriculum import mm_ratio_target
+from omni_mega.data.packed_source import step_record
 
 IMG = 300  # image placeholder id (outside the 257 byte ids)
 SEQ = 48
@@ -46,18 +46,28 @@ def _config(kind: str, shards=None) -> list[str]:
     return BASE + [STAGES.format(r0=0.0, r1=1.0, mm=f"source: mm_shards, path: '{shards}'")]
 
 
+def text_window(g: int, n: int) -> torch.Tensor:
+    """n + 1 byte tokens of the demo corpus from a start drawn from (seed, g)."""
+    corpus = torch.as_tensor(np.concatenate([np.append(d, demo_text.EOD) for d in demo_text._topic_docs()]))
+    start = int(torch.randint(0, corpus.numel() - n - 1, (1,), generator=torch.Generator().manual_seed(g)))
+    return corpus[start:start + n + 1]
+
+
 class FakePackedSource:
     """Packs of `plan.seq_length` tokens: pack g holds (when the stage's share at g is > 0) one image-text sample
     `[IMG] * n_vis + [SEP] + colour name + [EOD]` sized so its tokens are about that share of the pack, then a text
-    window, then padding (4 tokens). Pure function of the pack index."""
+    window, then padding (4 tokens). Pure function of the pack index. Implements the BatchSource protocol
+    (`omni_mega.data.source`) with micro_batch_size 1."""
 
-    def __init__(self, cfg, plan, data_dir, consumed_samples):
-        self.plan, self.consumed_samples, self.made, self.non_pad = plan, consumed_samples, 0, 0
+    def __init__(self, plan, model, data_dir, consumed_samples):
+        self.plan, self.consumed_samples = plan, consumed_samples
+
+    def _step_of(self, g: int) -> int:
+        return int((g - self.plan.samples_before) // self.plan.global_batch_size)
 
     def _pack(self, g: int) -> dict:
         s, plan = self.plan.seq_length, self.plan
-        k = (g - plan.start_step * plan.global_batch_size) / plan.global_batch_size
-        share = mm_ratio_target(plan, int(k))
+        share = plan.ratio_at(self._step_of(g))
         rng = torch.Generator().manual_seed(g)
         segs, images, n_vis = [], [], max(0, round(share * (s - 4)) - 7)
         if n_vis >= 1:
@@ -66,7 +76,7 @@ class FakePackedSource:
             images.append(img)
             segs.append(torch.tensor([IMG] * n_vis + [10] + list(name.encode()) + [demo_text.EOD]))
         used = sum(len(x) - 1 for x in segs)
-        segs.append(demo_text.sample(g, s - 4 - used, 1))
+        segs.append(text_window(g, s - 4 - used))
         tok, lab, pos, cu = [], [], [], [0]
         for x in segs:
             tok.append(x[:-1]), lab.append(x[1:]), pos.append(torch.arange(len(x) - 1))
@@ -81,7 +91,8 @@ class FakePackedSource:
         mb = {"tokens": torch.cat(tok)[None].long(), "labels": torch.cat(lab)[None].long(), "loss_mask": mask[None],
               "position_ids": torch.cat(pos)[None], "cu_seqlens": cu_t, "max_seqlen": int((cu_t[1:] - cu_t[:-1]).max()),
               "stats": {"text_tokens": s - pad - n_vis, "visual_tokens": n_vis, "pad_tokens": pad,
-                        "mm_samples": len(images), "text_samples": 1, "rejected_images": 0}}
+                        "mm_samples": len(images), "text_samples": 1, "rejected_images": 0,
+                        "mm_tokens": len(segs[0]) - 1 if images else 0, "capacity": s}}
         if images:
             from omni_mega.ops import pack_images
 
@@ -89,19 +100,18 @@ class FakePackedSource:
             mb["pixel_values"], mb["grid_thw"] = packed.pixel_values, packed.grid_thw
         return mb
 
-    def micro_batches(self, sl):
-        base = self.consumed_samples + sl.dp_rank * sl.num_micro
-        for i in range(sl.num_micro):
-            mb = self._pack(base + i)
-            self.made += 1
-            self.non_pad += mb["stats"]["text_tokens"] + mb["stats"]["visual_tokens"]
-            yield mb
+    def plan_step(self, sl, ahead: int = 0) -> list[int]:
+        base = self.consumed_samples + ahead * sl.global_batch + sl.dp_rank * sl.num_micro
+        return [base + i for i in range(sl.num_micro)]
+
+    def materialize(self, plan: list[int]) -> list[dict]:
+        return [self._pack(g) for g in plan]
+
+    def step_metrics(self, st: dict) -> dict:
+        return step_record(st, self.plan.ratio_at(self._step_of(self.consumed_samples)))
 
     def advance(self, samples: int) -> None:
         self.consumed_samples += samples
-
-    def packing_efficiency(self) -> float:
-        return self.non_pad / max(self.made * self.plan.seq_length, 1)
 
     def state_dict(self) -> dict:
         return {"consumed_samples": self.consumed_samples}
@@ -136,29 +146,25 @@ def full_run(request, rt, shards, tmp_path_factory):
     """The uninterrupted run: config, per-step losses, parameter snapshots at the start and each stage end, metrics."""
     from omni_mega.training.trainer import Trainer
 
-    mp = pytest.MonkeyPatch()
-    if request.param == "fake":
-        mp.setattr(mm_step, "build_mm_source", FakePackedSource)
     torch.manual_seed(0)
     run = tmp_path_factory.mktemp("mm") / "run"
     cfg = _config(request.param, shards)
-    tr = Trainer(load_config(None, cfg), rt, run)
+    tr = Trainer(load_config(None, cfg), rt, run, **_builders(request.param))
     snaps = [_params(tr)]
-    losses = []
+    results = []
     for plan in tr.plans:  # Trainer.train's loop, with a parameter snapshot at each stage end
         if tr.stage.index != plan.index:
             tr._enter_stage(plan, fresh=True)
-        for _ in range(plan.steps):
-            r = tr.train_step()
-            losses.append(r.loss)
-            tr.metrics.write(tr._record(r, 1.0))
-            if tr.state.step == plan.end_step or tr.state.step_in_stage % (plan.cfg.ckpt_interval or 10**9) == 0:
-                tr.save()
+        assert tr._run_stage(plan, results)
         snaps.append(_params(tr))
+    losses = [r.loss for r in results]
     tr.metrics.close()
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     yield request.param, cfg, run, losses, snaps, rows
-    mp.undo()
+
+
+def _builders(kind: str) -> dict:
+    return {"build_source": FakePackedSource} if kind == "fake" else {}
 
 
 def _params(tr) -> dict[str, torch.Tensor]:
@@ -214,13 +220,10 @@ def test_exact_resume(full_run, rt, tmp_path, from_step):
     for d in (mine / "ckpt").glob("step_*"):
         if int(d.name[5:]) > from_step:
             shutil.rmtree(d)
-    with pytest.MonkeyPatch.context() as mp:
-        if kind == "fake":
-            mp.setattr(mm_step, "build_mm_source", FakePackedSource)
-        torch.manual_seed(99)  # a different init RNG: everything must come from the checkpoint
-        tr = Trainer(load_config(None, cfg), rt, mine, resume="auto")
-        assert tr.state.step == from_step
-        got = [r.loss for r in tr.train()]
+    torch.manual_seed(99)  # a different init RNG: everything must come from the checkpoint
+    tr = Trainer(load_config(None, cfg), rt, mine, resume="auto", **_builders(kind))
+    assert tr.state.step == from_step
+    got = [r.loss for r in tr.train()]
     assert got == losses[from_step:]
 
 
@@ -228,7 +231,8 @@ def test_tiny_omni_config_and_banner():
     """The embedded default: text -> joint (ramp) -> cooldown (re-warm-up) -> long context (2x seq, RoPE x16),
     valid for one process; the banner shows the modality mix, the share ramp, resolution bounds and visual budget."""
     from omni_mega.config import validate
-    from omni_mega.training.curriculum import LRPlan, banner, plan_stages
+    from omni_mega.config.plan import plan_stages
+    from omni_mega.training.curriculum import LRPlan, banner
 
     cfg = load_config("examples/configs/tiny_omni.yaml")
     validate(cfg, world_size=1)
@@ -236,13 +240,14 @@ def test_tiny_omni_config_and_banner():
     assert [p.name for p in plans] == ["text_pretrain", "joint", "cooldown", "long_context"]
     text, joint, cool, long = plans
     assert not any(d.multimodal for d in text.mix) and "vit" not in text.cfg.trainable
-    assert (mm_ratio_target(joint, 0), mm_ratio_target(joint, joint.steps)) == pytest.approx((0.3, 0.7))
+    assert (joint.ratio_at(0), joint.ratio_at(joint.steps)) == pytest.approx((0.3, 0.7))
+    assert (text.ratio_start, text.ratio_end) == (0.0, 0.0) and (joint.ratio_start, joint.ratio_end) == (0.3, 0.7)
     assert cool.cfg.schedule == "rewarmup" and "vit.layers[-1:]" in cool.cfg.trainable
     assert long.seq_length == 2 * joint.seq_length and long.rope_base == 16 * cfg.model.llm.rotary_base
     assert cfg.model.connector.kind == "vet" and cfg.model.connector.num_indicators == 0
-    text_banner = banner(text, LRPlan(cfg), {"llm": 1}, 1, 2, 4, cfg.data)
+    text_banner = banner(text, LRPlan(cfg), {"llm": 1}, 1, 2, 4)
     assert "text-only stage: no images" in text_banner
-    b = banner(joint, LRPlan(cfg), {"llm": 1}, 1, 2, 4, cfg.data)
+    b = banner(joint, LRPlan(cfg), {"llm": 1}, 1, 2, 4)
     assert "multimodal token share 30% -> 70%" in b and "images 3,136-25,088 pixels" in b
     assert "visual budget 256 merged tokens per pack of 256" in b
     assert "text: topics (demo_text) 100% | image-text: demo_mm (demo_mm) 100%" in b

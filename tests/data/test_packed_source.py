@@ -1,4 +1,4 @@
-"""PackedMultimodalSource (omni_mega.data.source): packs agree with their samples, visual budget and capacity,
+"""PackedSource (omni_mega.data.packed_source, built by omni_mega.data.source.build_source): packs agree with their samples, visual budget and capacity,
 token-share tracking and the ramp, data-parallel balance and coverage, exact resume (also dp=2 and by replay),
 rejected and oversized images, and packing efficiency on the built-in demo data."""
 
@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 from omni_mega.data import packing as mp
-from omni_mega.data.packed_source import MMPackingSpec, PackedMultimodalSource
+from omni_mega.data.pack_stream import PackingSpec
+from omni_mega.data.packed_source import PackedSource
 from omni_mega.data.multimodal.shards import ImageTextRecord
-from omni_mega.training.data_source import StepSlice
+from omni_mega.data.source import StepSlice
 
 IMG, SEP, EOD = -200, 10, 256
 PIX = dict(patch_size=14, merge_size=2, min_pixels=28 * 28, max_pixels=112 * 224)
@@ -82,7 +83,7 @@ def make(mm_set, text_set, consumed=0, **kw):
     args = dict(seq_length=128, visual_budget=48, pack_window=24, ratio_start=0.5, ratio_end=0.5, stage_packs=64,
                 seed=7, **PIX)
     args.update(kw)
-    return PackedMultimodalSource(MMPackingSpec(**args), [text_set], [1.0], [mm_set], [1.0], consumed)
+    return PackedSource(PackingSpec(**args), [text_set], [1.0], [mm_set], [1.0], consumed)
 
 
 def run_steps(src, steps, dp=1, num_micro=4):
@@ -105,7 +106,7 @@ def test_packs_agree_with_their_samples(mm_set, text_set):
     for _ in range(3):
         packs = src.step_packs(4)
         for pack in packs:
-            mb = src.materialize(pack)
+            mb = src.materialize_pack(pack)
             st, cu, tok = mb["stats"], mb["cu_seqlens"].tolist(), mb["tokens"][0]
             assert st["text_tokens"] + st["visual_tokens"] + st["pad_tokens"] == 128 and cu[-1] == 128
             assert st["visual_tokens"] == int((tok == IMG).sum()) <= 48  # budget, counted from the tokens
@@ -143,15 +144,15 @@ def _share(src, packs):
 
 def test_ratio_tracks_the_target_and_the_ramp_rises(mm_set, text_set):
     const = make(mm_set, text_set, ratio_start=0.3, ratio_end=0.3, stage_packs=240)
-    packs = [const._pack_at(p) for p in range(240)]
+    packs = [const.pack_at(p) for p in range(240)]
     assert abs(_share(const, packs) - 0.3) < 0.03
     # Every drawn sample is emitted exactly once: packs + what the last window carries over = all draws.
-    end = const._wins[-1].end
-    emitted = sum(len(p) for w in const._wins for p in w.packs)
+    end = const.stream._wins[-1].end
+    emitted = sum(len(p) for w in const.stream._wins for p in w.packs)
     assert emitted + len(end["carry"]) == end["text"]["step"] + end["mm"]["step"] - sum(const.skipped.values())
-    assert any(s.carried for w in const._wins for p in w.packs for s in p)
+    assert any(s.carried for w in const.stream._wins for p in w.packs for s in p)
     ramp = make(mm_set, text_set, ratio_start=0.0, ratio_end=0.6, stage_packs=240)
-    packs = [ramp._pack_at(p) for p in range(240)]
+    packs = [ramp.pack_at(p) for p in range(240)]
     shares = [_share(ramp, packs[q * 60:(q + 1) * 60]) for q in range(4)]
     assert shares == sorted(shares) and shares[0] < 0.15 and shares[-1] > 0.45
     for q, s in enumerate(shares):  # each quarter near the ramp's value at its middle (windows lag a little)
@@ -201,9 +202,9 @@ def test_rejected_image_becomes_padding_in_place(mm_set, text_set, caplog, damag
     side = 112 if victim.visual == 1 else 28  # a real image whose token count differs from the planned one
     broken.items[victim.index][2] = (b"\x89PNG\r\n\x1a\n not really a png" if damage == "corrupt" else
                                      _png(side, side, np.random.default_rng()))
-    bad_src = PackedMultimodalSource(clean.spec, [text_set], [1.0], [broken], [1.0])
+    bad_src = PackedSource(clean.spec, [text_set], [1.0], [broken], [1.0])
     with caplog.at_level(logging.WARNING):
-        good, bad = clean.materialize(pack), bad_src.materialize(pack)
+        good, bad = clean.materialize_pack(pack), bad_src.materialize_pack(pack)
     assert ("rejected" if damage == "corrupt" else "index size") in caplog.text
     assert sum(bad_src.decode_stats.rejected.values()) == 1
     i = pack.index(victim)
@@ -228,12 +229,12 @@ def test_rejected_image_becomes_padding_in_place(mm_set, text_set, caplog, damag
 def test_oversized_image_is_skipped_and_counted(text_set, caplog):
     sizes = [(40, 60)] * 5 + [(2000, 2000)] + [(40, 60)] * 4
     ds = MemMM(10, 3, sizes=sizes)
-    src = PackedMultimodalSource(MMPackingSpec(seq_length=128, visual_budget=48, pack_window=10, ratio_start=1.0,
+    src = PackedSource(PackingSpec(seq_length=128, visual_budget=48, pack_window=10, ratio_start=1.0,
                                                ratio_end=1.0, stage_packs=8, patch_size=14, merge_size=2,
                                                min_pixels=28 * 28, max_pixels=4000 * 4000),
                                  [], [], [ds], [1.0])
     with caplog.at_level(logging.WARNING):
-        win = src._build(src._start_snap)  # the first window: one epoch of the ten items
+        win = src.stream._build(src.stream._start_snap)  # the first window: one epoch of the ten items
     assert src.skipped[mp.OVER_BUDGET] == 1 and "visual_over_budget" in caplog.text
     placed = [s.index for p in win.packs for s in p] + [c[2] for c in win.end["carry"]]
     assert sorted(placed) == [0, 1, 2, 3, 4, 6, 7, 8, 9]  # the other nine all packed (or carried on)
@@ -243,8 +244,8 @@ def test_demo_data_packing_efficiency(tmp_path_factory, monkeypatch):
     from omni_mega.config.schema import (ConnectorConfig, DataConfig, DatasetConfig, ModelConfig, RunConfig,
                                          StageConfig, ViTConfig)
     from omni_mega.data.demo import scenes as demo
-    from omni_mega.data.source import build_multimodal_source
-    from omni_mega.training.curriculum import plan_stages
+    from omni_mega.config.plan import plan_stages
+    from omni_mega.data.source import build_source
 
     build = demo.build_demo_data
     monkeypatch.setattr(demo, "build_demo_data", lambda d: build(d, num_train=400, num_heldout=4))  # same generator
@@ -263,7 +264,7 @@ def test_demo_data_packing_efficiency(tmp_path_factory, monkeypatch):
     starts = 0
     for plan in plan_stages(cfg):
         gbs, seq = plan.global_batch_size, plan.seq_length
-        src = build_multimodal_source(cfg, plan, data_dir, consumed_samples=starts)
+        src = build_source(plan, cfg.model, data_dir, consumed_samples=starts)
         assert src.spec.stage_start == starts and src.spec.visual_budget == seq
         batches = run_steps(src, 2, num_micro=gbs)  # decode two steps for real, then plan the rest of the stage
         src.advance((plan.steps - 2) * gbs)
@@ -274,22 +275,19 @@ def test_demo_data_packing_efficiency(tmp_path_factory, monkeypatch):
         assert sum("pixel_values" in mb for mb in mbs) >= (0 if plan.name == "text" else 2)
         want = {"text": (0.0, 0.0), "joint": (0.35, 0.45), "long": (0.55, 0.65), "mm": (1.0, 1.0)}[plan.name]
         assert want[0] <= src.multimodal_share() <= want[1], (plan.name, src.multimodal_share())
-    cfg.data.micro_batch_size = 2
-    with pytest.raises(ValueError, match="micro_batch_size must be 1"):
-        build_multimodal_source(cfg, plan, data_dir, 0)
-    cfg.data.micro_batch_size, cfg.model.vit = 1, None
-    with pytest.raises(ValueError, match="model.vit is not set"):
-        build_multimodal_source(cfg, plan, data_dir, 0)
+    cfg.model.vit = None
+    with pytest.raises(ValueError, match="need model.vit"):
+        build_source(plan, cfg.model, data_dir, 0)
 
 
 def test_demo_text_pieces_cover_every_document_byte_once():
-    from omni_mega.data.readers import DemoTextDocs
+    from omni_mega.data.demo.text import DemoTextDocs
 
     whole, cut = DemoTextDocs(0), DemoTextDocs(3, max_tokens=101)
     assert len(cut) > len(whole) and {cut.num_tokens(i) for i in range(len(cut))} <= set(range(2, 102))
     docs = {}  # reassemble each document from its pieces (they overlap by one token)
     for i in range(len(cut)):
-        d, start = cut._piece(i)
+        d, start = cut.pieces.locate(cut._item(i))
         docs.setdefault(d, {})[start] = cut.tokens(i).tolist()
     for d, parts in docs.items():
         text = [t for k, start in enumerate(sorted(parts)) for t in parts[start][(k > 0):]]
@@ -299,7 +297,7 @@ def test_demo_text_pieces_cover_every_document_byte_once():
 def test_indexed_documents_get_one_eod(tmp_path):
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    from omni_mega.data.readers import IndexedDocs
+    from omni_mega.data.text.indexed import IndexedDocs
 
     builder = IndexedDatasetBuilder(str(tmp_path / "d.bin"), dtype=np.int32)
     for doc in ([5, 6, 7], [8, EOD], [9]):
@@ -309,3 +307,84 @@ def test_indexed_documents_get_one_eod(tmp_path):
     docs = IndexedDocs(str(tmp_path / "d"), EOD)
     assert [docs.num_tokens(i) for i in range(3)] == [4, 2, 2]
     assert [docs.tokens(i).tolist() for i in range(3)] == [[5, 6, 7, EOD], [8, EOD], [9, EOD]]
+
+
+def _indexed(tmp_path, docs, sentences=False):
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    builder = IndexedDatasetBuilder(str(tmp_path / "d.bin"), dtype=np.int32)
+    for doc in docs:
+        for part in (doc if sentences else [doc]):
+            builder.add_item(torch.tensor(part, dtype=torch.int32))
+        builder.end_document()
+    builder.finalize(str(tmp_path / "d.idx"))
+    return str(tmp_path / "d")
+
+
+@pytest.mark.parametrize("sentences", [False, True])
+def test_indexed_pieces_predict_every_token_exactly_once(tmp_path, sentences):
+    """Long documents become pieces of <= S + 1 tokens overlapping by one: the (input, target) pairs of all pieces
+    are exactly those of the documents (nothing truncated away); a document preprocessed as several sentences
+    reads back whole."""
+    from omni_mega.data.text.indexed import IndexedDocs
+
+    rng = np.random.default_rng()
+    docs = [rng.integers(0, 200, int(n)).tolist() for n in rng.integers(1, 70, 12)] + [[], [EOD]]
+    stored = [[d[:len(d) // 2], d[len(d) // 2:]] for d in docs] if sentences else docs
+    prefix = _indexed(tmp_path, stored, sentences)
+    S = 16
+    ds = IndexedDocs(prefix, EOD, seq_length=S)
+    full = [d if d[-1:] == [EOD] else d + [EOD] for d in docs]  # one EOD per document
+    want = sorted((doc, j) for doc, d in enumerate(full) for j in range(len(d) - 1))
+    got, by_doc = [], {}
+    for i in range(len(ds)):
+        t = ds.tokens(i)
+        assert len(t) == ds.num_tokens(i) <= S + 1
+        doc, start = ds.pieces.locate(i)
+        by_doc.setdefault(doc, []).append((start, t.tolist()))
+    for doc, parts in by_doc.items():
+        for start, t in parts:
+            assert t == full[doc][start:start + len(t)]
+            got += [(doc, start + j) for j in range(len(t) - 1)]
+    assert sorted(got) == want
+    assert IndexedDocs(prefix, None).tokens(0).tolist() == docs[0]  # no EOD known: as stored
+
+
+def test_micro_batch_of_two_packs_is_the_packs_end_to_end(mm_set, text_set):
+    src = make(mm_set, text_set)
+    one = list(src.micro_batches(StepSlice(0, 1, 4, 1, 128)))
+    two = list(src.micro_batches(StepSlice(0, 1, 2, 2, 128)))
+    for k, mb in enumerate(two):
+        a, b = one[2 * k], one[2 * k + 1]
+        for key in ("tokens", "labels", "loss_mask", "position_ids"):
+            assert torch.equal(mb[key], torch.cat([a[key], b[key]], dim=1)), key
+        assert mb["cu_seqlens"].tolist() == a["cu_seqlens"].tolist() + (b["cu_seqlens"][1:] + 128).tolist()
+        px = [x["pixel_values"] for x in (a, b) if "pixel_values" in x]
+        if px:
+            assert torch.equal(mb["pixel_values"], torch.cat(px))
+        assert mb["stats"] == {key: a["stats"][key] + b["stats"][key] for key in a["stats"]}
+
+
+def test_prefetched_batches_are_the_same_bytes(mm_set, text_set):
+    from omni_mega.data.prefetch import Prefetcher
+
+    sl = StepSlice(0, 1, 2, 1, 128)
+    out = {}
+    for depth in (0, 2):
+        src = make(mm_set, text_set)
+        pf = Prefetcher(src, sl, steps_left=4, depth=depth)
+        steps = []
+        for _ in range(4):
+            batches, wait_ms = pf.next_step()
+            assert wait_ms >= 0
+            steps.append(batches)
+            src.advance(sl.global_batch)
+            pf.step_done()
+        with pytest.raises(RuntimeError, match="no steps left"):
+            pf.next_step()
+        pf.close()
+        out[depth] = (steps, src.state_dict())
+    assert out[0][1] == out[2][1]  # prefetching never moves the resume state ahead
+    for s0, s2 in zip(out[0][0], out[2][0]):
+        for a, b in zip(s0, s2, strict=True):
+            same_batch(a, b)
