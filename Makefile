@@ -36,7 +36,7 @@ test: build cuda-check
 	$(PY) -m pytest -q tests
 
 demo: build
-	$(VENV)/bin/omni-mega demo --run-dir runs/demo
+	$(VENV)/bin/omni-mega demo --run-dir runs/demo --resume auto
 	$(VENV)/bin/omni-mega report runs/demo
 
 bench: build

@@ -1,4 +1,4 @@
-"""One benchmark harness for every op and data benchmark (CONVENTIONS.md).
+"""One benchmark harness for every op and data benchmark.
 
 - warm-up, then the median of repeats; CUDA events on GPU, perf_counter on CPU;
 - peak memory: torch.cuda.max_memory_allocated on GPU, peak RSS growth (sampled by a thread) on CPU;

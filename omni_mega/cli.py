@@ -21,6 +21,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", default=None, metavar="auto|CKPT",
                    help="auto: continue from the newest complete checkpoint in the run dir (from scratch if none); "
                         "or a checkpoint dir")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a run dir that holds a run: the old run is moved aside to "
+                        "<run dir>.prev-<time> (never deleted)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,7 +51,7 @@ def _plan(cfg, world_size: int) -> str:
 
 
 def cmd_train(config: str, run_dir: str | None, overrides: list[str], dry_run: bool, resume: str | None = None,
-              plan_world_size: int | None = None) -> int:
+              plan_world_size: int | None = None, overwrite: bool = False) -> int:
     from omni_mega.config import ConfigError, load_config, validate
     from omni_mega.runtime.env import detect
 
@@ -69,24 +72,39 @@ def cmd_train(config: str, run_dir: str | None, overrides: list[str], dry_run: b
         print(_plan(cfg, world))
         return 0
     from omni_mega.runtime import init_distributed, shutdown
-    from omni_mega.training.trainer import Trainer
 
     rt = init_distributed(cfg.parallel, seed=cfg.train.seed)
     out = Path(run_dir or Path("runs") / cfg.name)
-    try:
-        trainer = Trainer(cfg, rt, out, resume=resume)
-    except (ConfigError, FileNotFoundError) as e:  # found while setting up (groups, checkpoints): before step 1
-        print(f"omni-mega: config error: {e}", file=sys.stderr)
-        return 2
-    trainer.train()
-    if rt.is_rank0:
+    trainer, code = _run(cfg, rt, out, resume, overwrite)
+    if trainer is not None and rt.is_rank0:
         print(f"done: metrics in {out / 'metrics.jsonl'}")
     shutdown()
-    return 0
+    return code
+
+
+def _run(cfg, rt, out: Path, resume: str | None, overwrite: bool):
+    """(trainer, exit code): builds the Trainer and trains; errors found before step 1 (config, run dir,
+    checkpoints) exit 2, a run stopped for non-finite steps exits 3, each with one line on stderr."""
+    from omni_mega.config import ConfigError
+    from omni_mega.training.run_dir import RunDirError
+    from omni_mega.training.trainer import Trainer, TrainingDiverged
+
+    try:
+        trainer = Trainer(cfg, rt, out, resume=resume, overwrite=overwrite)
+    except (ConfigError, FileNotFoundError, RunDirError) as e:  # found while setting up: before step 1
+        kind = "run dir error" if isinstance(e, RunDirError) else "config error"
+        print(f"omni-mega: {kind}: {e}", file=sys.stderr)
+        return None, 2
+    try:
+        trainer.train()
+    except TrainingDiverged as e:
+        print(f"omni-mega: training stopped: {e}", file=sys.stderr)
+        return None, 3
+    return trainer, 0
 
 
 def cmd_demo(run_dir: str, overrides: list[str], dry_run: bool, resume: str | None = None,
-             num_captions: int = 6) -> int:
+             num_captions: int = 6, overwrite: bool = False) -> int:
     """`omni-mega demo`: builds the built-in image-text data, trains examples/configs/tiny_omni.yaml (text pretrain
     -> joint with a ratio ramp -> cooldown -> long context), then writes greedy captions of held-out images next to
     their true text to <run dir>/captions.json (`omni-mega report` puts them in report.md)."""
@@ -105,17 +123,14 @@ def cmd_demo(run_dir: str, overrides: list[str], dry_run: bool, resume: str | No
     from omni_mega.data.demo.scenes import build_demo_data
     from omni_mega.runtime import init_distributed, shutdown
     from omni_mega.training.generate import write_captions
-    from omni_mega.training.trainer import Trainer
 
     out = Path(run_dir)
-    heldout = build_demo_data(cfg.data.data_dir or out / "data")["heldout"]  # safe when every rank calls it
     rt = init_distributed(cfg.parallel, seed=cfg.train.seed)
-    try:
-        trainer = Trainer(cfg, rt, out, resume=resume)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"omni-mega: config error: {e}", file=sys.stderr)
-        return 2
-    trainer.train()
+    trainer, code = _run(cfg, rt, out, resume, overwrite)
+    if trainer is None:
+        shutdown()
+        return code
+    heldout = build_demo_data(cfg.data.data_dir or out / "data")["heldout"]  # built with the training data
     one_chunk = cfg.parallel.tp == cfg.parallel.pp == cfg.parallel.cp == 1 and cfg.parallel.vpp is None
     if rt.is_rank0 and one_chunk:  # no collectives in a tp = pp = 1 forward: rank 0 captions alone
         path = write_captions(trainer, heldout, num_captions)
@@ -136,9 +151,11 @@ def main(argv: list[str] | None = None) -> int:
             print("omni-mega: give --world-size or --nodes/--gpus-per-node, not both", file=sys.stderr)
             return 2
         world = args.world_size if args.nodes is None else args.nodes * args.gpus_per_node
-        return cmd_train(args.config, args.run_dir, args.overrides, args.dry_run, args.resume, plan_world_size=world)
+        return cmd_train(args.config, args.run_dir, args.overrides, args.dry_run, args.resume, plan_world_size=world,
+                         overwrite=args.overwrite)
     if args.command == "demo":
-        return cmd_demo(args.run_dir or "runs/demo", args.overrides, args.dry_run, args.resume)
+        return cmd_demo(args.run_dir or "runs/demo", args.overrides, args.dry_run, args.resume,
+                        overwrite=args.overwrite)
     if args.command == "report":
         from omni_mega.training.report import write_report
 

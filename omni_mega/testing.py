@@ -1,4 +1,4 @@
-"""Numerical checks shared by tests and benchmarks (one tolerance table per dtype, CONVENTIONS.md).
+"""Numerical checks shared by tests and benchmarks (one tolerance table per dtype).
 
 The oracle is always a plain-PyTorch reference run in float64. A kernel in a low precision (bf16/fp16) passes when
 its error against the oracle is at most `factor` (2) times the error of the same reference run in that precision,

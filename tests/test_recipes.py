@@ -75,7 +75,7 @@ def test_ovis_phases(capsys):
     assert [g.rsplit(" ", 1)[0] for g in trainable.split(", ")] == ["vit.layers[-1:]", "visual_head", "vet"]
     assert "llm " in re.search(r"trainable [\d,]+ params: (.*)", rest).group(1)
     text = (CONFIGS / "ovis_5phase.yaml").read_text()
-    assert "P4" in text and "P5" in text and "post-training issue" in text
+    assert "P4" in text and "P5" in text and "no preference or RL objective" in text
 
 
 def test_llava_unfreezes_in_order(capsys):

@@ -1,6 +1,6 @@
 """vet: Ovis visual head (Linear -> LayerNorm over V -> softmax -> Visual Embedding Table), naive vs fused.
 
-Shapes (issue 5):
+Shapes:
 - CPU  (default): N = 1,024, d_in = 256, V = 8,192, D = 512, fp32; providers naive eager (`visual_head_vet_ref`,
   materializes [N, V]), C++ blockwise kernel; `--compile` adds torch.compile(naive).
 - CUDA (`--device cuda`): N = 16,384, d_in = 4,608, V = 65,536, D = 4,096, bf16; naive eager, torch.compile(naive),

@@ -314,9 +314,12 @@ class TrainConfig:
     log_interval: int = 10  # steps between progress lines (metrics.jsonl gets every step)
     dtype: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
     tensorboard: bool = True
+    # A step whose loss or gradients are not finite is skipped (no update, counted); this many in a row stop the run.
+    max_skipped_steps: int = 10
 
     def __post_init__(self) -> None:
         _require(self.log_interval >= 1, "train.log_interval", f"must be >= 1, got {self.log_interval}")
+        _require(self.max_skipped_steps >= 1, "train.max_skipped_steps", f"must be >= 1, got {self.max_skipped_steps}")
         _require(self.dtype in ("auto", "fp32", "bf16"), "train.dtype", f"must be auto, fp32 or bf16, got {self.dtype!r}")
 
 

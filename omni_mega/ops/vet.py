@@ -14,8 +14,9 @@ direction is ONE pass over V:
             d_in-sized terms after the pass (derivation in vet.h, "head backward").
   Matmuls over N x V: forward 2 (naive 2), backward 5 (naive 4: the fused path must recompute the logits).
 
-Tensor-parallel hook (V split across TP ranks, a later issue): every cross-V reduction is a merge of per-block
-partials, so a rank's slice is merged with other ranks' exactly like another block:
+Tensor-parallel form (V split across TP ranks; `models.vision.visual_tokenizer` takes a plain-PyTorch path for
+tp > 1 today): every cross-V reduction is a merge of per-block partials, so a rank's slice is merged with other
+ranks' exactly like another block:
   moments  -> all-gather per-rank (count, wbar_r, C_r) and merge them (Chan's formula for covariances);
   forward  -> all-reduce MAX of the rank's running max m_r, then all-reduce SUM of s_r * exp(m_r - m) and
               of acc_r * exp(m_r - m) (acc_r = the rank's unnormalized p @ table, [N, D]);

@@ -29,13 +29,13 @@ def _imports(name: str) -> bool:
     try:
         __import__(name)
         return True
-    except Exception:  # TE raises RuntimeError, not ImportError, without cuDNN (ENVIRONMENT.md)
+    except Exception:  # TE raises RuntimeError, not ImportError, without cuDNN
         return False
 
 
 @functools.cache
 def probe() -> Capabilities:
-    from omni_mega.ops import _ext
+    from omni_mega.runtime import extension as _ext
 
     try:
         from megatron.core import package_info

@@ -10,8 +10,9 @@ keeps its model-parallel RNG streams in CUDA generators. On a machine without CU
    `_get_cuda_rng_state`/`_set_cuda_rng_state`) at the CPU default generator, so megatron's
    `CudaRNGStatesTracker.fork()` swaps CPU generator states exactly as it would swap CUDA ones.
 
-So the same TP/PP/dist-checkpointing code that runs on GPUs can be debugged on a laptop (ENVIRONMENT.md records what
-was shown to work). `enable()` is idempotent and only ever entered when CUDA is absent; `disable()` undoes it.
+So the same TP/PP/dist-checkpointing code that runs on GPUs can be debugged on a laptop (shown to work with
+megatron-core 0.16.1: GPTModel TP=2 and PP=2 train over gloo, and a dist checkpoint saved at TP=1 loads at TP=2 with
+the same eval loss to 1e-6). `enable()` is idempotent and only ever entered when CUDA is absent; `disable()` undoes it.
 """
 
 from __future__ import annotations

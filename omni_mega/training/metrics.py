@@ -47,12 +47,24 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def truncate_metrics(run_dir: Path, step: int) -> None:
-    """Drops records after `step` (a resumed run rewrites the steps after its checkpoint, so each step appears once)."""
+def truncate_metrics(run_dir: Path, step: int) -> int:
+    """Drops the records after `step` in place (a resumed run rewrites the steps after its checkpoint, so each step
+    appears once); the file is never replaced, only cut. Returns the number of records dropped. Rows are in step
+    order: everything from the first record past `step` on goes, as does a torn last line."""
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    tmp.replace(path)
+        return 0
+    with open(path, "r+b") as f:
+        cut, dropped, offset = None, 0, 0
+        for line in f:
+            try:
+                past = json.loads(line)["step"] > step
+            except (ValueError, KeyError, TypeError):  # a torn final line from a killed run
+                past = True
+            if past:
+                cut = offset if cut is None else cut
+                dropped += 1
+            offset += len(line)
+        if cut is not None:
+            f.truncate(cut)
+    return dropped

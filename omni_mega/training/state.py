@@ -22,6 +22,8 @@ class TrainerState:
     step_in_stage: int = 0  # steps of that stage done
     consumed_samples: int = 0
     consumed_tokens: int = 0
+    skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient (no update), over the run
+    skipped_in_a_row: int = 0
     data: dict = field(default_factory=dict)  # BatchSource.state_dict()
     lr: float = 0.0  # LR of the last step (informational: the schedule is a pure function of `step`)
     rope_base: float = 0.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +27,10 @@ from omni_mega.models.factory import build_chunks
 from omni_mega.models.groups import resolve
 from omni_mega.models.llm import padded_vocab_size
 from omni_mega.runtime import Runtime
-from omni_mega.runtime.collectives import all_true
+from omni_mega.runtime.collectives import all_true, any_true
 from omni_mega.training import checkpoint as ckpt_io
 from omni_mega.training import resume as resuming
+from omni_mega.training import run_dir as run_dirs
 from omni_mega.training.curriculum import LRPlan, banner, run_vocab_size, set_rope_base
 from omni_mega.training.freeze import apply_trainable, mark_frozen_pipeline_input, model_sum, trainable_count
 from omni_mega.training.metrics import MetricsWriter, truncate_metrics
@@ -58,6 +60,10 @@ class StepResult:
     data_wait_ms: float  # time the step waited for its input
 
 
+class TrainingDiverged(RuntimeError):
+    """Too many steps in a row had a non-finite loss or gradient (train.max_skipped_steps)."""
+
+
 class Trainer:
     """`Trainer(cfg, rt, run_dir, resume="auto").train()` carries a run through all its stages.
 
@@ -74,9 +80,10 @@ class Trainer:
     state: TrainerState
 
     def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: str | Path, resume: str | None = None, *,
-                 build_source: Callable = data_source.build_source,
+                 overwrite: bool = False, build_source: Callable = data_source.build_source,
                  build_objective: Callable = objectives.build, prefetch_steps: int = PREFETCH_STEPS) -> None:
         self.cfg, self.rt, self.run_dir = cfg, rt, Path(run_dir)
+        self.lock = self._claim_run_dir(resume, overwrite)
         self.build_source, self.build_objective, self.prefetch_steps = build_source, build_objective, prefetch_steps
         self.dtype = resolve_dtype(cfg.train.dtype)
         self.plans = plan_stages(cfg)
@@ -92,16 +99,29 @@ class Trainer:
         self._preflight()
         candidates = resuming.pick(self.run_dir, resume, cfg, self.plans, announce=rt.is_rank0)
         if candidates:
-            self.state = ckpt_io.read_state(candidates[0])
-        if rt.is_rank0:
-            truncate_metrics(self.run_dir, self.state.step)
-        self.metrics = MetricsWriter(self.run_dir, enabled=rt.is_rank0, tensorboard=cfg.train.tensorboard)
-        if candidates:
             self._resume(candidates)
         else:
             self._enter_stage(self.plans[0], fresh=True)
+        if rt.is_rank0:  # after the resume settled on a checkpoint (a fallback may be older than the newest)
+            dropped = truncate_metrics(self.run_dir, self.state.step)
+            if dropped:
+                log.info("metrics.jsonl: %d record(s) after step %d dropped (they are trained again)", dropped,
+                         self.state.step)
+        self.metrics = MetricsWriter(self.run_dir, enabled=rt.is_rank0, tensorboard=cfg.train.tensorboard)
 
     # ---- set-up -------------------------------------------------------------------------------------------------
+    def _claim_run_dir(self, resume: str | None, overwrite: bool):
+        """Rank 0 takes the run dir (`training.run_dir.claim`); every rank learns whether it could."""
+        lock, error = None, None
+        if self.rt.is_rank0:
+            try:
+                lock = run_dirs.claim(self.run_dir, resume=resume, overwrite=overwrite)
+            except run_dirs.RunDirError as e:
+                error = e
+        if not all_true(error is None):
+            raise error or run_dirs.RunDirError(f"rank 0 could not claim the run dir {self.run_dir}")
+        return lock
+
     def _preflight(self) -> None:
         """Errors a run would meet later, raised before step 1: groups that select nothing, init_from checkpoints
         that are missing or of another model shape."""
@@ -211,7 +231,12 @@ class Trainer:
             seq_length=plan.seq_length * plan.micro_batch_size, micro_batch_size=1, forward_only=False,
         )
         values = reduce_metrics(losses, self.objective.metric_names)
-        ok, grad_norm, _ = self.optimizer.step()
+        finite = math.isfinite(values["loss"]) and not any_true(not grads_finite(self.model))
+        if finite:
+            ok, grad_norm, _ = self.optimizer.step()
+        else:  # no update from a non-finite step; Adam's shared step stays equal to the global step (resume)
+            ok, grad_norm = False, float("nan")
+            set_adam_step(self.optimizer, self.state.step + 1)
         # The ratio target is the one this step's packs were drawn for: read before `advance`.
         values.update(self.source.step_metrics(step_stats(batches, ps.get_data_parallel_group())))
         self.source.advance(plan.global_batch_size)
@@ -223,10 +248,16 @@ class Trainer:
         s.consumed_samples = self.source.consumed_samples
         s.consumed_tokens += plan.tokens // plan.steps
         s.lr, s.rope_base = lr, plan.rope_base
-        return StepResult(values["loss"], float(grad_norm or 0.0), lr, not ok, values, wait_ms)
+        s.skipped_in_a_row = 0 if finite else s.skipped_in_a_row + 1
+        s.skipped_steps += not finite
+        return StepResult(values["loss"], float(grad_norm if grad_norm is not None else 0.0), lr, not ok, values,
+                          wait_ms)
 
     # ---- the loop -----------------------------------------------------------------------------------------------
     def save(self) -> Path:
+        if not all_true(all(bool(torch.isfinite(p).all()) for c in self.chunks for p in c.parameters())):
+            raise TrainingDiverged(f"step {self.state.step}: the model holds non-finite weights; no checkpoint is "
+                                   "written from them (resume from an earlier checkpoint with a lower LR)")
         s = self.state
         s.save, s.trainable = self.stage.cfg.save, list(self.stage.trainable)
         s.data = self.source.state_dict()
@@ -239,22 +270,24 @@ class Trainer:
             "objective": plan.objective, "grad_norm": r.grad_norm, "lr": r.lr, "tokens": s.consumed_tokens,
             "tokens_per_s": plan.tokens / plan.steps / dt, "trainable_params": self.trainable,
             "seq_length": plan.seq_length, "rope_base": plan.rope_base, "skipped": r.skipped,
-            "data_wait_ms": round(r.data_wait_ms, 3),
+            "data_wait_ms": round(r.data_wait_ms, 3), "skipped_steps": s.skipped_steps,
+            "host_rss_mb": host_rss_mb(),
         }
         rec.update(r.metrics)
         for m in plan.lr_mult:
             rec[f"lr/{m.group}"] = r.lr * m.mult
         return rec
 
-    def _run_stage(self, plan: StagePlan, results: list[StepResult]) -> bool:
+    def _run_stage(self, plan: StagePlan, losses: list[float]) -> bool:
         """Steps to the end of the stage (checkpointing as it asks); False when a stop request ended the run."""
         start, first = time.perf_counter(), self.state.step
         try:
             while self.state.step < plan.end_step:
                 t0 = time.perf_counter()
                 r = self.train_step()
-                results.append(r)
+                losses.append(r.loss)
                 self.metrics.write(self._record(r, time.perf_counter() - t0))
+                self._check_skips(r)
                 s, iv = self.state, plan.cfg.ckpt_interval
                 saved = s.step == plan.end_step or bool(iv and s.step_in_stage % iv == 0)
                 if saved:
@@ -272,6 +305,17 @@ class Trainer:
             self._close_prefetch()
         return True
 
+    def _check_skips(self, r: StepResult) -> None:
+        s, limit = self.state, self.cfg.train.max_skipped_steps
+        if r.skipped and self.rt.is_rank0:
+            log.warning("step %d skipped: loss %s, gradients %s (%d in a row, %d in the run)", s.step, r.loss,
+                        "finite" if math.isfinite(r.grad_norm) else "not finite", s.skipped_in_a_row,
+                        s.skipped_steps)
+        if s.skipped_in_a_row >= limit:
+            raise TrainingDiverged(f"{s.skipped_in_a_row} steps in a row (to step {s.step}) had a non-finite loss or "
+                                   f"gradient (train.max_skipped_steps={limit}); stopped without writing a "
+                                   "checkpoint. Resume from an earlier checkpoint, e.g. with a lower LR.")
+
     def _close_prefetch(self) -> None:
         if self.prefetch is not None:
             self.prefetch.close()
@@ -285,15 +329,38 @@ class Trainer:
                      s.step, total, plan.name, r.loss, r.grad_norm, r.lr, plan.tokens / plan.steps * rate,
                      r.data_wait_ms, _hms((total - s.step) / max(rate, 1e-9)))
 
-    def train(self) -> list[StepResult]:
-        results: list[StepResult] = []
+    def train(self) -> list[float]:
+        """Runs the remaining steps of every stage; returns this process's per-step losses (the rest of each step's
+        record is in metrics.jsonl: nothing per step is kept in memory besides one float)."""
+        losses: list[float] = []
         for plan in self.plans[self.stage.index:]:
             if plan.index != self.stage.index:
                 self._enter_stage(plan, fresh=True)
-            if not self._run_stage(plan, results):
+            if not self._run_stage(plan, losses):
                 break
         self.metrics.close()
-        return results
+        return losses
+
+
+def host_rss_mb() -> float:
+    """Resident memory of this process in MiB (Linux /proc; 0.0 elsewhere): a leak shows as a rising line."""
+    try:
+        with open("/proc/self/statm") as f:
+            return round(int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def grads_finite(model: list) -> bool:
+    """Every gradient this rank holds is finite: one check per megatron DDP grad buffer (a flat tensor)."""
+    for m in model:
+        for name in ("buffers", "expert_parallel_buffers"):
+            buffers = getattr(m, name, None)
+            if not isinstance(buffers, list):  # not a megatron DDP wrapper (nn.Module.buffers is a method)
+                continue
+            if not all(bool(torch.isfinite(buf.grad_data).all()) for buf in buffers):
+                return False
+    return True
 
 
 def _hms(seconds: float) -> str:
