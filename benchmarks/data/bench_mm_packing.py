@@ -23,18 +23,19 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 from benchmarks import harness  # noqa: E402
 from omni_mega.data import packing as mp  # noqa: E402
 from omni_mega.data.demo.scenes import build_demo_data  # noqa: E402
-from omni_mega.data.readers import DemoTextDocs  # noqa: E402
-from omni_mega.data.packed_source import MMPackingSpec, PackedMultimodalSource  # noqa: E402
+from omni_mega.data.demo.text import DemoTextDocs  # noqa: E402
+from omni_mega.data.pack_stream import PackingSpec  # noqa: E402
+from omni_mega.data.packed_source import PackedSource  # noqa: E402
 from omni_mega.data.multimodal.shards import MMShardDataset  # noqa: E402
-from omni_mega.training.data_source import StepSlice  # noqa: E402
+from omni_mega.data.source import StepSlice  # noqa: E402
 
 
-def make_source(ds, ratio: float, seq: int, packs: int, backend: str) -> PackedMultimodalSource:
-    spec = MMPackingSpec(seq_length=seq, visual_budget=seq, pack_window=256, ratio_start=ratio, ratio_end=ratio,
+def make_source(ds, ratio: float, seq: int, packs: int, backend: str) -> PackedSource:
+    spec = PackingSpec(seq_length=seq, visual_budget=seq, pack_window=256, ratio_start=ratio, ratio_end=ratio,
                          stage_packs=packs, seed=1234, min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
-    text = [DemoTextDocs(0, max_tokens=seq + 1)] if ratio < 1 else []  # as build_multimodal_source cuts them
+    text = [DemoTextDocs(0, max_tokens=seq + 1)] if ratio < 1 else []  # as build_source cuts them
     mm = [ds] if ratio > 0 else []
-    return PackedMultimodalSource(spec, text, [1.0] * len(text), mm, [1.0] * len(mm), decode_backend=backend)
+    return PackedSource(spec, text, [1.0] * len(text), mm, [1.0] * len(mm), decode_backend=backend)
 
 
 def quality(ds, ratio: float, seq: int, packs: int, gbs: int, dp: int) -> dict:
@@ -73,7 +74,7 @@ def main() -> None:
             def plan(ratio=ratio, seq=seq):
                 src = make_source(ds, ratio, seq, args.packs, backend)
                 for p in range(args.packs):
-                    src._pack_at(p)
+                    src.pack_at(p)
             r = harness.measure("mm_packing", "ours", "plan", shape, plan, warmup=1, repeats=args.repeats)
             r.ms = round(r.ms / args.packs, 4)  # per pack
             r.extra.update(q)
@@ -91,7 +92,7 @@ def main() -> None:
              "through micro_batches (the trainer's path); cpu_ms: process CPU time of that step.\n"
              "- efficiency = non-pad positions / capacity over the planned packs; dp_imbalance = mean over steps of "
              "(max - min) / max visual tokens over the dp ranks; mm_share = image-text positions / non-pad positions.\n"
-             "- Text: pydoc topics cut into pack-length pieces (DemoTextDocs, as build_multimodal_source does); "
+             "- Text: pydoc topics cut into pack-length pieces (DemoTextDocs, as build_source does); "
              "pack_window 256 samples for every S; each window's least-filled pack is carried into the next.\n"
              f"- load average while measuring (shared 2-core machine): {os.getloadavg()[0]:.1f}")
     harness.emit(results, title="multimodal sequence packing (demo data)",

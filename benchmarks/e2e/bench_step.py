@@ -44,21 +44,21 @@ def bare_step_fn(tr, cfg):
     schedule, no state, no metrics)."""
     from megatron.core.pipeline_parallel import get_forward_backward_func
 
-    from omni_mega.training.data_source import StepSlice
-    from omni_mega.training.trainer import lm_forward_step
+    from omni_mega.data.source import StepSlice
+    from omni_mega.training.step_io import to_device
 
     d = cfg.data
     n = d.global_batch_size // d.micro_batch_size
-    batches = [{k: v.to(tr.rt.device) for k, v in mb.items()}
-               for mb in tr.source.micro_batches(StepSlice(0, 1, n, d.micro_batch_size, d.seq_length))]
+    batches = list(to_device(tr.source.materialize(tr.source.plan_step(
+        StepSlice(0, 1, n, d.micro_batch_size, d.seq_length))), tr.rt.device))
     fb = get_forward_backward_func()
 
     def step():
         for m in tr.model:
             m.zero_grad_buffer()
         tr.optimizer.zero_grad()
-        fb(forward_step_func=lm_forward_step, data_iterator=iter(batches), model=tr.model[0], num_microbatches=n,
-           seq_length=d.seq_length, micro_batch_size=d.micro_batch_size, forward_only=False)
+        fb(forward_step_func=tr.objective.forward_step, data_iterator=iter(batches), model=tr.model[0],
+           num_microbatches=n, seq_length=d.seq_length * d.micro_batch_size, micro_batch_size=1, forward_only=False)
         tr.optimizer.step()
 
     return step
@@ -79,8 +79,9 @@ def extras_fn(tr):
     """Only what the Trainer adds around megatron's step: this step's batches from the data source, LR and weight
     decay per group, counters and the metrics record. Timed alone, it bounds the overhead without the noise of
     timing two full steps on a shared CPU."""
-    from omni_mega.training.data_source import StepSlice
+    from omni_mega.data.source import StepSlice
     from omni_mega.training.optim import set_lr
+    from omni_mega.training.step_io import step_stats, to_device
     from omni_mega.training.trainer import StepResult
 
     d, plan = tr.cfg.data, tr.stage
@@ -88,10 +89,11 @@ def extras_fn(tr):
     def step():
         n = plan.global_batch_size // (d.micro_batch_size * tr.rt.dp)
         sl = StepSlice(0, 1, n, d.micro_batch_size, plan.seq_length)
-        for mb in tr.source.micro_batches(sl):
-            {k: v.to(tr.rt.device) for k, v in mb.items()}
+        batches = tr.source.materialize(tr.source.plan_step(sl))
+        list(to_device(batches, tr.rt.device))
+        metrics = {"loss": 1.0, **tr.source.step_metrics(step_stats(batches))}
         set_lr(tr.optimizer, tr.lr_plan.lr(tr.state.step), tr.cfg.optim.weight_decay)
-        tr.metrics.write(tr._record(StepResult(1.0, 1.0, 1e-3, False), 0.1))
+        tr.metrics.write(tr._record(StepResult(1.0, 1.0, 1e-3, False, metrics, 0.0), 0.1))
 
     return step
 
