@@ -31,8 +31,11 @@ from omni_mega.data.source import StepSlice  # noqa: E402
 
 
 def make_source(ds, ratio: float, seq: int, packs: int, backend: str) -> PackedSource:
+    # tiny_omni's settings: byte tokens (EOD 256, SEP "\n"), LLaVA's placeholder id, Qwen2-VL's patching and bounds.
     spec = PackingSpec(seq_length=seq, visual_budget=seq, pack_window=256, ratio_start=ratio, ratio_end=ratio,
-                         stage_packs=packs, seed=1234, min_pixels=56 * 56, max_pixels=28 * 28 * 1280)
+                       stage_packs=packs, stage_start=0, stage_index=0, seed=1234, image_token_id=-200, eod=256, sep=10,
+                       patch_size=14, merge_size=2, temporal_patch_size=2, min_pixels=56 * 56,
+                       max_pixels=28 * 28 * 1280)
     text = [DemoTextDocs(0, max_tokens=seq + 1)] if ratio < 1 else []  # as build_source cuts them
     mm = [ds] if ratio > 0 else []
     return PackedSource(spec, text, [1.0] * len(text), mm, [1.0] * len(mm), decode_backend=backend)

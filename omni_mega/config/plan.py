@@ -64,8 +64,12 @@ class StagePlan:
         """Multimodal token share targeted at `step_in_stage` (0-based, before that step)."""
         if self.ratio_start is None or self.ratio_end is None:
             return None
-        frac = min(max(step_in_stage, 0), self.steps) / self.steps
-        return self.ratio_start + (self.ratio_end - self.ratio_start) * frac
+        return ramp(self.ratio_start, self.ratio_end, step_in_stage / self.steps)
+
+
+def ramp(start: float, end: float, progress: float) -> float:
+    """A value ramping linearly from `start` to `end` over a stage; progress in [0, 1] (clamped)."""
+    return start + (end - start) * min(max(progress, 0.0), 1.0)
 
 
 def stage_ratios(s: StageConfig, mix: tuple[DatasetConfig, ...]) -> tuple[float | None, float | None]:

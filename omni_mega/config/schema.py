@@ -154,6 +154,9 @@ class DataConfig:
     max_visual_tokens: int | None = None  # per-pack budget of merged visual tokens; None = seq_length
     pack_window: int = 256  # samples packed together (best-fit decreasing) before the next window is drawn
     data_dir: str | None = None  # where built-in demo data is cached; None = <run dir>/data
+    # Steps of input read and decoded ahead in a background thread while the current step trains (0: when asked).
+    # The batches are the same bytes either way.
+    prefetch_steps: int = 2
 
     def __post_init__(self) -> None:
         _require(self.source in ("demo_text", "indexed"), "data.source", f"must be demo_text or indexed, got {self.source!r}")
@@ -162,6 +165,7 @@ class DataConfig:
         _require(self.max_visual_tokens is None or self.max_visual_tokens >= 1, "data.max_visual_tokens",
                  f"must be >= 1 or null, got {self.max_visual_tokens}")
         _require(self.pack_window >= 1, "data.pack_window", f"must be >= 1, got {self.pack_window}")
+        _require(self.prefetch_steps >= 0, "data.prefetch_steps", f"must be >= 0, got {self.prefetch_steps}")
         _require(self.seq_length >= 2, "data.seq_length", f"must be >= 2, got {self.seq_length}")
         _require(self.micro_batch_size >= 1, "data.micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
         _require(self.global_batch_size % self.micro_batch_size == 0, "data.global_batch_size",

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from omni_mega.config.plan import ramp
 from omni_mega.data import packing as mp
 from omni_mega.data.blend import BlendSchedule
 from omni_mega.data.images.sizes import ImageRejected
@@ -40,7 +41,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PackingSpec:
-    """How one stage's packs are drawn and built (everything besides the datasets)."""
+    """How one stage's packs are drawn and built (everything besides the datasets). `data.source.build_source`
+    fills it from the stage plan and the model config: no field has a default of its own."""
 
     seq_length: int  # S: positions per pack
     visual_budget: int  # merged visual tokens per pack at most
@@ -48,23 +50,22 @@ class PackingSpec:
     ratio_start: float  # multimodal token share at the stage start
     ratio_end: float  # ... at the stage end (linear ramp over stage progress)
     stage_packs: int  # packs in the stage (steps * global batch): the ramp's length
-    stage_start: int = 0  # packs of the run before this stage (consumed_samples at the stage start)
-    stage_index: int = 0
-    seed: int = 1234
-    image_token_id: int = -200
+    stage_start: int  # packs of the run before this stage (consumed_samples at the stage start)
+    stage_index: int
+    seed: int
+    image_token_id: int  # one placeholder per merged visual token
+    eod: int | None  # None: text items are used as stored (no EOD known)
+    sep: int | None  # between an image's placeholders and its caption; None: no image-text samples possible
+    patch_size: int
+    merge_size: int
+    temporal_patch_size: int
+    min_pixels: int  # smart_resize bounds
+    max_pixels: int
     no_loss_ids: tuple[int, ...] = ()  # more ids never predicted nor predicted from (e.g. VET indicator tokens)
-    eod: int | None = 256  # None: text items are used as stored (no EOD known)
-    sep: int | None = 10  # between an image's placeholders and its caption; None: no image-text samples possible
-    patch_size: int = 14
-    merge_size: int = 2
-    temporal_patch_size: int = 2
-    min_pixels: int = 56 * 56
-    max_pixels: int = 28 * 28 * 1280
     multimodal_metrics: bool = True  # report the image-text fields (mm_ratio, visual_tokens, ...) per step
 
     def ratio_at(self, progress: float) -> float:
-        p = min(max(progress, 0.0), 1.0)
-        return self.ratio_start + (self.ratio_end - self.ratio_start) * p
+        return ramp(self.ratio_start, self.ratio_end, progress)
 
 
 @dataclass

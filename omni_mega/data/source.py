@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 from omni_mega.config.plan import StagePlan
-from omni_mega.config.schema import ConnectorConfig, ModelConfig
+from omni_mega.config.schema import ConnectorConfig, ModelConfig, ViTConfig
 from omni_mega.data.readers import open_mm_dataset, open_text_dataset, special_ids, tokenizer_of
 
 
@@ -66,16 +66,14 @@ def build_source(plan: StagePlan, model: ModelConfig, data_dir: str | Path, cons
     if mm and model.vit is None:
         raise ValueError(f"stage {plan.name!r}: image-text datasets {[d.name for d in mm]} need model.vit")
     eod, sep = special_ids([tokenizer_of(d, data_dir) for d in plan.mix], [d.name for d in plan.mix])
-    conn, vit = model.connector or ConnectorConfig(), model.vit
-    vision = {} if vit is None else dict(patch_size=vit.patch_size, merge_size=vit.merge_size,
-                                         temporal_patch_size=vit.temporal_patch_size)
+    conn, vit = model.connector or ConnectorConfig(), model.vit or ViTConfig()  # a text model's packs hold no image
     spec = PackingSpec(
         seq_length=plan.seq_length, visual_budget=plan.visual_budget, pack_window=plan.pack_window,
         ratio_start=plan.ratio_start or 0.0, ratio_end=plan.ratio_end or 0.0, stage_packs=plan.samples,
         stage_start=plan.samples_before, stage_index=plan.index, seed=plan.seed,
         image_token_id=conn.image_token_id, no_loss_ids=tuple(conn.indicator_token_ids), eod=eod, sep=sep,
-        min_pixels=plan.min_pixels, max_pixels=plan.max_pixels, multimodal_metrics=plan.ratio_start is not None,
-        **vision)
+        patch_size=vit.patch_size, merge_size=vit.merge_size, temporal_patch_size=vit.temporal_patch_size,
+        min_pixels=plan.min_pixels, max_pixels=plan.max_pixels, multimodal_metrics=plan.ratio_start is not None)
     return PackedSource(spec, [open_text_dataset(d, eod, plan.seq_length) for d in text], [d.weight for d in text],
                         [open_mm_dataset(d, data_dir) for d in mm], [d.weight for d in mm], consumed_samples,
                         decode_threads=decode_threads)

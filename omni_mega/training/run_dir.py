@@ -30,13 +30,14 @@ class RunDirLock:
     """An exclusive lock on `<run_dir>/.lock`, held until `release()` or process exit."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = Path(run_dir) / LOCK
+        self.path, self.fd = Path(run_dir) / LOCK, -1
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(self.fd, 4096, 0).decode(errors="replace").strip() or "another process"
             os.close(self.fd)
+            self.fd = -1
             raise RunDirError(f"{run_dir} is in use by {holder}; wait for it to finish or use another --run-dir") \
                 from None
         os.ftruncate(self.fd, 0)
@@ -47,6 +48,9 @@ class RunDirLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = -1
+
+    def __del__(self) -> None:
+        self.release()
 
 
 def holds_run(run_dir: Path) -> str | None:

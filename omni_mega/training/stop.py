@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from omni_mega.runtime.collectives import any_true
+
 STOP_FILE = "SAVE_AND_EXIT"
 
 
@@ -36,12 +38,7 @@ class StopRequest:
     def requested(self) -> bool:
         """True on every rank when any rank saw the file or a signal (a collective: call it on every rank)."""
         rank0 = not dist.is_initialized() or dist.get_rank() == 0
-        local = int(self.signalled or (rank0 and self.file.exists()))
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            t = torch.tensor([local], dtype=torch.int32, device=self.device)
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
-            local = int(t.item())
-        return bool(local)
+        return any_true(self.signalled or (rank0 and self.file.exists()))
 
     def clear(self) -> None:
         self.file.unlink(missing_ok=True)

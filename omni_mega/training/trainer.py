@@ -41,7 +41,6 @@ from omni_mega.training.step_io import reduce_metrics, schedule_iterator, step_s
 from omni_mega.training.stop import StopRequest
 
 log = logging.getLogger(__name__)
-PREFETCH_STEPS = 2  # steps of input prepared ahead in a background thread (0: prepared when the step asks)
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -68,7 +67,7 @@ class Trainer:
     """`Trainer(cfg, rt, run_dir, resume="auto").train()` carries a run through all its stages.
 
     build_source / build_objective: how a stage's data source and objective are made from its plan (tests pass
-    their own instead of patching modules); prefetch_steps: input steps prepared in the background."""
+    their own instead of patching modules); overwrite: move an old run in `run_dir` aside for a fresh start."""
 
     cfg: RunConfig
     rt: Runtime
@@ -81,10 +80,10 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, rt: Runtime, run_dir: str | Path, resume: str | None = None, *,
                  overwrite: bool = False, build_source: Callable = data_source.build_source,
-                 build_objective: Callable = objectives.build, prefetch_steps: int = PREFETCH_STEPS) -> None:
+                 build_objective: Callable = objectives.build) -> None:
         self.cfg, self.rt, self.run_dir = cfg, rt, Path(run_dir)
         self.lock = self._claim_run_dir(resume, overwrite)
-        self.build_source, self.build_objective, self.prefetch_steps = build_source, build_objective, prefetch_steps
+        self.build_source, self.build_objective = build_source, build_objective
         self.dtype = resolve_dtype(cfg.train.dtype)
         self.plans = plan_stages(cfg)
         self.lr_plan = LRPlan(cfg)
@@ -216,7 +215,7 @@ class Trainer:
         plan = self.stage
         if self.prefetch is None:
             self.prefetch = Prefetcher(self.source, self._step_slice(), plan.end_step - self.state.step,
-                                       self.prefetch_steps)
+                                       self.cfg.data.prefetch_steps)
         lr = self.lr_plan.lr(self.state.step)
         set_lr(self.optimizer, lr, self.cfg.optim.weight_decay)
         for m in self.model:
@@ -333,12 +332,16 @@ class Trainer:
         """Runs the remaining steps of every stage; returns this process's per-step losses (the rest of each step's
         record is in metrics.jsonl: nothing per step is kept in memory besides one float)."""
         losses: list[float] = []
-        for plan in self.plans[self.stage.index:]:
-            if plan.index != self.stage.index:
-                self._enter_stage(plan, fresh=True)
-            if not self._run_stage(plan, losses):
-                break
-        self.metrics.close()
+        try:
+            for plan in self.plans[self.stage.index:]:
+                if plan.index != self.stage.index:
+                    self._enter_stage(plan, fresh=True)
+                if not self._run_stage(plan, losses):
+                    break
+        finally:  # the run dir is free again once this process writes nothing more to it
+            self.metrics.close()
+            if self.lock is not None:
+                self.lock.release()
         return losses
 
 

@@ -19,6 +19,7 @@ from omni_mega.data.source import StepSlice
 
 IMG, SEP, EOD = -200, 10, 256
 PIX = dict(patch_size=14, merge_size=2, min_pixels=28 * 28, max_pixels=112 * 224)
+SPEC = dict(stage_start=0, stage_index=0, seed=7, image_token_id=IMG, eod=EOD, sep=SEP, temporal_patch_size=2)
 
 
 def _png(h, w, rng):
@@ -81,7 +82,7 @@ def text_set():
 
 def make(mm_set, text_set, consumed=0, **kw):
     args = dict(seq_length=128, visual_budget=48, pack_window=24, ratio_start=0.5, ratio_end=0.5, stage_packs=64,
-                seed=7, **PIX)
+                **SPEC, **PIX)
     args.update(kw)
     return PackedSource(PackingSpec(**args), [text_set], [1.0], [mm_set], [1.0], consumed)
 
@@ -230,9 +231,8 @@ def test_oversized_image_is_skipped_and_counted(text_set, caplog):
     sizes = [(40, 60)] * 5 + [(2000, 2000)] + [(40, 60)] * 4
     ds = MemMM(10, 3, sizes=sizes)
     src = PackedSource(PackingSpec(seq_length=128, visual_budget=48, pack_window=10, ratio_start=1.0,
-                                               ratio_end=1.0, stage_packs=8, patch_size=14, merge_size=2,
-                                               min_pixels=28 * 28, max_pixels=4000 * 4000),
-                                 [], [], [ds], [1.0])
+                                   ratio_end=1.0, stage_packs=8, **dict(SPEC, seed=1234), patch_size=14, merge_size=2,
+                                   min_pixels=28 * 28, max_pixels=4000 * 4000), [], [], [ds], [1.0])
     with caplog.at_level(logging.WARNING):
         win = src.stream._build(src.stream._start_snap)  # the first window: one epoch of the ten items
     assert src.skipped[mp.OVER_BUDGET] == 1 and "visual_over_budget" in caplog.text
