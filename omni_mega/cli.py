@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _plan(cfg, world_size: int) -> str:
-    from omni_mega.training.plan import format_plan
+    from omni_mega.training.dry_run import format_plan
 
     return format_plan(cfg, world_size)
 
@@ -59,7 +59,7 @@ def cmd_train(config: str, run_dir: str | None, overrides: list[str], dry_run: b
         cfg = load_config(config, overrides)
         world, note = detect().world_size, None
         if dry_run:  # plan for the asked layout, or the smallest that fits this config
-            from omni_mega.training.plan import planning_world_size
+            from omni_mega.training.dry_run import planning_world_size
 
             world, note = planning_world_size(cfg, plan_world_size, world)
         validate(cfg, world_size=world)

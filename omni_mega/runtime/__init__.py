@@ -1,7 +1,19 @@
-"""Distributed runtime: process groups, megatron parallel state, CPU mode, capability probe, logging."""
+"""Distributed runtime: process groups, megatron parallel state, CPU mode, capability probe, logging, collectives.
 
-from omni_mega.runtime.capabilities import Capabilities, probe
-from omni_mega.runtime.distributed import Runtime, init_distributed, shutdown
-from omni_mega.runtime.env import DistEnv, detect, first_slurm_host
+Names load on first use: `omni_mega.runtime.env` (rank, world size and rendezvous from torchrun or SLURM) is pure
+Python, so planning a run (`--dry-run`) reads the environment without importing torch."""
 
-__all__ = ["Capabilities", "DistEnv", "Runtime", "detect", "first_slurm_host", "init_distributed", "probe", "shutdown"]
+from __future__ import annotations
+
+import importlib
+
+_WHERE = {"Capabilities": "capabilities", "probe": "capabilities", "Runtime": "distributed",
+          "init_distributed": "distributed", "shutdown": "distributed", "DistEnv": "env", "detect": "env",
+          "first_slurm_host": "env"}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"omni_mega.runtime.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'omni_mega.runtime' has no attribute {name!r}")

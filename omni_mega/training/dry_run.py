@@ -2,7 +2,7 @@
 
 Parameters are counted analytically from the config (no model is built, so a 7B plan takes milliseconds); the counts
 follow exactly the modules `omni_mega.models.factory.build_model` creates (megatron local/TE GPT layers, our ViT,
-projector and Ovis visual tokenizer) and tests/test_plan.py holds them against built tiny models.
+projector and Ovis visual tokenizer) and tests/test_dry_run.py holds them against built tiny models.
 
 Memory per GPU, for the stage's trainable set (frozen parameters hold only their weights):
 - weights: 2 bytes per parameter held by the rank (bf16; 4 with train.dtype fp32);
@@ -61,7 +61,7 @@ def _norm(h: int, layernorm: bool) -> int:
 
 
 # The two sizing rules of omni_mega.models.llm, restated here so planning never imports megatron or torch (a plan
-# must print in well under a second); tests/test_plan.py checks they agree with the models' own functions.
+# must print in well under a second); tests/test_dry_run.py checks they agree with the models' own functions.
 def padded_vocab_size(vocab_size: int, tp: int, multiple: int = 128) -> int:
     """`models.llm.padded_vocab_size`: padded to a multiple of lcm(128, tp)."""
     step = math.lcm(multiple, tp)
@@ -319,7 +319,7 @@ def format_plan(cfg: RunConfig, world_size: int) -> str:
     lines.append(f"total: {cfg.total_steps:,} steps, {tokens:,} tokens ({_tokens(tokens)}), "
                  f"peak memory/GPU {_gib(worst)}")
     lines.append("memory model: bf16 weights, fp32 grads, fp32 master + Adam sharded over dp; activations by "
-                 "Korthikanti et al. 2022 with selective recompute (see omni_mega/training/plan.py)")
+                 "Korthikanti et al. 2022 with selective recompute (see omni_mega/training/dry_run.py)")
     return "\n".join(lines)
 
 

@@ -8,7 +8,7 @@ import torch
 
 from omni_mega.config import (ConnectorConfig, LLMConfig, ModelConfig, ParallelConfig, RunConfig, StageConfig,
                               ViTConfig)
-from omni_mega.training import plan as P
+from omni_mega.training import dry_run as P
 
 
 @pytest.fixture(scope="module")
