@@ -22,7 +22,8 @@ fi
 cuda_info=$($PY -c 'import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else "")')
 [ "$DRY" = 1 ] && cuda_info=${cuda_info:-"dry run, no GPU"}
 if [ -z "$cuda_info" ]; then
-  echo "gpu-check: no CUDA device visible to torch ($($PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)' 2>&1)): nothing to check"
+  versions=$($PY -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda)')
+  echo "gpu-check: no CUDA device visible to torch ($versions): nothing to check"
   exit 0
 fi
 
@@ -57,9 +58,11 @@ arch=$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())
 # setup.py builds omni_mega._C_cuda when torch has CUDA; only this GPU's architecture keeps the build short.
 step "build CUDA library (sm_${arch/./})" 300 env TORCH_CUDA_ARCH_LIST="$arch" MAX_JOBS="${MAX_JOBS:-16}" \
   $PY setup.py --quiet build_ext --inplace
-step "CUDA library loads" 60 $PY -c 'from omni_mega.ops import has_cuda_extension as h, _ext; assert h(), _ext.load_error("_C_cuda")'
+step "CUDA library loads" 60 \
+  $PY -c 'from omni_mega.ops import has_cuda_extension as h, _ext; assert h(), _ext.load_error("_C_cuda")'
 # CUDA tests carry "cuda" in their names or parameter ids (device/backend "cuda"); Triton's live in *_triton.py.
-step "tests: pytest tests/ops -k 'cuda or triton'" 240 $PY -m pytest -q -p no:cacheprovider tests/ops -k "cuda or triton"
+step "tests: pytest tests/ops -k 'cuda or triton'" 240 \
+  $PY -m pytest -q -p no:cacheprovider tests/ops -k "cuda or triton"
 step "bench rope_2d" 90 $PY benchmarks/ops/bench_rope_2d.py --device cuda --out
 step "bench vet" 120 $PY benchmarks/ops/bench_vet.py --device cuda --out
 # These two pick the GPU themselves when there is one (no --device flag); resize_images and bpe are CPU-only ops.

@@ -65,8 +65,8 @@ inline void check_flat_images(const char* op, const at::Tensor& data, const at::
               sizes.sizes());
   TORCH_CHECK(offsets.dim() == 1 && offsets.size(0) == sizes.size(0) &&
                   (offsets.scalar_type() == at::kInt || offsets.scalar_type() == at::kLong),
-              op, ": offsets must have shape [N] = [", sizes.size(0), "] (one per row of sizes) and dtype Int/Long, got ",
-              offsets.scalar_type(), " ", offsets.sizes());
+              op, ": offsets must have shape [N] = [", sizes.size(0),
+              "] (one per row of sizes) and dtype Int/Long, got ", offsets.scalar_type(), " ", offsets.sizes());
 }
 
 // Image i of a flat batch: h x w x C bytes from offsets[i] = off must lie inside data (numel bytes). Returns the

@@ -184,7 +184,9 @@ def _read_yaml(path: Path) -> dict:
         mark, ctx = e.problem_mark or e.context_mark, e.context_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
         # The problem is often found far from its cause (an unclosed bracket is reported at the end of the file).
-        opened = f" (the construct began at line {ctx.line + 1}, column {ctx.column + 1})" if ctx and ctx != mark else ""
+        opened = ""
+        if ctx and ctx != mark:
+            opened = f" (the construct began at line {ctx.line + 1}, column {ctx.column + 1})"
         raise ConfigError(f"{where}: YAML syntax error: {_yaml_problem(e)}{opened}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: YAML error: {_yaml_problem(e)}") from None

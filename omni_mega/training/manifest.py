@@ -78,7 +78,8 @@ def _check_file(step: Path, rel: str, entry) -> str | None:
     if Path(rel).is_absolute() or ".." in Path(rel).parts:
         return f"{rel}: {MANIFEST} names a path outside the checkpoint"
     path = step / rel
-    if not isinstance(entry, dict) or not isinstance(entry.get("size"), int) or not isinstance(entry.get("checksum"), str):
+    well_formed = isinstance(entry, dict) and isinstance(entry.get("size"), int)
+    if not well_formed or not isinstance(entry.get("checksum"), str):
         return f"{rel}: malformed {MANIFEST} entry {entry!r}"
     if not path.is_file():
         return f"{rel}: missing"

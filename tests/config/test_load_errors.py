@@ -47,7 +47,8 @@ def test_non_utf8_file_is_refused(tmp_path):
     assert _error(p) == f"config file {p} is not UTF-8 text: byte 0xe9 at offset 9"
 
 
-@pytest.mark.parametrize("content", ["", "\n\n", "# only a comment\n  # and another\n"], ids=["empty", "blank", "comments"])
+@pytest.mark.parametrize("content", ["", "\n\n", "# only a comment\n  # and another\n"],
+                         ids=["empty", "blank", "comments"])
 def test_empty_file_is_refused_not_run_with_defaults(tmp_path, content):
     p = _write(tmp_path, content)
     assert _error(p) == f"config file {p} is empty (no settings, only blank lines or comments)"

@@ -17,8 +17,10 @@ CASES = {
     "directory": ("<dir>", [], "config {cfg} is a directory"),
     "not-utf8": (b"name: caf\xe9\n", [], "config file {cfg} is not UTF-8 text: byte 0xe9 at offset 9"),
     "empty": ("# nothing here\n", [], "config file {cfg} is empty"),
-    "index-out-of-range": (None, ["--set", "stages.5.steps=1"], "stages has 1 item (indices 0..0), so there is no index 5"),
-    "unknown-item-name": (None, ["--set", "stages.cooldown.steps=1"], "stages has no item named 'cooldown'; names: pretrain"),
+    "index-out-of-range": (None, ["--set", "stages.5.steps=1"],
+                           "stages has 1 item (indices 0..0), so there is no index 5"),
+    "unknown-item-name": (None, ["--set", "stages.cooldown.steps=1"],
+                          "stages has no item named 'cooldown'; names: pretrain"),
     "unparseable-value": (None, ["--set", "optim.lr=[1,"], "cannot parse the value '[1,' as YAML"),
 }
 
@@ -65,7 +67,7 @@ def test_bad_config_is_one_line_and_exit_2(results, name):
 
 def test_list_item_by_name_works_end_to_end():
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    p = subprocess.run([sys.executable, "-m", "omni_mega", "train", GOOD, "--dry-run", "--set", "stages.pretrain.steps=7"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, "-m", "omni_mega", "train", GOOD, "--dry-run", "--set", "stages.pretrain.steps=7"]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "stage pretrain: 7 steps" in p.stdout, p.stdout
