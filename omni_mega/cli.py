@@ -1,4 +1,4 @@
-"""`omni-mega` command line: train (with --resume), demo, report, --version. Also `python -m omni_mega`."""
+"""`omni-mega` command line: train (with --resume), demo, report, verify-ckpt, --version. Also `python -m omni_mega`."""
 
 from __future__ import annotations
 
@@ -41,7 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_args(demo)
     report = sub.add_parser("report", help="write report.png (loss and LR, stage boundaries) and report.md of a run")
     report.add_argument("run_dir", help="a run dir with metrics.jsonl")
+    verify = sub.add_parser("verify-ckpt", help="check checkpoints against their manifests (exit 0 intact, 1 corrupt, "
+                                                "2 bad path)")
+    verify.add_argument("dir", help="a checkpoint step dir, or a run dir / ckpt dir (all its step dirs, newest first)")
     return parser
+
+
+def cmd_verify_ckpt(path: str) -> int:
+    """One line per step dir: OK, or its problems. Reads every byte of every checkpoint."""
+    from omni_mega.training.manifest import step_dirs, verify_checkpoint
+
+    try:
+        dirs = step_dirs(path)
+    except FileNotFoundError as e:
+        print(f"omni-mega: verify-ckpt: {e}", file=sys.stderr)
+        return 2
+    bad = 0
+    for d in dirs:
+        problems = verify_checkpoint(d)
+        bad += bool(problems)
+        print(f"{d}: " + ("OK" if not problems else "CORRUPT: " + "; ".join(problems)))
+    return 1 if bad else 0
 
 
 def _plan(cfg, world_size: int) -> str:
@@ -156,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         return cmd_demo(args.run_dir or "runs/demo", args.overrides, args.dry_run, args.resume,
                         overwrite=args.overwrite)
+    if args.command == "verify-ckpt":
+        return cmd_verify_ckpt(args.dir)
     if args.command == "report":
         from omni_mega.training.report import write_report
 

@@ -3,6 +3,9 @@
 
 #include <torch/library.h>
 
+#include <c10/util/safe_numerics.h>
+
+#include <cerrno>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -19,9 +22,20 @@ struct Pool {
   size_t free_bytes = 0;
   size_t limit = 0;
 
-  Pool() {
+  Pool() : limit(limit_from_env()) {}
+
+  // OMNI_MEGA_HOST_CACHE_MB as bytes. A value that is not a whole number in 0..kMaxMiB is refused: strtoull alone
+  // read "-1" as 2^64 - 1 and "abc" as 0, and the product with kMiB wrapped.
+  static size_t limit_from_env() {
+    constexpr unsigned long long kMaxMiB = 1ull << 30;  // 1 PiB: more than any host holds, far from overflow
     const char* env = std::getenv("OMNI_MEGA_HOST_CACHE_MB");
-    limit = (env ? static_cast<size_t>(std::strtoull(env, nullptr, 10)) : 2048) * kMiB;
+    if (env == nullptr) return 2048 * kMiB;
+    char* end = nullptr;
+    errno = 0;
+    const unsigned long long mib = std::strtoull(env, &end, 10);
+    TORCH_CHECK(end != env && *end == '\0' && env[0] != '-' && errno == 0 && mib <= kMaxMiB,
+                "OMNI_MEGA_HOST_CACHE_MB must be a whole number of MiB in 0..", kMaxMiB, ", got \"", env, "\"");
+    return static_cast<size_t>(mib) * kMiB;
   }
 
   // A cached block of at least `bytes` and at most twice that (a larger one would waste memory), or a new one.
@@ -72,9 +86,14 @@ Pool& pool() {
 }  // namespace
 
 at::Tensor empty_recycled(at::IntArrayRef sizes, at::ScalarType dtype) {
-  int64_t numel = 1;
-  for (int64_t s : sizes) numel *= s;
-  const size_t bytes = static_cast<size_t>(numel) * c10::elementSize(dtype);
+  // Checked: a wrapped product would hand out a small block for a large tensor.
+  int64_t bytes_i = static_cast<int64_t>(c10::elementSize(dtype));
+  for (int64_t s : sizes) {
+    TORCH_CHECK(s >= 0, "empty_recycled: negative size ", s, " in ", sizes);
+    TORCH_CHECK(!c10::mul_overflows(bytes_i, s, &bytes_i), "empty_recycled: a tensor of shape ", sizes, " and dtype ",
+                dtype, " overflows int64 bytes");
+  }
+  const size_t bytes = static_cast<size_t>(bytes_i);
   if (bytes < kMiB || pool().limit == 0) return at::empty(sizes, at::TensorOptions().dtype(dtype));
   auto [ptr, size] = pool().take(bytes);
   return at::from_blob(

@@ -26,7 +26,7 @@ struct PackImagesPlan {
 inline void check_pack_images_args(const at::Tensor& data, const at::Tensor& sizes, const at::Tensor& offsets,
                                    int64_t patch_size, int64_t merge_size, int64_t temporal_patch_size,
                                    at::ArrayRef<double> mean, at::ArrayRef<double> std, at::ScalarType out_dtype) {
-  check_flat_images(data, sizes, offsets);
+  check_flat_images("pack_images", data, sizes, offsets);
   TORCH_CHECK(patch_size >= 1, "patch_size must be >= 1, got ", patch_size);
   TORCH_CHECK(merge_size >= 1, "merge_size must be >= 1, got ", merge_size);
   TORCH_CHECK(temporal_patch_size >= 1, "temporal_patch_size must be >= 1, got ", temporal_patch_size);
@@ -43,6 +43,27 @@ inline void check_pack_images_args(const at::Tensor& data, const at::Tensor& siz
               "out_dtype must be Float/Double/BFloat16/Half, got ", out_dtype);
 }
 
+// Features per token, C * tps * p * p, checked: every factor is a caller's integer.
+inline int64_t pack_images_features(int64_t channels, int64_t patch_size, int64_t temporal_patch_size) {
+  const auto overflow = [&] {
+    return c10::str("pack_images: C * temporal_patch_size * patch_size^2 = ", channels, " x ", temporal_patch_size,
+                    " x ", patch_size, "^2 features per token overflows int64");
+  };
+  int64_t f = checked_mul(channels, temporal_patch_size, overflow());
+  f = checked_mul(f, patch_size, overflow());
+  return checked_mul(f, patch_size, overflow());
+}
+
+// Image i's token count (h / p) * (w / p) after checking its size and its bytes inside data.
+inline int64_t pack_images_tokens(const at::Tensor& data, int64_t i, int64_t h, int64_t w, int64_t off,
+                                  int64_t patch_size, int64_t factor, int64_t channels) {
+  TORCH_CHECK(h > 0 && w > 0 && h % factor == 0 && w % factor == 0, "pack_images: sizes[", i, "] = (", h, ", ", w,
+              "): height and width must be positive multiples of patch_size * merge_size = ", factor,
+              " (resize with omni_mega.data.images.smart_resize first)");
+  check_image_extent("pack_images", i, h, w, channels, off, data.numel());
+  return (h / patch_size) * (w / patch_size);  // <= h * w, which fits (checked above)
+}
+
 inline PackImagesPlan plan_pack_images(const at::Tensor& data, const at::Tensor& sizes, const at::Tensor& offsets,
                                        int64_t patch_size, int64_t merge_size, int64_t temporal_patch_size,
                                        at::ArrayRef<double> mean, at::ArrayRef<double> std,
@@ -50,29 +71,25 @@ inline PackImagesPlan plan_pack_images(const at::Tensor& data, const at::Tensor&
   check_pack_images_args(data, sizes, offsets, patch_size, merge_size, temporal_patch_size, mean, std, out_dtype);
   PackImagesPlan plan;
   plan.channels = static_cast<int64_t>(mean.size());
-  plan.features = plan.channels * temporal_patch_size * patch_size * patch_size;
+  const int64_t factor = checked_mul(patch_size, merge_size, "pack_images: patch_size * merge_size = ", patch_size,
+                                     " x ", merge_size, " overflows int64");
+  plan.features = pack_images_features(plan.channels, patch_size, temporal_patch_size);
   plan.sizes = sizes.to(at::kCPU, at::kLong).contiguous();
   plan.offsets = offsets.to(at::kCPU, at::kLong).contiguous();
-  const int64_t n = plan.sizes.size(0), factor = patch_size * merge_size;
+  const int64_t n = plan.sizes.size(0);
   const int64_t* hw = plan.sizes.data_ptr<int64_t>();
   const int64_t* off = plan.offsets.data_ptr<int64_t>();
   plan.token_start = at::empty({n + 1}, at::kLong);
   int64_t* ts = plan.token_start.data_ptr<int64_t>();
   ts[0] = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t h = hw[2 * i], w = hw[2 * i + 1];
-    TORCH_CHECK(h > 0 && w > 0 && h % factor == 0 && w % factor == 0, "sizes[", i, "] = (", h, ", ", w,
-                "): height and width must be positive multiples of patch_size * merge_size = ", factor,
-                " (resize with omni_mega.data.images.smart_resize first)");
-    const int64_t bytes = h * w * plan.channels;
-    TORCH_CHECK(off[i] >= 0 && off[i] + bytes <= data.numel(), "offsets[", i, "] = ", off[i], ": image ", i,
-                " needs bytes [", off[i], ", ", off[i] + bytes, ") of data, which has numel ", data.numel());
-    ts[i + 1] = ts[i] + (h / patch_size) * (w / patch_size);
+    const int64_t tokens = pack_images_tokens(data, i, hw[2 * i], hw[2 * i + 1], off[i], patch_size, factor,
+                                              plan.channels);
+    ts[i + 1] = add_tokens_int32("pack_images", ts[i], tokens, "sizes", i);
   }
   plan.total_tokens = ts[n];
-  // cu_seqlens downstream are int32.
-  TORCH_CHECK(plan.total_tokens <= std::numeric_limits<int32_t>::max(), "pack_images: ", plan.total_tokens,
-              " tokens overflow int32 cu_seqlens");
+  checked_mul(plan.total_tokens, plan.features, "pack_images: the output of ", plan.total_tokens, " tokens x ",
+              plan.features, " features overflows int64");
   at::Tensor lut = at::empty({plan.channels, 256}, at::kDouble);
   double* l = lut.data_ptr<double>();
   for (int64_t c = 0; c < plan.channels; ++c) {
@@ -80,6 +97,16 @@ inline PackImagesPlan plan_pack_images(const at::Tensor& data, const at::Tensor&
   }
   plan.lut = lut.to(out_dtype);
   return plan;
+}
+
+// The CUDA kernel indexes a patch with int (p, m, tps, C * p * p): larger values are refused, not truncated.
+inline void check_pack_images_int32(const PackImagesPlan& plan, int64_t patch_size, int64_t merge_size,
+                                    int64_t temporal_patch_size) {
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  const int64_t per_token = plan.features / temporal_patch_size;  // C * p * p
+  TORCH_CHECK(patch_size <= kMax && merge_size <= kMax && temporal_patch_size <= kMax && per_token <= kMax,
+              "pack_images (CUDA): patch_size, merge_size, temporal_patch_size and C * patch_size^2 must be <= ",
+              kMax, ", got ", patch_size, ", ", merge_size, ", ", temporal_patch_size, ", ", per_token);
 }
 
 }  // namespace omni_mega

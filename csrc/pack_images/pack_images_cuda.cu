@@ -63,6 +63,7 @@ at::Tensor pack_images_cuda(const at::Tensor& data, const at::Tensor& sizes, con
   c10::cuda::CUDAGuard guard(data.device());
   PackImagesPlan plan = plan_pack_images(data, sizes, offsets, patch_size, merge_size, temporal_patch_size, mean,
                                          std, out_dtype);
+  check_pack_images_int32(plan, patch_size, merge_size, temporal_patch_size);
   const auto dev = data.device();
   at::Tensor out = at::empty({plan.total_tokens, plan.features}, data.options().dtype(out_dtype));
   if (plan.total_tokens == 0) return out;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "common/checks.h"
@@ -83,13 +84,35 @@ void resample_vertical(const uint8_t* in, int64_t row_bytes, const BicubicTaps& 
 
 inline void check_resize_images_args(const at::Tensor& data, const at::Tensor& sizes, const at::Tensor& offsets,
                                      const at::Tensor& out_sizes, int64_t channels) {
-  check_flat_images(data, sizes, offsets);
-  TORCH_CHECK(channels >= 1 && channels <= kResizeMaxChannels, "channels must be in 1..", kResizeMaxChannels,
-              ", got ", channels);
+  check_flat_images("resize_images", data, sizes, offsets);
+  TORCH_CHECK(channels >= 1 && channels <= kResizeMaxChannels, "resize_images: channels must be in 1..",
+              kResizeMaxChannels, ", got ", channels);
   TORCH_CHECK(out_sizes.dim() == 2 && out_sizes.size(1) == 2 && out_sizes.size(0) == sizes.size(0),
-              "out_sizes must have shape [N, 2] = [", sizes.size(0), ", 2] (one (h, w) per image), got ",
+              "resize_images: out_sizes must have shape [N, 2] = [", sizes.size(0), ", 2] (one (h, w) per image), got ",
               out_sizes.sizes());
-  check_dtype(out_sizes, "out_sizes", {at::kInt, at::kLong});
+  // Fractional sizes are a caller's mistake, not something to round: only integer dtypes pass.
+  TORCH_CHECK(out_sizes.scalar_type() == at::kInt || out_sizes.scalar_type() == at::kLong,
+              "resize_images: out_sizes must have dtype Int/Long, got ", out_sizes.scalar_type());
+}
+
+// (h, w) of sizes[i] or out_sizes[i]: each side in 1..INT32_MAX (the taps hold input indices as int32).
+inline void check_resize_side(const char* name, int64_t i, int64_t h, int64_t w) {
+  constexpr int64_t kMax = std::numeric_limits<int32_t>::max();
+  TORCH_CHECK(h > 0 && w > 0, "resize_images: ", name, "[", i, "] = (", h, ", ", w,
+              "): height and width must be >= 1");
+  TORCH_CHECK(h <= kMax && w <= kMax, "resize_images: ", name, "[", i, "] = (", h, ", ", w,
+              "): height and width must be <= ", kMax);
+}
+
+// Image i: its sizes, its bytes inside data and its output size; returns the output bytes out_h * out_w * C.
+inline int64_t check_resize_image(int64_t i, int64_t h, int64_t w, int64_t out_h, int64_t out_w, int64_t off,
+                                  int64_t channels, int64_t numel) {
+  check_resize_side("sizes", i, h, w);
+  check_resize_side("out_sizes", i, out_h, out_w);
+  check_image_extent("resize_images", i, h, w, channels, off, numel);
+  // Sides are <= INT32_MAX, so out_h * out_w fits; the channels may not.
+  return checked_mul(out_h * out_w, channels, "resize_images: out_sizes[", i, "] = (", out_h, ", ", out_w,
+                     "): an image of ", out_h, " x ", out_w, " x ", channels, " bytes overflows int64");
 }
 
 }  // namespace omni_mega

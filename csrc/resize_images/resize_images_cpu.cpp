@@ -202,11 +202,8 @@ at::Tensor resize_images_cpu(const at::Tensor& data, const at::Tensor& sizes, co
   for (int64_t i = 0; i < n; ++i) {
     ImagePlan& p = plans[i];
     p.h = s[2 * i], p.w = s[2 * i + 1], p.out_h = os[2 * i], p.out_w = os[2 * i + 1];
-    TORCH_CHECK(p.h > 0 && p.w > 0, "sizes[", i, "] = (", p.h, ", ", p.w, "): height and width must be >= 1");
-    TORCH_CHECK(p.out_h > 0 && p.out_w > 0, "out_sizes[", i, "] = (", p.out_h, ", ", p.out_w,
-                "): height and width must be >= 1");
-    TORCH_CHECK(o[i] >= 0 && o[i] + p.h * p.w * C <= src.numel(), "offsets[", i, "] = ", o[i], ": image ", i,
-                " needs bytes [", o[i], ", ", o[i] + p.h * p.w * C, ") of data, which has numel ", src.numel());
+    out_bytes = checked_add(out_bytes, check_resize_image(i, p.h, p.w, p.out_h, p.out_w, o[i], C, src.numel()),
+                            "resize_images: out_sizes[", i, "] brings the output past int64 bytes");
     p.horizontal = p.out_w != p.w;  // a pass at scale 1 has weights (0, 1, 0, 0): the identity, skipped
     p.vertical = p.out_h != p.h;
     p.vertical_first = p.horizontal && p.vertical && resize_vertical_first(p.h, p.w, p.out_h, p.out_w);
@@ -214,9 +211,12 @@ at::Tensor resize_images_cpu(const at::Tensor& data, const at::Tensor& sizes, co
     p.mid_offset = mid_bytes;
     if (p.horizontal && p.vertical) {
       p.mid_rows = p.vertical_first ? p.out_h : 0;  // set below for horizontal first, once taps_v is known
-      mid_bytes += (p.vertical_first ? p.out_h * p.w : p.h * p.out_w) * C;  // an upper bound for horizontal first
+      // An upper bound for horizontal first; sides are <= INT32_MAX, so rows * cols fits.
+      const int64_t rows = p.vertical_first ? p.out_h : p.h, cols = p.vertical_first ? p.w : p.out_w;
+      const int64_t mid = checked_mul(rows * cols, C, "resize_images: image ", i, ": scratch of ", rows, " x ", cols,
+                                      " x ", C, " bytes overflows int64");
+      mid_bytes = checked_add(mid_bytes, mid, "resize_images: scratch bytes overflow int64");
     }
-    out_bytes += p.out_h * p.out_w * C;
   }
   at::Tensor out = empty_recycled({out_bytes}, at::kByte);
   at::Tensor mid = empty_recycled({mid_bytes}, at::kByte);

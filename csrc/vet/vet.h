@@ -45,9 +45,10 @@ inline void check_vet_table(const at::Tensor& table, int64_t vt, int64_t num_ind
   check_dim(table, "table", 2);
   TORCH_CHECK(num_indicators >= 0, "num_indicators must be >= 0, got ", num_indicators);
   TORCH_CHECK(vt >= 1, "the softmax needs V - num_indicators >= 1 entries (", vt_from, "), got ", vt);
-  TORCH_CHECK(table.size(0) == vt + num_indicators, "table must have shape [V, D] with V = ", vt_from, " + ",
-              "num_indicators = ", vt, " + ", num_indicators, " = ", vt + num_indicators, " rows, got shape ",
-              table.sizes());
+  // Compared as table rows - vt: vt + num_indicators can pass int64 (num_indicators is a caller's integer).
+  TORCH_CHECK(table.size(0) - vt == num_indicators, "table must have shape [V, D] with V = ", vt_from, " + ",
+              "num_indicators = ", vt, " + ", num_indicators, " = ", unsigned_sum(vt, num_indicators),
+              " rows, got shape ", table.sizes());
 }
 
 // x [N, d_in], head_weight [Vt, d_in], ln_weight [Vt], ln_bias [Vt], table [Vt + num_indicators, D]; one dtype and
@@ -81,7 +82,7 @@ inline void check_vet_embed_inputs(const at::Tensor& logits, const at::Tensor& t
   check_vet_float(logits, "logits");
   check_vet_float(table, "table");
   check_same_device(table, "table", logits, "logits");
-  check_vet_table(table, logits.size(1), num_indicators, "logits.size(1)");
+  check_vet_table(table, logits.size(1), num_indicators, "logits.size(-1)");  // the public op takes [..., V]
 }
 
 // A saved per-row statistic: [N] in the accumulation dtype, on the inputs' device.
@@ -105,6 +106,10 @@ inline void check_grad_out(const at::Tensor& g, const at::Tensor& out, const at:
 inline at::ScalarType vet_acc_type(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
 
 inline int64_t vet_block(int64_t requested, int64_t fallback) { return requested > 0 ? requested : fallback; }
+
+// A block never larger than the axis it splits: one block covers it all either way, and a caller's INT64_MAX block
+// made num_blocks' (n + b - 1) wrap negative, so no block ran and the output came back unwritten.
+inline int64_t clamp_block(int64_t block, int64_t extent) { return std::min(block, std::max<int64_t>(extent, 1)); }
 
 // a @ b in the inputs' dtype (tensor cores for bf16 on CUDA), result in `acc`.
 inline at::Tensor mm_acc(const at::Tensor& a, const at::Tensor& b, at::ScalarType acc) { return at::mm(a, b).to(acc); }
@@ -420,6 +425,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> vet_head_forwa
   const auto acc = vet_acc_type(x_in.scalar_type());
   const HeadIn in = head_inputs(x_in, w_in, gamma_in, beta_in, table_in, acc);
   const int64_t n = in.x.size(0), vt = in.w.size(0);
+  bn = clamp_block(bn, n), bv = clamp_block(bv, vt);
   auto opts = in.x.options().dtype(acc);
   at::Tensor out = at::empty({n, in.table.size(1)}, opts), mean = at::empty({n}, opts), rstd = at::empty({n}, opts),
              lse = at::empty({n}, opts);
@@ -445,6 +451,7 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> ve
   check_vet_head_inputs(x_in, w_in, gamma_in, beta_in, table_in, num_indicators);
   const auto acc = vet_acc_type(x_in.scalar_type()), dt = x_in.scalar_type();
   const int64_t n = x_in.size(0), vt = w_in.size(0), d_in = x_in.size(1);
+  bn = clamp_block(bn, n), bv = clamp_block(bv, vt);
   TORCH_CHECK(out.size(0) == n, "out must have shape [", n, ", D], got ", out.sizes());
   check_grad_out(grad_in, out, table_in);
   check_row_stat(mean, "mean", n, acc, x_in);
@@ -489,6 +496,7 @@ inline std::tuple<at::Tensor, at::Tensor> vet_embed_forward(const at::Tensor& lo
   const auto acc = vet_acc_type(logits_in.scalar_type());
   const at::Tensor logits = logits_in.contiguous(), table = table_in.contiguous();
   const int64_t n = logits.size(0), vt = logits.size(1);
+  bn = clamp_block(bn, n), bv = clamp_block(bv, vt);
   auto opts = logits.options().dtype(acc);
   at::Tensor out = at::empty({n, table.size(1)}, opts), lse = at::empty({n}, opts);
   vet_for(parallel, n, bn, vt, [&](int64_t n0, int64_t n1) {
@@ -511,6 +519,7 @@ inline std::tuple<at::Tensor, at::Tensor> vet_embed_backward(const at::Tensor& g
   check_vet_embed_inputs(logits_in, table_in, num_indicators);
   const auto acc = vet_acc_type(logits_in.scalar_type()), tdt = table_in.scalar_type();
   const int64_t n = logits_in.size(0), vt = logits_in.size(1);
+  bn = clamp_block(bn, n), bv = clamp_block(bv, vt);
   TORCH_CHECK(out.size(0) == n, "out must have shape [", n, ", D], got ", out.sizes());
   check_grad_out(grad_in, out, table_in);
   check_row_stat(lse, "lse", n, acc, logits_in);

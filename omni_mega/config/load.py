@@ -74,38 +74,134 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key.path=value")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    keys = key.strip().split(".")
+    if not all(keys):
+        raise ConfigError(f"--set {item!r}: {key.strip()!r} has an empty part; expected key.path=value")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: cannot parse the value {raw!r} as YAML: {_yaml_problem(e)}") from None
+    return keys, value
+
+
+def _is_list_field(keys: list[str]) -> bool:
+    """Whether RunConfig's field at this path of names is a list (stages, a stage's data, ...)."""
+    hint: Any = RunConfig
+    for k in keys:
+        if typing.get_origin(hint) is list:  # k picks an item (by index or name)
+            hint = typing.get_args(hint)[0]
+            continue
+        hint = _unwrap_optional(hint)
+        if not dataclasses.is_dataclass(hint):
+            return False
+        hint = typing.get_type_hints(hint).get(k)
+        if hint is None:
+            return False
+    return typing.get_origin(_unwrap_optional(hint)) is list
+
+
+def _unwrap_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(hint) if a is not type(None)]
+        return options[0] if len(options) == 1 else hint
+    return hint
+
+
+def _list_index(items: list, key: str, item: str, where: str) -> int:
+    """The position in `items` that `key` names: a number, or the `name` of a list item (stages.pretrain)."""
+    if key.isdigit():
+        if int(key) >= len(items):
+            raise ConfigError(f"--set {item!r}: {where} has {len(items)} item{'s' * (len(items) != 1)}"
+                              f"{f' (indices 0..{len(items) - 1})' if items else ''}, so there is no index {key}")
+        return int(key)
+    names = [x.get("name") for x in items if isinstance(x, dict)]
+    if key not in names:
+        listed = ", ".join(str(n) for n in names if n is not None) or "none have a name"
+        raise ConfigError(f"--set {item!r}: {where} has no item named {key!r}; names: {listed}")
+    return names.index(key)
+
+
+def _child(node: Any, keys: list[str], depth: int, item: str) -> Any:
+    """The section `keys[depth]` inside `node` (created when missing), for an override to descend into."""
+    key, where = keys[depth], ".".join(keys[:depth]) or "the config"
+    if isinstance(node, list):
+        return node[_list_index(node, key, item, where)]
+    if not isinstance(node, dict):
+        raise ConfigError(f"--set {item!r}: {where} is not a section (it holds {node!r})")
+    if node.get(key) is None:
+        if _is_list_field(keys[: depth + 1]):
+            # Nothing to index: the list comes from the defaults, which an override of one item cannot see.
+            path = ".".join(keys[: depth + 1])
+            raise ConfigError(f"--set {item!r}: {path} is not set in the config file, so it has no items to change; "
+                              f"set the whole list: --set '{path}=[...]'")
+        node[key] = {}
+    return node[key]
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Applies `a.b=c` overrides to the raw mapping (values parsed as YAML: 2, 1e-3, true, [a, b])."""
+    """Applies `a.b=c` overrides to the raw mapping (values parsed as YAML: 2, 1e-3, true, [a, b]). A list item is
+    named by its index or by its `name` field: stages.1.steps=5 and stages.cooldown.steps=5 are the same."""
     for item in overrides:
         keys, value = _parse_override(item)
         node = data
-        for k in keys[:-1]:
-            if k.isdigit() and isinstance(node, list):
-                node = node[int(k)]
-                continue
-            node = node.setdefault(k, {})
-            if not isinstance(node, (dict, list)):
-                raise ConfigError(f"--set {item!r}: {k} is not a section")
-        last = keys[-1]
-        if isinstance(node, list) and last.isdigit():
-            node[int(last)] = value
-        else:
+        for depth in range(len(keys) - 1):
+            node = _child(node, keys, depth, item)
+        last, where = keys[-1], ".".join(keys[:-1]) or "the config"
+        if isinstance(node, list):
+            node[_list_index(node, last, item, where)] = value
+        elif isinstance(node, dict):
             node[last] = value
+        else:
+            raise ConfigError(f"--set {item!r}: {where} is not a section (it holds {node!r})")
     return data
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Reads a YAML run config (None: all defaults), applies overrides and returns the typed, checked config."""
-    data: dict = {}
-    if path is not None:
-        text = Path(path).read_text()
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line: what PyYAML found, without its multi-line excerpt of the source."""
+    parts = [getattr(e, "context", None), getattr(e, "problem", None)]
+    text = "; ".join(p for p in parts if p) or str(e).splitlines()[0]
+    return " ".join(text.split())
+
+
+def _read_yaml(path: Path) -> dict:
+    """The top-level mapping of a YAML file, or a ConfigError naming the file and what is wrong with it."""
+    if path.is_dir():
+        raise ConfigError(f"config {path} is a directory; expected a YAML file")
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start}") \
+            from None
+    try:
         loaded = yaml.safe_load(text)
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
-        data = loaded or {}
+    except yaml.MarkedYAMLError as e:
+        mark, ctx = e.problem_mark or e.context_mark, e.context_mark
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        # The problem is often found far from its cause (an unclosed bracket is reported at the end of the file).
+        opened = ""
+        if ctx and ctx != mark:
+            opened = f" (the construct began at line {ctx.line + 1}, column {ctx.column + 1})"
+        raise ConfigError(f"{where}: YAML syntax error: {_yaml_problem(e)}{opened}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: YAML error: {_yaml_problem(e)}") from None
+    if loaded is None:
+        # An empty file would silently plan the built-in defaults (100 steps of a default model).
+        raise ConfigError(f"config file {path} is empty (no settings, only blank lines or comments)")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Reads a YAML run config (None: all defaults), applies overrides and returns the typed, checked config.
+    Every problem with the file or an override is a ConfigError naming it."""
+    data = _read_yaml(Path(path)) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     return from_dict(RunConfig, data)
 

@@ -17,7 +17,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import torch
 
-from omni_mega.ops import _backend, _ext
+from omni_mega.ops import _backend, _checks, _ext
 from omni_mega.ops.vision_positions import vision_positions
 
 # Qwen2-VL's normalization constants (CLIP's).
@@ -62,7 +62,7 @@ def pack_images(
         PackedImages(pixel_values out_dtype [T, C*tps*p*p], grid_thw int64 [N, 3], cu_seqlens int32 [N + 1],
         pos int32 [T, 2]), all on the images' device; T = sum_i (h_i / p) * (w_i / p).
     """
-    data, sizes, offsets = _flatten(images, sizes, offsets, channels=len(mean))
+    data, sizes, offsets = _flatten(images, sizes, offsets, channels=len(mean), op="pack_images")
     args = (data, sizes, offsets, patch_size, merge_size, temporal_patch_size, [float(v) for v in mean],
             [float(v) for v in std], out_dtype)
     which = _backend.resolve(backend, data.device, op="pack_images")
@@ -121,29 +121,38 @@ def _pack_flat_ref(data, sizes, offsets, patch_size, merge_size, temporal_patch_
     return out.to(data.device)
 
 
-def _flatten(images, sizes, offsets, *, channels: int):
-    """A list of HWC images -> (flat uint8 buffer, int64 sizes [N, 2], int64 offsets [N]); a flat buffer passes."""
+def _flatten(images, sizes, offsets, *, channels: int, op: str):
+    """A list of HWC images -> (flat uint8 buffer, int64 sizes [N, 2], int64 offsets [N]); a flat buffer passes.
+    `op` names the public op in every message (pack_images or resize_images)."""
     if isinstance(images, torch.Tensor) and images.dim() == 1:
         if sizes is None:
-            raise ValueError("pack_images: a flat uint8 buffer needs sizes int [N, 2] (h, w)")
-        if offsets is None:
-            # Back to back: exclusive prefix sum of h * w * C (a malformed `sizes` is reported by the op's checks).
-            nbytes = sizes.to("cpu", torch.int64).reshape(len(sizes), -1).prod(dim=1) * channels
+            raise ValueError(f"{op}: a flat uint8 buffer needs sizes int [N, 2] (h, w)")
+        if not isinstance(sizes, torch.Tensor):
+            raise ValueError(f"{op}: sizes must be a tensor int [N, 2] (h, w), got {type(sizes).__name__}")
+        if offsets is None and sizes.dim() != 2:
+            offsets = torch.zeros(0, dtype=torch.int64)  # the op's checks report the malformed `sizes`
+        elif offsets is None:
+            # Back to back: exclusive prefix sum of h * w * C. Products past int64 wrap here, but each image's own
+            # size is checked (overflow first) before its offset is used, and earlier images fit.
+            nbytes = sizes.to("cpu", torch.int64).prod(dim=1) * channels
             offsets = (nbytes.cumsum(0) - nbytes).to(sizes.device)
+        elif not isinstance(offsets, torch.Tensor):
+            raise ValueError(f"{op}: offsets must be a tensor int [N], got {type(offsets).__name__}")
         return images, sizes, offsets
     if isinstance(images, torch.Tensor):
-        raise ValueError(f"pack_images: images must be a list of uint8 [H, W, C] tensors or a flat 1-D uint8 buffer, "
+        raise ValueError(f"{op}: images must be a list of uint8 [H, W, C] tensors or a flat 1-D uint8 buffer, "
                          f"got one tensor of shape {tuple(images.shape)}")
     if sizes is not None or offsets is not None:
-        raise ValueError("pack_images: sizes/offsets are only for the flat-buffer form; a list carries its shapes")
+        raise ValueError(f"{op}: sizes/offsets are only for the flat-buffer form; a list carries its shapes")
     images = list(images)
+    c_from = "len(mean)" if op == "pack_images" else "images[0].shape[2]"
     for i, img in enumerate(images):
         if not isinstance(img, torch.Tensor) or img.dim() != 3 or img.dtype != torch.uint8 or img.shape[2] != channels:
             got = f"{img.dtype} {tuple(img.shape)}" if isinstance(img, torch.Tensor) else type(img).__name__
-            raise ValueError(f"pack_images: images[{i}] must be uint8 [H, W, {channels}] (HWC, C = len(mean)), "
+            raise ValueError(f"{op}: images[{i}] must be uint8 [H, W, {channels}] (HWC, C = {c_from}), "
                              f"got {got}")
         if img.device != images[0].device:
-            raise ValueError(f"pack_images: images[{i}] is on {img.device}, images[0] on {images[0].device}")
+            raise ValueError(f"{op}: images[{i}] is on {img.device}, images[0] on {images[0].device}")
     device = images[0].device if images else torch.device("cpu")
     if device.type == "cpu" and images:
         # numpy's single-threaded memcpy: torch.cat of uint8 on 2 OpenMP threads measured 3-10x slower here.
@@ -158,14 +167,7 @@ def _flatten(images, sizes, offsets, *, channels: int):
 
 def _check_args(data, sizes, offsets, p, m, tps, mean, std, out_dtype) -> None:
     # Same rules and wording as csrc/pack_images/pack_images.h, so every backend fails the same way.
-    if data.dim() != 1 or data.dtype != torch.uint8:
-        raise ValueError(f"data must be 1-D with dtype Byte (uint8), got {data.dtype} {tuple(data.shape)}")
-    if sizes.dim() != 2 or sizes.size(1) != 2 or sizes.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"sizes must have shape [N, 2] (h, w) and dtype Int/Long, got {sizes.dtype} "
-                         f"{tuple(sizes.shape)}")
-    if offsets.dim() != 1 or offsets.size(0) != sizes.size(0) or offsets.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"offsets must have shape [N] = [{sizes.size(0)}] (one per row of sizes) and dtype Int/Long, "
-                         f"got {offsets.dtype} {tuple(offsets.shape)}")
+    _checks.check_flat_images("pack_images", data, sizes, offsets)
     for name, v in (("patch_size", p), ("merge_size", m), ("temporal_patch_size", tps)):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
@@ -177,16 +179,24 @@ def _check_args(data, sizes, offsets, p, m, tps, mean, std, out_dtype) -> None:
         raise ValueError(f"std must be finite with std != 0, got {list(std)}")
     if out_dtype not in OUT_DTYPES:
         raise ValueError(f"out_dtype must be Float/Double/BFloat16/Half, got {out_dtype}")
+    c = len(mean)
     factor = p * m
+    if factor > _checks.INT64_MAX:
+        raise ValueError(f"pack_images: patch_size * merge_size = {p} x {m} overflows int64")
+    features = c * tps * p * p
+    if features > _checks.INT64_MAX:
+        raise ValueError(f"pack_images: C * temporal_patch_size * patch_size^2 = {c} x {tps} x {p}^2 features per "
+                         "token overflows int64")
+    tokens = 0
     for i, ((h, w), o) in enumerate(zip(sizes.tolist(), offsets.tolist())):
         if h <= 0 or w <= 0 or h % factor or w % factor:
-            raise ValueError(f"sizes[{i}] = ({h}, {w}): height and width must be positive multiples of "
+            raise ValueError(f"pack_images: sizes[{i}] = ({h}, {w}): height and width must be positive multiples of "
                              f"patch_size * merge_size = {factor} "
                              "(resize with omni_mega.data.images.smart_resize first)")
-        if o < 0 or o + h * w * len(mean) > data.numel():
-            raise ValueError(f"offsets[{i}] = {o}: image {i} needs bytes [{o}, {o + h * w * len(mean)}) of data, "
-                             f"which has numel {data.numel()}")
-
+        _checks.check_image_extent("pack_images", i, h, w, c, o, data.numel())
+        tokens = _checks.add_tokens_int32("pack_images", tokens, (h // p) * (w // p), "sizes", i)
+    if tokens * features > _checks.INT64_MAX:
+        raise ValueError(f"pack_images: the output of {tokens} tokens x {features} features overflows int64")
 
 if _ext.has_cpu_extension():
 

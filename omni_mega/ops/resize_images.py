@@ -24,7 +24,7 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from omni_mega.ops import _backend, _ext
+from omni_mega.ops import _backend, _checks, _ext
 
 PRECISION_BITS = 22  # fixed-point weight bits: 255 * sum|w| * 2^22 stays inside int32
 MAX_CHANNELS = 16  # kResizeMaxChannels in csrc/resize_images/resize_images.h
@@ -71,8 +71,8 @@ def resize_images(
 
     if not (isinstance(images, torch.Tensor) and images.dim() == 1) and len(images):
         channels = int(images[0].shape[-1]) if isinstance(images[0], torch.Tensor) and images[0].dim() == 3 else 3
-    data, sizes, offsets = _flatten(images, sizes, offsets, channels=channels)
-    out_sizes = torch.as_tensor(out_sizes, dtype=torch.int64).reshape(-1, 2)
+    data, sizes, offsets = _flatten(images, sizes, offsets, channels=channels, op="resize_images")
+    out_sizes = _integer_sizes(out_sizes)
     which = _backend.resolve(backend, data.device, op="resize_images")
     if which == "cuda":
         raise ValueError("resize_images: runs on CPU tensors (the GPU decode path resizes with "
@@ -83,6 +83,22 @@ def resize_images(
         out = torch.ops.omni_mega.resize_images(data, sizes, offsets, out_sizes, channels)
     nbytes = out_sizes.prod(dim=1) * channels
     return ResizedImages(out, out_sizes, nbytes.cumsum(0) - nbytes)
+
+
+def _integer_sizes(out_sizes) -> torch.Tensor:
+    """out_sizes as int64 [N, 2]; fractional sizes are refused, never rounded (every backend sees the same ints)."""
+    try:
+        t = torch.as_tensor(out_sizes)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as e:
+        raise ValueError(f"resize_images: out_sizes must be int64 integers [N, 2] (h, w), got {out_sizes!r} ({e})")
+    if t.numel() == 0:  # [] has no dtype to speak of
+        return torch.empty(0, 2, dtype=torch.int64)
+    if t.dtype not in (torch.int32, torch.int64):
+        shown = out_sizes if not isinstance(out_sizes, torch.Tensor) else t.tolist() if t.numel() <= 8 else t.shape
+        raise ValueError(f"resize_images: out_sizes must have dtype Int/Long (whole pixels), got {t.dtype}: {shown}")
+    if t.dim() == 1 and t.numel() % 2 == 0:  # [h0, w0, h1, w1, ...]
+        t = t.reshape(-1, 2)
+    return t.to(torch.int64)  # any other shape is reported by the op's checks
 
 
 def resize_images_ref(image: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
@@ -162,23 +178,34 @@ def _resize_flat_ref(data, sizes, offsets, out_sizes, channels):
 
 def _check_args(data, sizes, offsets, out_sizes, channels) -> None:
     # Same rules and wording as csrc/resize_images/resize_images.h, so every backend fails the same way.
-    if data.dim() != 1 or data.dtype != torch.uint8:
-        raise ValueError(f"data must be 1-D with dtype Byte (uint8), got {data.dtype} {tuple(data.shape)}")
+    _checks.check_flat_images("resize_images", data, sizes, offsets)
     if not 1 <= channels <= MAX_CHANNELS:
-        raise ValueError(f"channels must be in 1..{MAX_CHANNELS}, got {channels}")
+        raise ValueError(f"resize_images: channels must be in 1..{MAX_CHANNELS}, got {channels}")
     n = sizes.size(0)
     if out_sizes.dim() != 2 or out_sizes.size(1) != 2 or out_sizes.size(0) != n:
-        raise ValueError(f"out_sizes must have shape [N, 2] = [{n}, 2] (one (h, w) per image), got "
+        raise ValueError(f"resize_images: out_sizes must have shape [N, 2] = [{n}, 2] (one (h, w) per image), got "
                          f"{tuple(out_sizes.shape)}")
+    if out_sizes.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"resize_images: out_sizes must have dtype Int/Long, got {out_sizes.dtype}")
+    total = 0
     for i, ((h, w), o, (oh, ow)) in enumerate(zip(sizes.tolist(), offsets.tolist(), out_sizes.tolist())):
-        if h <= 0 or w <= 0:
-            raise ValueError(f"sizes[{i}] = ({h}, {w}): height and width must be >= 1")
-        if oh <= 0 or ow <= 0:
-            raise ValueError(f"out_sizes[{i}] = ({oh}, {ow}): height and width must be >= 1")
-        if o < 0 or o + h * w * channels > data.numel():
-            raise ValueError(f"offsets[{i}] = {o}: image {i} needs bytes [{o}, {o + h * w * channels}) of data, "
-                             f"which has numel {data.numel()}")
+        _check_side("sizes", i, h, w)
+        _check_side("out_sizes", i, oh, ow)
+        _checks.check_image_extent("resize_images", i, h, w, channels, o, data.numel())
+        if oh * ow * channels > _checks.INT64_MAX:
+            raise ValueError(f"resize_images: out_sizes[{i}] = ({oh}, {ow}): an image of {oh} x {ow} x {channels} "
+                             "bytes overflows int64")
+        total += oh * ow * channels
+        if total > _checks.INT64_MAX:
+            raise ValueError(f"resize_images: out_sizes[{i}] brings the output past int64 bytes")
 
+
+def _check_side(name: str, i: int, h: int, w: int) -> None:
+    """Each side in 1..INT32_MAX: the C++ taps hold input indices as int32."""
+    if h <= 0 or w <= 0:
+        raise ValueError(f"resize_images: {name}[{i}] = ({h}, {w}): height and width must be >= 1")
+    if h > _checks.INT32_MAX or w > _checks.INT32_MAX:
+        raise ValueError(f"resize_images: {name}[{i}] = ({h}, {w}): height and width must be <= {_checks.INT32_MAX}")
 
 if _ext.has_cpu_extension():
 

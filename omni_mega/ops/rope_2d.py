@@ -89,7 +89,8 @@ def rope_2d(
     which = _backend.resolve(backend, x.device, op="rope_2d", has_triton=True)
     if which == "ref":
         return rope_2d_ref(x, pos, theta=theta, layout=layout, rotary_dim=rotary_dim)
-    rotary_dim = x.size(-1) if rotary_dim is None else rotary_dim
+    if rotary_dim is None:  # a 0-d x has no D: the kernel's checks report it
+        rotary_dim = x.size(-1) if x.dim() else 0
     if which == "triton":
         from omni_mega.ops.triton import rope_2d as tri
 
@@ -120,7 +121,8 @@ def rope_2d_qk(
         _check(q, pos, theta, layout, rotary_dim, k=k)
         kw = dict(theta=theta, layout=layout, rotary_dim=rotary_dim)
         return rope_2d_ref(q, pos, **kw), rope_2d_ref(k, pos, **kw)
-    rotary_dim = q.size(-1) if rotary_dim is None else rotary_dim
+    if rotary_dim is None:
+        rotary_dim = q.size(-1) if q.dim() else 0
     if which == "triton":
         from omni_mega.ops.triton import rope_2d as tri
 

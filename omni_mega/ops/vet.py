@@ -94,7 +94,8 @@ def vet_embed(
     if which == "ref":
         return vet_embed_ref(logits, table, num_indicators=num_indicators)
     lead = logits.shape[:-1]
-    flat = logits.reshape(-1, logits.shape[-1]) if logits.dim() != 2 else logits
+    # Only [..., V] is flattened; a 0-d tensor goes to the kernel as it is and its checks report it.
+    flat = logits.reshape(-1, logits.shape[-1]) if logits.dim() not in (0, 2) else logits
     out, _ = torch.ops.omni_mega.vet_embed_fwd(flat, table, num_indicators, block_n, block_v)
     return out.reshape(*lead, table.shape[-1])
 
@@ -136,7 +137,7 @@ def visual_head_vet(
             x, head_weight, ln_weight, ln_bias, table, num_indicators=num_indicators, ln_eps=ln_eps
         )
     lead = x.shape[:-1]
-    flat = x.reshape(-1, x.shape[-1]) if x.dim() != 2 else x
+    flat = x.reshape(-1, x.shape[-1]) if x.dim() not in (0, 2) else x
     if which == "triton":
         from omni_mega.ops.triton import vet as tri
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from omni_mega.ops import _backend, _ext
+from omni_mega.ops import _backend, _checks, _ext
 
 
 def vision_positions_ref(grid_thw: torch.Tensor, merge_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,11 +58,13 @@ def _check_grid(grid_thw: torch.Tensor, merge_size: int) -> None:
         raise ValueError(f"grid_thw must have dtype Int/Long, got {grid_thw.dtype}")
     if merge_size < 1:
         raise ValueError(f"merge_size must be >= 1, got {merge_size}")
+    total = 0
     for i, (t, h, w) in enumerate(grid_thw.tolist()):
         if t < 1 or h < 1 or w < 1:
             raise ValueError(f"grid_thw[{i}] = ({t}, {h}, {w}) has a zero or negative size; every t, h, w must be >= 1")
         if h % merge_size or w % merge_size:
             raise ValueError(f"grid_thw[{i}] = ({t}, {h}, {w}): h and w must be divisible by merge_size={merge_size}")
+        total = _checks.add_tokens_int32("vision_positions", total, t * h * w, "grid_thw", i)
 
 
 if _ext.has_cpu_extension():

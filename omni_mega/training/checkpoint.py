@@ -6,9 +6,13 @@ Layout of RUN/ckpt:
         dist/                dist_checkpointing: {"model": ..., "optimizer": ...} (model only holds trainable
                              parameters when the stage saves `trainable_only`)
         trainer_state.json   TrainerState (rank 0)
-        rng/rank_00000.pt    RNG states, one file per rank
+        rng/rank_00000.pt    RNG states, one file per rank (tensors and numbers only: loads with weights_only)
+        manifest.json        size and XXH3 checksum of every file above (rank 0, after every rank has written)
         COMPLETE             written last inside the temp dir: a dir without it is incomplete
     latest                   the newest complete step dir's name, written after the rename
+
+Resuming verifies a step dir against its manifest first (`candidates` skips one that fails, saying why) and loads
+with `safe_load.restricted_loads()`, so no file of a checkpoint can make the load run code.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
+from omni_mega.training.manifest import MARKER, verify_checkpoint, write_manifest
+from omni_mega.training.safe_load import restricted_loads
 from omni_mega.training.state import TrainerState, load_rng, save_rng
 
 log = logging.getLogger(__name__)
-MARKER = "COMPLETE"
+__all__ = ["MARKER", "candidates", "load_checkpoint", "read_state", "resolve_ckpt", "save_checkpoint",
+           "verify_checkpoint"]
 
 
 # Per-layer checkpoint keys (decoder.layers.<global index>.*) instead of megatron's default stacked [num_layers, ...]
@@ -74,7 +81,8 @@ def save_model(chunks: list, ckpt_dir: str | Path) -> None:
 def load_model(chunks: list, ckpt_dir: str | Path) -> None:
     """Loads weights into the chunks, whatever TP/PP layout wrote them."""
     chunks = _unwrap(chunks)
-    state = dist_checkpointing.load(_sharded_state_dict(chunks), str(ckpt_dir))
+    with restricted_loads():
+        state = dist_checkpointing.load(_sharded_state_dict(chunks), str(ckpt_dir))
     if len(chunks) == 1:
         chunks[0].load_state_dict(state)
     else:
@@ -117,6 +125,7 @@ def save_checkpoint(run_dir: Path, model: list, optimizer, state: TrainerState) 
     _barrier()
     if _rank() == 0:
         (tmp / "trainer_state.json").write_text(json.dumps(state.to_json(), indent=1, sort_keys=True))
+        write_manifest(tmp)  # every rank's files are written (the barrier above); the marker comes after
         (tmp / MARKER).write_text(json.dumps({"step": state.step}))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -131,8 +140,27 @@ def read_state(ckpt: Path) -> TrainerState:
     return TrainerState.from_json(json.loads((Path(ckpt) / "trainer_state.json").read_text()))
 
 
+# Verification results by step dir and the (name, size, mtime) of its files: the trainer asks about the same dirs
+# more than once while resuming, and each answer reads every byte.
+_verified: dict[tuple, list[str]] = {}
+
+
+def _verify_cached(d: Path) -> list[str]:
+    key = (str(d), tuple(sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in d.rglob("*")
+                                if p.is_file())))
+    if key not in _verified:
+        _verified[key] = verify_checkpoint(d)
+    return _verified[key]
+
+
+def _problems_line(problems: list[str]) -> str:
+    more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+    return "; ".join(problems[:3]) + more
+
+
 def candidates(run_dir: Path) -> tuple[list[Path], list[str]]:
-    """Complete step dirs, newest first, and a line for each incomplete one found (skipped)."""
+    """Intact step dirs, newest first, and a line for each one skipped: incomplete, unreadable trainer state, or
+    failing verification against its manifest (a missing, truncated or changed file)."""
     root = Path(run_dir) / "ckpt"
     good, skipped = [], []
     if not root.is_dir():
@@ -148,14 +176,24 @@ def candidates(run_dir: Path) -> tuple[list[Path], list[str]]:
         except (OSError, ValueError, TypeError) as e:
             skipped.append(f"{d}: unreadable trainer_state.json ({e})")
             continue
+        problems = _verify_cached(d)
+        if problems:
+            skipped.append(f"{d}: fails verification: {_problems_line(problems)}")
+            continue
         good.append(d)
     return good, skipped
 
 
 def resolve_ckpt(path: str | Path) -> Path:
-    """A step dir as given, or a run dir / ckpt dir -> its newest complete step dir."""
+    """A step dir as given, or a run dir / ckpt dir -> its newest intact step dir. A step dir that fails
+    verification is a ConfigError naming its problems."""
     p = Path(path)
     if (p / MARKER).exists():
+        problems = _verify_cached(p)
+        if problems:
+            from omni_mega.config import ConfigError
+
+            raise ConfigError(f"{p}: checkpoint fails verification: {_problems_line(problems)}")
         return p
     run = p.parent if p.name == "ckpt" else p
     good, _ = candidates(run)
@@ -188,7 +226,8 @@ def load_checkpoint(ckpt: Path, model: list, optimizer, *, with_optimizer: bool 
     sharded = {"model": model_sd}
     if with_optimizer:
         sharded["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=CKPT_METADATA)
-    state = dist_checkpointing.load(sharded, str(Path(ckpt) / "dist"))
+    with restricted_loads():
+        state = dist_checkpointing.load(sharded, str(Path(ckpt) / "dist"))
     msd = state["model"]
     if len(chunks) == 1:
         chunks[0].load_state_dict(msd, strict=False)
@@ -208,7 +247,8 @@ def load_checkpoint(ckpt: Path, model: list, optimizer, *, with_optimizer: bool 
 
 def _present(model_sd: dict, ckpt: Path) -> dict:
     """The entries of a sharded model state dict whose checkpoint key exists in `ckpt` (partial checkpoints)."""
-    meta = dist_checkpointing.load_tensors_metadata(str(Path(ckpt) / "dist"))
+    with restricted_loads():
+        meta = dist_checkpointing.load_tensors_metadata(str(Path(ckpt) / "dist"))
 
     def walk(d):
         out = {}

@@ -6,6 +6,7 @@ megatron's model-parallel tracker streams)."""
 
 from __future__ import annotations
 
+import pickle
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -65,9 +66,70 @@ def restore_rng(state: dict) -> None:
     get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+# RNG files hold only tensors, ints, floats, strings, None, lists and dicts, so they load with
+# torch.load(weights_only=True): a pickle of Python objects (what torch.save of random.getstate() and NumPy's state
+# tuple wrote before) can run code when loaded, and a crafted one did.
+RNG_FORMAT = "omni_mega.rng.v1"
+
+
+class RngStateError(ValueError):
+    """An RNG state file that is not in RNG_FORMAT (an old pickle, another program's file, or a damaged one)."""
+
+
+def _python_plain(state: tuple) -> dict:
+    version, words, gauss = state  # random.getstate(): (3, 625 ints < 2^32, None or float)
+    return {"version": version, "words": torch.tensor(words, dtype=torch.int64), "gauss": gauss}
+
+
+def _numpy_plain(state: tuple) -> dict:
+    name, keys, pos, has_gauss, gauss = state  # np.random.get_state(legacy=True)
+    return {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "gauss": float(gauss)}
+
+
+def rng_to_plain(state: dict) -> dict:
+    """capture_rng()'s dict -> the same states as plain tensors and numbers (what save_rng writes)."""
+    tracker = state["tracker"]
+    bad = [k for k, v in tracker.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise TypeError(f"RNG tracker states {bad} are not tensors (a CUDA-graph-safe tracker?): cannot be saved")
+    plain = {"format": RNG_FORMAT, "python": _python_plain(state["python"]), "numpy": _numpy_plain(state["numpy"]),
+             "torch_cpu": state["torch_cpu"], "tracker": dict(tracker)}
+    if "cuda" in state:
+        plain["cuda"] = state["cuda"]
+    return plain
+
+
+def rng_from_plain(plain: dict, where: str) -> dict:
+    """The inverse of rng_to_plain; `where` names the file in errors."""
+    if not isinstance(plain, dict) or plain.get("format") != RNG_FORMAT:
+        got = plain.get("format") if isinstance(plain, dict) else type(plain).__name__
+        raise RngStateError(f"{where}: not an RNG state file in format {RNG_FORMAT} (got {got!r}); a checkpoint "
+                            "written before that format cannot be resumed: start from a newer one or from scratch")
+    try:
+        py, npy = plain["python"], plain["numpy"]
+        state = {
+            "python": (py["version"], tuple(py["words"].tolist()), py["gauss"]),
+            "numpy": (npy["name"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"]),
+            "torch_cpu": plain["torch_cpu"], "tracker": dict(plain["tracker"]),
+        }
+    except (KeyError, TypeError, AttributeError) as e:
+        raise RngStateError(f"{where}: RNG state file in format {RNG_FORMAT} lacks or garbles {e}") from None
+    if "cuda" in plain:
+        state["cuda"] = plain["cuda"]
+    return state
+
+
 def save_rng(path: Path) -> None:
-    torch.save(capture_rng(), path)
+    torch.save(rng_to_plain(capture_rng()), path)
 
 
 def load_rng(path: Path) -> None:
-    restore_rng(torch.load(path, weights_only=False))
+    try:
+        plain = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only refused a global: an old-format file (Python objects) or a crafted one. Never unpickle it.
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RngStateError(f"{path}: refusing to unpickle an RNG state that holds Python objects ({first}); "
+                            f"only files in format {RNG_FORMAT} are loaded") from None
+    restore_rng(rng_from_plain(plain, str(path)))

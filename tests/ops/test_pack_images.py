@@ -220,3 +220,41 @@ def test_cuda_large_matches_cpu():
 def test_forced_unavailable_backend_is_clear():
     with pytest.raises(ValueError, match="does not run on device"):
         pack_images([torch.zeros(28, 28, 3, dtype=torch.uint8)], backend="cuda")
+
+
+# ---- integer overflow: every backend refuses the same inputs with the same message ----
+
+I64 = 2**63 - 1
+
+
+def _messages(call) -> set[str]:
+    """The first line of each backend's error (ref raises ValueError, cpp RuntimeError)."""
+    out = set()
+    for backend in ["ref", "cpp"] if has_cpu_extension() else ["ref"]:
+        with pytest.raises((ValueError, RuntimeError)) as e:
+            call(backend)
+        out.add(str(e.value).splitlines()[0])
+    return out
+
+
+def test_offset_near_int64_max_is_an_error_not_a_crash():
+    # off + bytes wrapped past INT64_MAX to a negative number, passed `<= numel`, and the kernel read wild memory.
+    data, sizes = _flat(28, 28)
+    msgs = _messages(lambda b: pack_images(data, sizes, offsets=torch.tensor([I64 - 100]), backend=b))
+    assert msgs == {f"pack_images: offsets[0] = {I64 - 100}: image 0 needs bytes [{I64 - 100}, {I64 - 100 + 2352}) "
+                    "of data, which has numel 2352"}
+
+
+def test_image_bytes_past_int64_are_an_error_not_an_empty_batch():
+    # 28 * 2^31 squared x 3 bytes is 0 mod 2^64 and so is its token count: the image used to vanish silently.
+    side = 28 * 2**31
+    empty = torch.empty(0, dtype=torch.uint8)
+    msgs = _messages(lambda b: pack_images(empty, torch.tensor([[side, side]]), offsets=torch.tensor([0]), backend=b))
+    assert msgs == {f"pack_images: sizes[0] = ({side}, {side}): an image of {side} x {side} x 3 bytes overflows int64"}
+
+
+def test_features_past_int64_are_an_error():
+    data, sizes = _flat(28, 28)
+    msgs = _messages(lambda b: pack_images(data, sizes, temporal_patch_size=2**62, backend=b))
+    assert msgs == {"pack_images: C * temporal_patch_size * patch_size^2 = 3 x 4611686018427387904 x 14^2 features "
+                    "per token overflows int64"}

@@ -276,3 +276,90 @@ def test_images_path_equals_pillow(monkeypatch):
         assert a.shape == b.shape and torch.equal(a, b), f"image {i}: {tuple(a.shape)} vs {tuple(b.shape)}"
     assert torch.equal(kept_b, kept_p) and torch.equal(packed_b.grid_thw, packed_p.grid_thw)
     assert torch.equal(packed_b.pixel_values, packed_p.pixel_values)
+
+
+# ---- integer overflow, float images and fractional sizes: the same error from every backend ----
+
+I32, I64 = 2**31 - 1, 2**63 - 1
+
+
+def _messages(call) -> set[str]:
+    """The first line of each backend's error (ref raises ValueError, cpp RuntimeError)."""
+    out = set()
+    for backend in ["ref", "cpp"] if has_cpu_extension() else ["ref"]:
+        with pytest.raises((ValueError, RuntimeError)) as e:
+            call(backend)
+        out.add(str(e.value).splitlines()[0])
+    return out
+
+
+def test_offset_near_int64_max_is_an_error_not_a_crash():
+    data, sizes = _flat_image(2, 2)
+    off = torch.tensor([I64 - 5])
+    msgs = _messages(lambda b: resize_images(data, [[3, 3]], sizes=sizes, offsets=off, backend=b))
+    assert msgs == {f"resize_images: offsets[0] = {I64 - 5}: image 0 needs bytes [{I64 - 5}, {I64 + 7}) of data, "
+                    "which has numel 12"}
+
+
+def test_image_bytes_past_int64_are_an_error():
+    data, _ = _flat_image(2, 2)
+    sizes = torch.tensor([[I32, I32]])  # (2^31 - 1)^2 x 3 > INT64_MAX
+    msgs = _messages(lambda b: resize_images(data, [[3, 3]], sizes=sizes, offsets=torch.tensor([0]), backend=b))
+    assert msgs == {f"resize_images: sizes[0] = ({I32}, {I32}): an image of {I32} x {I32} x 3 bytes overflows int64"}
+
+
+@pytest.mark.parametrize("name,value", [("sizes", [[2**32, 1]]), ("out_sizes", [[1, 2**31]])])
+def test_sides_past_int32_are_an_error(name, value):
+    data, sizes = _flat_image(2, 2)
+    kw = dict(sizes=torch.tensor(value) if name == "sizes" else sizes, offsets=torch.tensor([0]))
+    out_sizes = value if name == "out_sizes" else [[3, 3]]
+    msgs = _messages(lambda b: resize_images(data, out_sizes, backend=b, **kw))
+    (h, w), = value
+    assert msgs == {f"resize_images: {name}[0] = ({h}, {w}): height and width must be <= {I32}"}
+
+
+@pytest.mark.parametrize("form", ["list", "flat"])
+def test_float_image_names_resize_images(form):
+    img = torch.rand(4, 4, 3)
+    if form == "list":
+        msgs = _messages(lambda b: resize_images([img], [[2, 2]], backend=b))
+        assert msgs == {"resize_images: images[0] must be uint8 [H, W, 3] (HWC, C = images[0].shape[2]), got "
+                        "torch.float32 (4, 4, 3)"}
+    else:
+        msgs = _messages(lambda b: resize_images(img.reshape(-1), [[2, 2]], sizes=torch.tensor([[4, 4]]), backend=b))
+        assert msgs == {"resize_images: data must be 1-D with dtype Byte (uint8), got Float [48]"}
+
+
+@pytest.mark.parametrize("out_sizes", [torch.tensor([[2.7, 2.2]]), [[2.5, 3]], torch.tensor([[2.0, 3.0]])],
+                         ids=["float-tensor", "fractional-list", "integral-float-tensor"])
+def test_fractional_out_sizes_are_refused_not_rounded(out_sizes):
+    img = torch.zeros(4, 4, 3, dtype=torch.uint8)
+    for msg in _messages(lambda b: resize_images([img], out_sizes, backend=b)):
+        assert msg.startswith("resize_images: out_sizes must have dtype Int/Long (whole pixels), got torch.float")
+
+
+@needs_cpp
+def test_op_refuses_float_out_sizes():
+    data, sizes = _flat_image(2, 2)
+    with pytest.raises(RuntimeError, match="resize_images: out_sizes must have dtype Int/Long, got Float"):
+        torch.ops.omni_mega.resize_images(data, sizes, torch.tensor([0]), torch.tensor([[2.5, 3.0]]), 3)
+
+
+BAD_CACHE_MB = ["-1", "abc", "99999999999999999999", "5x", "1073741825"]
+
+
+@needs_cpp
+def test_bad_host_cache_env_var_is_a_clear_error():
+    # One process for all values: a pool that failed to start reads the variable again on the next call.
+    code = ("import os, torch; from omni_mega.ops import resize_images\n"
+            f"for v in {BAD_CACHE_MB!r}:\n"
+            "    os.environ['OMNI_MEGA_HOST_CACHE_MB'] = v\n"
+            "    try:\n"
+            "        resize_images([torch.zeros(2, 2, 3, dtype=torch.uint8)], [(1024, 512)], backend='cpp')\n"
+            "    except RuntimeError as e:\n"
+            "        print(str(e).splitlines()[0])\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        f'OMNI_MEGA_HOST_CACHE_MB must be a whole number of MiB in 0..1073741824, got "{v}"' for v in BAD_CACHE_MB
+    ]

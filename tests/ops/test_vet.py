@@ -296,3 +296,35 @@ def test_bad_embed_input_is_a_clear_error(backend):
                              ((logits[:, :0], torch.randn(3, 4)), 3, r"V - num_indicators >= 1")]:
         with pytest.raises((ValueError, RuntimeError), match=msg):
             vet_embed(*args, num_indicators=n_ind, backend=backend)
+
+
+@needs_cpp
+@pytest.mark.parametrize("block_n,block_v", [(2**63 - 1, 0), (0, 2**63 - 1), (2**62, 2**62), (-7, -7)])
+def test_huge_or_negative_blocks_give_the_reference_result(block_n, block_v):
+    # A block of INT64_MAX made the block count's (n + b - 1) wrap negative: no block ran, the output came back
+    # unwritten. Blocks now clamp to the axis they split; <= 0 means the default.
+    x = torch.randn(3, 6, dtype=torch.float64, requires_grad=True)
+    w, b = torch.randn(5, 6, dtype=torch.float64), torch.randn(5, dtype=torch.float64)
+    g = (torch.rand(5, dtype=torch.float64) + 0.5).requires_grad_()
+    table = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
+    got = visual_head_vet(x, w, g, b, table, num_indicators=2, backend="cpp", block_n=block_n, block_v=block_v)
+    want = visual_head_vet_ref(x, w, g, b, table, num_indicators=2)
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+    grads = torch.autograd.grad(got.square().sum(), [x, g, table])
+    for a, r in zip(grads, torch.autograd.grad(want.square().sum(), [x, g, table])):
+        torch.testing.assert_close(a, r, atol=1e-10, rtol=1e-10)
+    logits = torch.randn(3, 5, dtype=torch.float64)
+    torch.testing.assert_close(vet_embed(logits, table, num_indicators=2, backend="cpp", block_n=block_n,
+                                         block_v=block_v), vet_embed_ref(logits, table, num_indicators=2))
+
+
+@needs_cpp
+def test_num_indicators_near_int64_max_is_reported_exactly():
+    logits, table = torch.randn(3, 5), torch.randn(6, 2)
+    with pytest.raises(RuntimeError) as e:
+        vet_embed(logits, table, num_indicators=2**63 - 1, backend="cpp")
+    with pytest.raises(ValueError) as r:
+        vet_embed(logits, table, num_indicators=2**63 - 1, backend="ref")
+    # V = 5 + (2^63 - 1) printed exactly, not as the negative number int64 wrapped it to.
+    assert str(e.value).splitlines()[0].replace("[6, 2]", "(6, 2)") == str(r.value).splitlines()[0]
+    assert "= 9223372036854775812 rows" in str(r.value)

@@ -109,3 +109,15 @@ def test_cuda_large_matches_cpp():
 def test_forced_unavailable_backend_is_clear():
     with pytest.raises(ValueError, match="does not run on device"):
         vision_positions(torch.tensor([[1, 2, 2]]), 1, backend="cuda")
+
+
+@pytest.mark.parametrize("grid", [[[2**31, 2**31, 2**31]], [[1, 2**31 - 1, 1], [1, 1, 1]], [[2**62, 4, 4]]],
+                         ids=["wraps-to-zero", "one-past-int32", "wraps-int64"])
+def test_token_count_past_int32_is_an_error(grid):
+    # (2^31)^3 wrapped to 0 tokens in int64: the check passed and 2^31 empty frames were planned (24 GB).
+    last = len(grid) - 1
+    for backend in ["ref", "cpp"] if has_cpu_extension() else ["ref"]:
+        with pytest.raises((ValueError, RuntimeError)) as e:
+            vision_positions(torch.tensor(grid), 1, backend=backend)
+        assert str(e.value).splitlines()[0] == (
+            f"vision_positions: grid_thw[{last}] brings the token count past 2147483647 (int32 cu_seqlens)")

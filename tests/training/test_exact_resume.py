@@ -1,7 +1,8 @@
 """Exact resume: a run SIGKILLed from outside (a real subprocess) and restarted with `--resume auto` reproduces the
 per-step losses of an uninterrupted run bit for bit, resuming right after a stage boundary (from a trainable_only
 checkpoint, whose frozen part comes from the last full one) and in the middle of the first stage; incomplete and
-corrupt checkpoints are reported and skipped; a checkpoint of another model shape is refused before training."""
+corrupt checkpoints (found by their manifests) are reported and skipped; a checkpoint of another model shape is
+refused before training."""
 
 import json
 import os
@@ -127,7 +128,7 @@ def test_resume_after_kill_right_after_stage_boundary(runs):
     d, straight, out = runs
     log = out["k4"]
     assert "step_0000005: incomplete" in log
-    assert "step_0000006 failed to load" in log
+    assert "step_0000006: fails verification: dist/" in log and "(truncated or overwritten)" in log
     assert "resumed from" in log and "step_0000004: step 4, stage b" in log
     assert "resume from partial checkpoint" in log and "step_0000003" in log  # frozen part from the last full one
     assert _losses(d / "k4") == _losses(straight)  # bitwise: == on floats parsed from the same JSON text

@@ -173,8 +173,9 @@ def head_forward_triton(x, w, gamma, beta, table, num_indicators, eps, block_n=0
     x, w, table = x.contiguous(), w.contiguous(), table.contiguous()
     gamma, beta = gamma.contiguous(), beta.contiguous()
     n = x.shape[0]
-    bn = block_n or 8192
-    bv = block_v or 4096
+    # <= 0 means the default, as in the C++ kernels (a negative step made range() empty: an unwritten output).
+    bn = block_n if block_n > 0 else 8192
+    bv = block_v if block_v > 0 else 4096
     prec = "ieee" if x.dtype == torch.float32 else None  # fp32 stays true fp32 (no TF32); bf16/fp16: tensor cores
     out = torch.empty(n, table.shape[1], device=x.device, dtype=torch.float32)
     mean, rstd, lse = (torch.empty(n, device=x.device) for _ in range(3))
@@ -299,7 +300,7 @@ def head_backward_triton(grad, x, w, gamma, beta, table, out, mean, rstd, lse, n
     x, w, table, gamma, beta = (t.contiguous() for t in (x, w, table, gamma, beta))
     g = grad.to(dt).contiguous()
     n, vt = x.shape[0], w.shape[0]
-    bn, bv = block_n or 16384, block_v or 2048
+    bn, bv = (block_n if block_n > 0 else 16384), (block_v if block_v > 0 else 2048)
     prec = "ieee" if dt == torch.float32 else None
     c = (g.float() * out.float()).sum(1)  # sum_v p dp = g . out
     # One row block: every V block writes its dW / dtable rows once, so they are kept in the output dtype.
