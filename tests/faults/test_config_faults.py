@@ -70,4 +70,4 @@ def test_list_item_by_name_works_end_to_end():
     cmd = [sys.executable, "-m", "omni_mega", "train", GOOD, "--dry-run", "--set", "stages.pretrain.steps=7"]
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert "stage pretrain: 7 steps" in p.stdout, p.stdout
+    assert "stage pretrain (lm): 7 steps" in p.stdout, p.stdout

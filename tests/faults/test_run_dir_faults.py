@@ -80,7 +80,7 @@ def test_fallback_resume_records_each_step_once_and_cleans_temporaries(work):
     (run / "ckpt" / "step_0000009.tmp" / "junk").write_text("x")
     out = _finish(_start(_cmd(work / "short.yaml", run, "--resume", "auto")))
     assert "step_0000009.tmp" in out and not (run / "ckpt" / "step_0000009.tmp").exists()
-    assert "step_0000006 failed to load" in out and "resumed from" in out and "step_0000005: step 5" in out
+    assert "step_0000006: fails verification" in out and "resumed from" in out and "step_0000005: step 5" in out
     rows = _rows(run)
     assert [r["step"] for r in rows] == list(range(1, 7)), [r["step"] for r in rows]
     assert [r["loss"] for r in rows] == [r["loss"] for r in _rows(src)]  # and bitwise the uninterrupted run's
