@@ -29,13 +29,14 @@ class StagePlan:
     mix: tuple[DatasetConfig, ...]  # the data mix; weights as configured (normalised by the source)
     trainable: tuple[str, ...]  # module groups
     lr_mult: tuple[LRMultConfig, ...]
-    ratio_start: float | None  # multimodal token share at the stage start (None: text-only model)
+    ratio_start: float | None  # share of tokens from image-text/conversation datasets at the stage start
     ratio_end: float | None  # ... at the stage end (linear in stage progress)
     min_pixels: int  # smart_resize bounds for this stage's images
     max_pixels: int
     visual_budget: int  # merged visual tokens per pack at most
     pack_window: int  # samples packed together before the next window is drawn
     seed: int  # data order seed
+    vision: bool  # the model has a vision tower (image statistics are reported)
 
     @property
     def name(self) -> str:
@@ -73,10 +74,10 @@ def ramp(start: float, end: float, progress: float) -> float:
 
 
 def stage_ratios(s: StageConfig, mix: tuple[DatasetConfig, ...]) -> tuple[float | None, float | None]:
-    """(start, end) multimodal token share: 0 for an all-text mix and 1 for an all-image-text one whatever is
-    configured; a mixed stage takes `multimodal_ratio` (-> `multimodal_ratio_end`), None when it is unset (which
-    validation refuses)."""
-    mm = [d.multimodal for d in mix]
+    """(start, end) share of tokens from the mix's image-text and conversation datasets: 0 for an all-text mix and 1
+    for a mix without plain text whatever is configured; a mixed stage takes `multimodal_ratio` (->
+    `multimodal_ratio_end`), None when it is unset (which validation refuses)."""
+    mm = [d.structured for d in mix]
     if not any(mm):
         return 0.0, 0.0
     if all(mm):
@@ -100,13 +101,14 @@ def plan_stages(cfg: RunConfig) -> list[StagePlan]:
         mix = tuple(s.data) or default_mix(cfg)
         seq = s.seq_length or d.seq_length
         gbs = s.global_batch_size or d.global_batch_size
-        r0, r1 = stage_ratios(s, mix) if cfg.model.vit is not None else (None, None)
+        r0, r1 = stage_ratios(s, mix)
         plans.append(StagePlan(
             index=i, cfg=s, objective=s.objective, start_step=start, steps=s.steps, seq_length=seq,
             micro_batch_size=d.micro_batch_size, global_batch_size=gbs, samples_before=samples, rope_base=rope,
             mix=mix, trainable=tuple(s.trainable), lr_mult=tuple(s.lr_mult), ratio_start=r0, ratio_end=r1,
             min_pixels=s.min_pixels or d.min_pixels, max_pixels=s.max_pixels or d.max_pixels,
             visual_budget=d.max_visual_tokens or seq, pack_window=d.pack_window, seed=d.seed,
+            vision=cfg.model.vit is not None,
         ))
         start += s.steps
         samples += s.steps * gbs

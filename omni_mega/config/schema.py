@@ -196,9 +196,13 @@ class OptimConfig:
 
 DECAYS = ("cosine", "linear", "constant", "wsd")
 # Training objectives a stage may name; each is a module of omni_mega.objectives (a test holds the two lists equal).
-OBJECTIVES = ("lm",)
-TEXT_SOURCES = ("demo_text", "indexed")
-MM_SOURCES = ("demo_mm", "mm_shards")
+OBJECTIVES = ("lm", "sft")
+TEXT_SOURCES = ("demo_text", "indexed")  # plain documents
+MM_SOURCES = ("demo_mm", "mm_shards")  # images with captions
+# Conversation shards (`tools/preprocess_conversations.py`: supervised conversations, preference pairs or prompts;
+# the kind is in their dataset.json) and the built-in demo conversations and preference pairs.
+CONV_SOURCES = ("conversations", "demo_sft", "demo_preference")
+SOURCES = TEXT_SOURCES + MM_SOURCES + CONV_SOURCES
 SCHEDULES = ("new", "resume", "rewarmup")
 
 
@@ -215,7 +219,14 @@ class DatasetConfig:
 
     @property
     def multimodal(self) -> bool:
+        """Images with captions (needs a vision model)."""
         return self.source in MM_SOURCES
+
+    @property
+    def structured(self) -> bool:
+        """Samples rather than plain documents (captions, conversations): the side of a mix the multimodal token
+        share weighs against plain text."""
+        return self.source not in TEXT_SOURCES
 
 
 @dataclass
@@ -230,7 +241,9 @@ class StageConfig:
     batch from `data`, the RoPE base from the previous stage (the first from model.llm.rotary_base)."""
 
     name: str = "pretrain"  # shown in logs and metrics; unique
-    objective: str = "lm"  # what the stage optimises: lm (next-token loss on text and image-text packs)
+    # What the stage optimises: lm (next-token loss on text and image-text packs) | sft (conversations, loss on the
+    # answers only, normalised per supervised token over the global batch)
+    objective: str = "lm"
     steps: int | None = None  # optimizer steps in this stage (default 100 when `tokens` is unset too)
     tokens: int | None = None  # alternatively the stage length in tokens (rounded up to whole steps)
     data: list[DatasetConfig] = field(default_factory=list)  # weighted mix; empty = the `data` section's source
@@ -277,9 +290,10 @@ class StageConfig:
             _require(v is None or v > 0, f"{p}.{name}", f"must be > 0, got {v}")
         for d in self.data:
             _require(d.weight > 0, f"{p}.data[{d.name}].weight", f"must be > 0, got {d.weight}")
-            _require(d.source in TEXT_SOURCES + MM_SOURCES, f"{p}.data[{d.name}].source",
-                     f"must be one of {', '.join(TEXT_SOURCES + MM_SOURCES)}, got {d.source!r}")
-            _require(d.source not in ("indexed", "mm_shards") or bool(d.path), f"{p}.data[{d.name}].path",
+            _require(d.source in SOURCES, f"{p}.data[{d.name}].source",
+                     f"must be one of {', '.join(SOURCES)}, got {d.source!r}")
+            _require(d.source not in ("indexed", "mm_shards", "conversations") or bool(d.path),
+                     f"{p}.data[{d.name}].path",
                      f"{d.source} datasets need a path")
         self._check_multimodal(p)
         for m in self.lr_mult:
@@ -293,17 +307,18 @@ class StageConfig:
             _require(v is None or 0.0 <= v <= 1.0, f"{p}.{name}", f"must be in [0, 1], got {v}")
         _require(self.multimodal_ratio_end is None or self.multimodal_ratio is not None, f"{p}.multimodal_ratio",
                  "multimodal_ratio_end is set: also set the start value multimodal_ratio")
-        mm = [d.name for d in self.data if d.multimodal]
-        text = [d.name for d in self.data if not d.multimodal]
+        mm = [d.name for d in self.data if d.structured]
+        text = [d.name for d in self.data if not d.structured]
         top = max(self.multimodal_ratio or 0.0, self.multimodal_ratio_end or 0.0)
         _require(top == 0.0 or bool(mm), f"{p}.multimodal_ratio",
-                 f"is {top} but the stage's data has no image-text dataset (source demo_mm or mm_shards)")
+                 f"is {top} but the stage's data has no image-text or conversation dataset")
         low = min(self.multimodal_ratio if self.multimodal_ratio is not None else 1.0,
                   self.multimodal_ratio_end if self.multimodal_ratio_end is not None else 1.0)
         _require(low == 1.0 or not mm or bool(text), f"{p}.multimodal_ratio",
                  f"is below 1 but the stage's data has no text dataset (only {mm})")
         _require(not (mm and text) or self.multimodal_ratio is not None, f"{p}.multimodal_ratio",
-                 f"the mix holds text {text} and image-text {mm} datasets: set the multimodal token share (0..1)")
+                 f"the mix holds text {text} and image-text/conversation {mm} datasets: set the multimodal token "
+                 "share (0..1)")
         for name in ("min_pixels", "max_pixels"):
             v = getattr(self, name)
             _require(v is None or v > 0, f"{p}.{name}", f"must be > 0, got {v}")

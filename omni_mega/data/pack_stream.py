@@ -129,6 +129,8 @@ class PackStream:
     def _draw_mm(self, sampler: BlendSampler, order: int) -> mp.SampleRef | str:
         name, idx = sampler.next()
         k = int(name[2:])
+        if getattr(self.mm_sets[k], "sequences_per_sample", None):  # conversations, pairs, prompts
+            return self._draw_conv(k, idx, order)
         h, w, cap = self.mm_sets[k].meta(idx)
         sp = self.spec
         try:
@@ -142,12 +144,29 @@ class PackStream:
                                               f"{sp.visual_budget}, pack {sp.seq_length}")
         return mp.SampleRef("mm", k, idx, mp.mm_positions(n_vis, int(cap), sp.seq_length), n_vis, order)
 
+    def _draw_conv(self, k: int, idx: int, order: int) -> mp.SampleRef | str:
+        """A conversation sample (every sequence of it in this pack, side by side): its images sized at the stage's
+        resolution from the index; skipped (counted) when they exceed the visual budget or it exceeds the pack."""
+        sp = self.spec
+        lengths, sizes = self.mm_sets[k].meta(idx)
+        try:
+            per_image = [mp.visual_tokens(h, w, patch_size=sp.patch_size, merge_size=sp.merge_size,
+                                          min_pixels=sp.min_pixels, max_pixels=sp.max_pixels)[0] for h, w in sizes]
+        except ImageRejected as e:
+            return self._skip(mp.BAD_SIZE, k, idx, str(e))
+        positions, visual = sum(mp.conv_positions(lengths, per_image)), sum(per_image) * len(lengths)
+        if visual > sp.visual_budget or positions > sp.seq_length:
+            return self._skip(mp.OVER_BUDGET if visual > sp.visual_budget else mp.OVER_PACK, k, idx,
+                              f"{positions} positions with {visual} visual tokens; budget {sp.visual_budget}, pack "
+                              f"{sp.seq_length}")
+        return mp.SampleRef("conv", k, idx, positions, visual, order)
+
     def _skip(self, reason: str, k: int, idx: int, detail: str) -> str:
         self.skipped[reason] += 1
         n = self.skipped[reason]
         if n <= 10 or n % 1000 == 0:  # the first ten of each reason, then every thousandth (with the count)
-            log.warning("packing: image-text sample %d of dataset %d skipped (%s, %d so far): %s", idx,
-                        k, reason, n, detail)
+            log.warning("packing: sample %d of image-text/conversation dataset %d skipped (%s, %d so far): %s",
+                        idx, k, reason, n, detail)
         return reason
 
     def _build(self, snap: dict) -> _Window:
@@ -170,7 +189,7 @@ class PackStream:
                     self.skipped[mp.EMPTY_SAMPLE] += 1
             if isinstance(ref, str):
                 continue
-            deficit += ratio * ref.positions - (ref.positions if ref.kind == "mm" else 0)
+            deficit += ratio * ref.positions - (ref.positions if ref.kind != "text" else 0)
             drawn += ref.positions
             refs.append(ref)
         packs = mp.best_fit_decreasing(refs, S, sp.visual_budget)

@@ -29,11 +29,12 @@ import numpy as np
 import torch
 
 from omni_mega.data import packing as mp
+from omni_mega.data.conversations.shards import IMAGE_MARK
 from omni_mega.data.images import DecodeStats
 from omni_mega.data.pack_stream import PackingSpec, PackStream
 
 STAT_KEYS = ("text_tokens", "visual_tokens", "pad_tokens", "mm_samples", "text_samples", "rejected_images",
-             "mm_tokens", "capacity")
+             "mm_tokens", "capacity", "supervised_tokens", "images")
 
 
 class PackedSource:
@@ -94,23 +95,33 @@ class PackedSource:
 
     def materialize(self, plan: list[list[list[mp.SampleRef]]]) -> list[dict]:
         """Reads and decodes the micro-batches of `plan_step` (see the module docstring for their tensors)."""
-        refs = [s for micro in plan for pack in micro for s in pack if s.kind == "mm"]
-        records = [self.mm_sets[s.dataset][s.index] for s in refs]
-        packed, kept = self._decode([r.image for r in records], [s.visual for s in refs])
-        by_ref = iter(zip(records, kept))
-        out, image_row, patch_row = [], 0, 0
+        samples = [s for micro in plan for pack in micro for s in pack if s.kind != "text"]
+        records = [self.mm_sets[s.dataset][s.index] for s in samples]
+        wanted = [self._images(s, rec) for s, rec in zip(samples, records)]  # (bytes, visual tokens) per image
+        packed, kept = self._decode([b for w in wanted for b, _ in w], [v for w in wanted for _, v in w])
+        rows = _image_rows(packed, kept)  # (first patch row, patches) of each kept image, None for a rejected one
+        it, per_sample = iter(zip(kept, rows)), {}
+        for s, rec, w in zip(samples, records, wanted):
+            got = [next(it) for _ in w]
+            ok = all(k for k, _ in got)  # a sample shows all its images or is left out (padding)
+            per_sample[id(s)] = (rec, [v for _, v in w], ok, [r for _, r in got] if ok else [])
+        out = []
         for micro in plan:
-            parts = [self._assemble(pack, by_ref) for pack in micro]
+            parts = [self._assemble(pack, per_sample) for pack in micro]
             mb = _concat([p for p, _ in parts])
-            n_img = sum(k for _, k in parts)
-            if n_img:
-                grid = packed.grid_thw[image_row:image_row + n_img]
-                patches = int(grid.prod(dim=1).sum())
-                mb["pixel_values"] = packed.pixel_values[patch_row:patch_row + patches]
-                mb["grid_thw"] = grid
-                image_row, patch_row = image_row + n_img, patch_row + patches
+            used = [r for _, r in parts for r in r]
+            if used:
+                mb["pixel_values"], mb["grid_thw"] = _take_images(packed, used)
             out.append(mb)
         return out
+
+    def _images(self, s: mp.SampleRef, rec) -> list[tuple[bytes, int]]:
+        """The images a sample shows, in placeholder order, with the merged visual tokens each must give: a
+        caption's one image; every image of a conversation once per sequence (each sequence is its own segment)."""
+        if s.kind == "mm":
+            return [(rec.image, s.visual)]
+        per_image = _visual_per_image(s.visual, len(rec.sequences), rec, self.spec)
+        return [(img, v) for _ in rec.sequences for img, v in zip(rec.images, per_image)]
 
     def materialize_pack(self, pack: list[mp.SampleRef]) -> dict:
         """One pack alone as a micro-batch."""
@@ -132,23 +143,42 @@ class PackedSource:
         kept[kept_idx.numpy()] = True
         return packed, kept.tolist()
 
-    def _assemble(self, pack: list[mp.SampleRef], by_ref) -> tuple[dict, int]:
-        """One pack's tensors (and its number of kept images); `by_ref` yields (record, kept) per image-text
-        sample in order."""
+    def _assemble(self, pack: list[mp.SampleRef], per_sample: dict) -> tuple[dict, list]:
+        """One pack's tensors, and the packed-image rows its placeholders show, in order. A sample whose image was rejected at decode time
+        (any one, for a conversation) keeps its place as padding. Preference pairs add `pairs` (int64 [P, 2]: the
+        segments of chosen and rejected) and `pair_ids` (int64 [P, 2]: dataset and item, for reference log-probs)."""
         sp = self.spec
-        seqs, n_img = [], 0
+        seqs, lengths, targets, kept, used, pairs, pair_ids = [], [], [], [], [], [], []
         for s in pack:
             if s.kind == "text":
                 seqs.append(mp.text_sample_tokens(self.text_sets[s.dataset].tokens(s.index),
                                                   seq_length=sp.seq_length))
+                lengths.append(s.positions), targets.append(None), kept.append(s)
                 continue
-            rec, kept = next(by_ref)
-            seqs.append(self._mm_tokens(s, rec) if kept else None)  # None: its span becomes padding
-            n_img += bool(kept)
-        out = mp.layout_pack(seqs, [s.positions for s in pack], sp.seq_length,
-                             (sp.image_token_id,) + tuple(sp.no_loss_ids))
-        out["stats"] = self.pack_stats([s for s, q in zip(pack, seqs) if q is not None], len(pack))
-        return out, n_img
+            rec, per_image, ok, rows = per_sample[id(s)]
+            if not ok:  # its span becomes padding; every other sample keeps its place
+                seqs.append(None), lengths.append(s.positions), targets.append(None)
+                continue
+            kept.append(s)
+            used += rows
+            if s.kind == "mm":
+                seqs.append(self._mm_tokens(s, rec)), lengths.append(s.positions), targets.append(None)
+                continue
+            if len(rec.sequences) == 2:
+                pairs.append([len(seqs), len(seqs) + 1])
+                pair_ids.append([s.dataset, s.index])
+            for q in rec.sequences:
+                tokens, target = mp.conv_sequence_tokens(q.ids, q.mask, per_image, image_mark=IMAGE_MARK,
+                                                         image_token_id=sp.image_token_id)
+                seqs.append(tokens), lengths.append(len(tokens) - 1), targets.append(target)
+        out = mp.layout_pack(seqs, lengths, sp.seq_length, (sp.image_token_id,) + tuple(sp.no_loss_ids),
+                             target_masks=targets)
+        out["stats"] = self.pack_stats(kept, len(pack))
+        out["stats"]["supervised_tokens"] = int(out["loss_mask"].sum())
+        out["stats"]["images"] = len(used)
+        if pairs:
+            out["pairs"], out["pair_ids"] = torch.tensor(pairs), torch.tensor(pair_ids)
+        return out, used
 
     def _mm_tokens(self, s: mp.SampleRef, rec) -> np.ndarray:
         sp = self.spec
@@ -166,9 +196,9 @@ class PackedSource:
         visual = sum(s.visual for s in kept)
         used = sum(s.positions for s in kept)
         return {"text_tokens": used - visual, "visual_tokens": visual, "pad_tokens": self.spec.seq_length - used,
-                "mm_samples": sum(s.kind == "mm" for s in kept), "text_samples": sum(s.kind == "text" for s in kept),
-                "rejected_images": rejected, "mm_tokens": sum(s.positions for s in kept if s.kind == "mm"),
-                "capacity": self.spec.seq_length}
+                "mm_samples": sum(s.kind != "text" for s in kept), "text_samples": sum(s.kind == "text" for s in kept),
+                "rejected_images": rejected, "mm_tokens": sum(s.positions for s in kept if s.kind != "text"),
+                "capacity": self.spec.seq_length, "supervised_tokens": 0, "images": 0}
 
     def step_metrics(self, st: dict[str, int]) -> dict:
         """metrics.jsonl fields of one step from its packs' STAT_KEYS summed over micro-batches and data-parallel
@@ -192,12 +222,48 @@ def step_record(st: dict[str, int], mm_target: float | None) -> dict:
     (`mm_target` not None: the multimodal token share the step's packs were drawn for)."""
     non_pad = st["capacity"] - st["pad_tokens"]
     rec = {"packing_efficiency": non_pad / max(st["capacity"], 1), "text_tokens": st["text_tokens"],
-           "pad_tokens": st["pad_tokens"], "text_samples": st["text_samples"]}
+           "pad_tokens": st["pad_tokens"], "text_samples": st["text_samples"],
+           "supervised_tokens": st.get("supervised_tokens", 0)}
     if mm_target is not None:
         rec.update({"mm_ratio_target": mm_target, "mm_ratio": st["mm_tokens"] / max(non_pad, 1),
-                    "visual_tokens": st["visual_tokens"], "images": st["mm_samples"],
+                    "visual_tokens": st["visual_tokens"], "images": st.get("images", st["mm_samples"]),
                     "rejected_images": st["rejected_images"]})
     return rec
+
+
+def _visual_per_image(visual: int, n_seqs: int, rec, spec: PackingSpec) -> list[int]:
+    """Merged visual tokens of each image of a conversation sample at the stage's resolution (from the sizes its
+    index recorded: the same numbers that planned the pack)."""
+    per_image = [mp.visual_tokens(h, w, patch_size=spec.patch_size, merge_size=spec.merge_size,
+                                  min_pixels=spec.min_pixels, max_pixels=spec.max_pixels)[0]
+                 for h, w in rec.meta["images"]]
+    if sum(per_image) * n_seqs != visual:
+        raise ValueError(f"conversation sample {rec.key}: its images give {sum(per_image) * n_seqs} visual tokens, "
+                         f"its index planned {visual}")
+    return per_image
+
+
+def _image_rows(packed, kept: list[bool]) -> list[tuple[int, int] | None]:
+    """(first patch row, patch count, image index) in `packed` of each decoded image, None where it was rejected."""
+    out, row, k = [], 0, 0
+    for ok in kept:
+        if not ok:
+            out.append(None)
+            continue
+        n = int(packed.grid_thw[k].prod())
+        out.append((row, n, k))
+        row, k = row + n, k + 1
+    return out
+
+
+def _take_images(packed, rows: list[tuple[int, int, int]]):
+    """pixel_values and grid_thw of the images `rows` names, in order: a view of the packed buffer when they sit
+    back to back (always, unless a conversation lost one of its images), else a copy of the rows needed."""
+    first, last = rows[0], rows[-1]
+    grid = torch.stack([packed.grid_thw[k] for _, _, k in rows])
+    if all(b[0] == a[0] + a[1] and b[2] == a[2] + 1 for a, b in zip(rows, rows[1:])):
+        return packed.pixel_values[first[0]:last[0] + last[1]], grid
+    return torch.cat([packed.pixel_values[r:r + n] for r, n, _ in rows]), grid
 
 
 def _concat(packs: list[dict]) -> dict:
@@ -212,4 +278,11 @@ def _concat(packs: list[dict]) -> dict:
     out["cu_seqlens"] = torch.cat(cu)
     out["max_seqlen"] = max(p["max_seqlen"] for p in packs)
     out["stats"] = {k: sum(p["stats"][k] for p in packs) for k in STAT_KEYS}
+    pairs, segments = [], 0
+    for p in packs:  # pair segment indices move by the segments of the packs before
+        if "pairs" in p:
+            pairs.append((p["pairs"] + segments, p["pair_ids"]))
+        segments += len(p["cu_seqlens"]) - 1
+    if pairs:
+        out["pairs"], out["pair_ids"] = torch.cat([a for a, _ in pairs]), torch.cat([b for _, b in pairs])
     return out

@@ -27,7 +27,7 @@ OVER_BUDGET, OVER_PACK, BAD_SIZE, EMPTY_SAMPLE = "visual_over_budget", "visual_o
 class SampleRef:
     """One drawn sample, located and sized without reading its payload."""
 
-    kind: str  # "mm" (image-text) | "text"
+    kind: str  # "text" | "mm" (an image and its caption) | "conv" (a conversation or pair: 1+ sequences with images)
     dataset: int  # index into the source's mm or text dataset list
     index: int  # item index inside that dataset
     positions: int  # pack positions it takes (already truncated to the pack length)
@@ -110,12 +110,15 @@ def assign_to_ranks(visual: list[int], dp: int, per_rank: int) -> list[list[int]
 
 
 def layout_pack(seqs: list[np.ndarray | None], lengths: list[int], seq_length: int,
-                no_loss_ids: int | tuple[int, ...], pad_id: int = 0) -> dict:
+                no_loss_ids: int | tuple[int, ...], pad_id: int = 0,
+                target_masks: list[np.ndarray | None] | None = None) -> dict:
     """Tensors of one pack of `seq_length` positions.
 
     seqs: per sample, its (already truncated) int64 token ids [lengths[i] + 1], or None for a sample whose span
         becomes padding (its image was rejected at decode time: it keeps its place and segment, loss 0).
     no_loss_ids: ids never predicted and never predicted from (the image placeholder, indicator tokens).
+    target_masks: per sequence, None (every target counts) or uint8 [lengths[i] + 1] over its tokens, 1 where the
+        token is a supervised target (answer-only loss: a conversation's assistant tokens).
     Returns {"tokens", "labels": int64 [1, S], "loss_mask": float32 [1, S] (0 on padding and wherever the input or
     the label is one of no_loss_ids), "position_ids": int64 [1, S] (restart at 0 per sample and for the trailing
     padding), "cu_seqlens": int32 [n + 1] (the trailing padding is one more segment), "max_seqlen": int}."""
@@ -126,7 +129,7 @@ def layout_pack(seqs: list[np.ndarray | None], lengths: list[int], seq_length: i
     mask = torch.zeros(S, dtype=torch.float32)
     pos = torch.zeros(S, dtype=torch.int64)
     bounds, at = [0], 0
-    for seq, n in zip(seqs, lengths):
+    for k, (seq, n) in enumerate(zip(seqs, lengths)):
         if at + n > S:
             raise ValueError(f"layout_pack: samples of {sum(lengths)} positions overflow a pack of {S}")
         if seq is not None:
@@ -135,6 +138,9 @@ def layout_pack(seqs: list[np.ndarray | None], lengths: list[int], seq_length: i
                 raise ValueError(f"layout_pack: sample has {t.numel()} tokens, expected positions + 1 = {n + 1}")
             tokens[at:at + n], labels[at:at + n] = t[:-1], t[1:]
             mask[at:at + n] = (~torch.isin(t[:-1], ids) & ~torch.isin(t[1:], ids)).float()
+            target = None if target_masks is None else target_masks[k]
+            if target is not None:
+                mask[at:at + n] *= torch.as_tensor(np.asarray(target[1:], dtype=np.float32))
         pos[at:at + n] = torch.arange(n)
         at += n
         bounds.append(at)
@@ -154,6 +160,29 @@ def mm_sample_tokens(n_vis: int, caption: np.ndarray, *, image_token_id: int, se
     return out[: seq_length + 1]
 
 
+def conv_positions(lengths: list[int], visual: list[int]) -> list[int]:
+    """Pack positions of each sequence of a conversation sample: its tokens less one, each image mark replaced by
+    the image's merged visual tokens (`visual`, per image; every sequence shows every image once)."""
+    extra = sum(v - 1 for v in visual)
+    return [n - 1 + extra for n in lengths]
+
+
+def conv_sequence_tokens(ids: np.ndarray, target: np.ndarray, visual: list[int], *, image_mark: int,
+                         image_token_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """A stored conversation sequence with each image mark expanded into its `visual` placeholders: (int64 tokens,
+    uint8 target mask, 0 on the placeholders)."""
+    ids, target = np.asarray(ids, dtype=np.int64), np.asarray(target, dtype=np.uint8)
+    at = np.flatnonzero(ids == image_mark)
+    if len(at) != len(visual):
+        raise ValueError(f"conversation sequence marks {len(at)} images, its sample has {len(visual)}")
+    reps = np.ones(len(ids), dtype=np.int64)
+    reps[at] = visual
+    tokens, mask = np.repeat(ids, reps), np.repeat(target, reps)
+    image = np.repeat(np.isin(np.arange(len(ids)), at), reps)
+    tokens[image], mask[image] = image_token_id, 0
+    return tokens, mask
+
+
 def text_sample_tokens(tokens: np.ndarray, *, seq_length: int) -> np.ndarray:
     """int64 tokens of a text item (its dataset already ended a whole document with EOD), truncated to
     seq_length + 1 tokens."""
@@ -161,5 +190,5 @@ def text_sample_tokens(tokens: np.ndarray, *, seq_length: int) -> np.ndarray:
 
 
 __all__ = ["SampleRef", "visual_tokens", "mm_positions", "mm_skip_reason", "best_fit_decreasing", "assign_to_ranks",
-           "layout_pack", "mm_sample_tokens", "text_sample_tokens", "ImageRejected", "OVER_BUDGET", "OVER_PACK",
-           "BAD_SIZE", "EMPTY_SAMPLE"]
+           "layout_pack", "mm_sample_tokens", "text_sample_tokens", "conv_positions", "conv_sequence_tokens",
+           "ImageRejected", "OVER_BUDGET", "OVER_PACK", "BAD_SIZE", "EMPTY_SAMPLE"]

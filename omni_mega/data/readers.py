@@ -4,9 +4,12 @@ Text kinds give `TextDocs` (`len(ds)`, `ds.num_tokens(i)` read cheaply, `ds.toke
 item ends with EOD): `demo_text` -> `demo.text.DemoTextDocs`, `indexed` -> `text.indexed.IndexedDocs`. Both cut long
 documents into pack-sized pieces, so nothing is truncated away.
 
-Image-text kinds give the `multimodal.shards.MMShardDataset` interface (`len`, `meta(i)` -> (height, width, caption
-length) from the index, `ds[i]` -> ImageTextRecord(key, image bytes, int32 tokens), `tokenizer` dict):
-`demo_mm` (the built-in scenes, built on first use under the data dir) and `mm_shards` (a directory).
+Sample kinds give samples sized from their index. Image-text: the `multimodal.shards.MMShardDataset` interface
+(`len`, `meta(i)` -> (height, width, caption length), `ds[i]` -> ImageTextRecord(key, image bytes, int32 tokens),
+`tokenizer` dict): `demo_mm` (the built-in scenes, built on first use under the data dir) and `mm_shards` (a
+directory). Conversations: `conversations.shards.ConvShardDataset` (`meta(i)` -> (sequence lengths, image sizes),
+`ds[i]` -> ConvSample, `kind`: sft | preference | prompts): `conversations` (a directory written by
+`tools/preprocess_conversations.py`), `demo_sft` and `demo_preference` (built-in, about the demo scenes).
 
 Imports stay light (NumPy and JSON): the dry-run reads the datasets' tokenizers through `tokenizer_of`.
 """
@@ -26,8 +29,8 @@ BYTE_SEP = 10  # byte "\n": the separator between an image's placeholders and it
 
 @dataclass(frozen=True)
 class Reader:
-    modality: str  # "text" | "image-text"
-    open: Callable  # text: (d, eod, seq_length) -> TextDocs; image-text: (d, data_dir) -> MMShardDataset
+    modality: str  # "text" (documents) | "samples" (image-text or conversation samples)
+    open: Callable  # text: (d, eod, seq_length) -> TextDocs; samples: (d, data_dir) -> a dataset of samples
     tokenizer: Callable[[DatasetConfig, Path], dict | None]  # what its token ids are (None: not recorded)
 
 
@@ -59,25 +62,50 @@ def _open_mm_shards(d: DatasetConfig, data_dir: Path):
     return MMShardDataset(str(d.path))
 
 
+def _open_conversations(d: DatasetConfig, data_dir: Path):
+    from omni_mega.data.conversations.shards import ConvShardDataset
+
+    return ConvShardDataset(str(d.path))
+
+
+def _demo_conv(kind: str):
+    def open_(d: DatasetConfig, data_dir: Path):
+        from omni_mega.data.conversations.shards import ConvShardDataset
+        from omni_mega.data.demo.conversations import build_demo_conversations
+
+        return ConvShardDataset(build_demo_conversations(data_dir, kind)["train"])
+
+    return open_
+
+
+def _byte_chat_tokenizer(d: DatasetConfig, data_dir: Path) -> dict:
+    from omni_mega.data.conversations.templates import ByteChatTokenizer
+
+    return {**ByteChatTokenizer().identity, "template": "chatml"}
+
+
 def _byte_tokenizer(d: DatasetConfig, data_dir: Path) -> dict:
     return {"kind": "byte", "vocab_size": demo_text.VOCAB_SIZE, "eod": demo_text.EOD}
 
 
 def _shards_tokenizer(d: DatasetConfig, data_dir: Path) -> dict | None:
-    """The tokenizer recorded in an image-text dataset's dataset.json (read without opening the shards)."""
+    """The tokenizer recorded in a sample dataset's dataset.json (read without opening the shards)."""
     path = Path(str(d.path)) / "dataset.json"
     try:
         return dict(json.loads(path.read_text()).get("tokenizer") or {})
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"dataset {d.name!r}: cannot read {path} ({e}); is {d.path} a directory written by "
-                                "tools/preprocess_mmdata.py?") from None
+                                "tools/preprocess_mmdata.py or tools/preprocess_conversations.py?") from None
 
 
 READERS: dict[str, Reader] = {
     "demo_text": Reader("text", _open_demo_text, _byte_tokenizer),
     "indexed": Reader("text", _open_indexed, lambda d, data_dir: None),
-    "demo_mm": Reader("image-text", _open_demo_mm, _byte_tokenizer),
-    "mm_shards": Reader("image-text", _open_mm_shards, _shards_tokenizer),
+    "demo_mm": Reader("samples", _open_demo_mm, _byte_tokenizer),
+    "mm_shards": Reader("samples", _open_mm_shards, _shards_tokenizer),
+    "conversations": Reader("samples", _open_conversations, _shards_tokenizer),
+    "demo_sft": Reader("samples", _demo_conv("sft"), _byte_chat_tokenizer),
+    "demo_preference": Reader("samples", _demo_conv("preference"), _byte_chat_tokenizer),
 }
 
 
@@ -97,8 +125,8 @@ def open_text_dataset(d: DatasetConfig, eod: int | None, seq_length: int | None 
 
 def open_mm_dataset(d: DatasetConfig, data_dir: Path):
     r = reader(d)
-    if r.modality != "image-text":
-        raise ValueError(f"dataset {d.name!r}: source {d.source!r} is not an image-text source")
+    if r.modality != "samples":
+        raise ValueError(f"dataset {d.name!r}: source {d.source!r} is not an image-text or conversation source")
     return r.open(d, Path(data_dir))
 
 
@@ -113,15 +141,24 @@ def data_vocab_size(mixes, data_dir: Path) -> int | None:
     return max(sizes) or None if sizes else None
 
 
+def _compatible(a: dict, b: dict) -> bool:
+    """Two recorded tokenizers give the same ids for the same text: same kind, EOD and model (vocabulary sizes may
+    differ when one adds chat special tokens after the other's ids, as the byte chat tokenizer does)."""
+    keys = ("kind", "eod", "tokenizer_model", "vocab_file", "merge_file")
+    same = all(a.get(k) == b.get(k) for k in keys)
+    sa, sb = a.get("specials", {}), b.get("specials", {})
+    return same and all(sa[k] == sb[k] for k in set(sa) & set(sb))
+
+
 def special_ids(tokenizers: list[dict | None], names: list[str]) -> tuple[int | None, int | None]:
-    """(EOD, SEP) ids of one stage's datasets; the datasets that record a tokenizer must all record the same one.
+    """(EOD, SEP) ids of one stage's datasets; the datasets that record a tokenizer must all record compatible ones.
 
     SEP (between an image's placeholders and its caption) is the tokenizer's "sep" entry, else byte "\\n" (10) for
     byte-level tokens, else None (then no image-text sample can be laid out). EOD is None when no dataset records a
     tokenizer (indexed text only: documents as stored)."""
     known = [(n, t) for n, t in zip(names, tokenizers) if t is not None]
     for name, t in known[1:]:
-        if t != known[0][1]:
+        if not _compatible(t, known[0][1]):
             raise ValueError(f"dataset {name!r} has tokenizer {t}, but {known[0][0]!r} has {known[0][1]}: one run "
                              "needs one tokenizer")
     if not known:

@@ -61,19 +61,25 @@ def build_source(plan: StagePlan, model: ModelConfig, data_dir: str | Path, cons
     from omni_mega.data.packed_source import PackedSource
 
     data_dir = Path(data_dir)
-    text = [d for d in plan.mix if not d.multimodal]
-    mm = [d for d in plan.mix if d.multimodal]
-    if mm and model.vit is None:
-        raise ValueError(f"stage {plan.name!r}: image-text datasets {[d.name for d in mm]} need model.vit")
+    text = [d for d in plan.mix if not d.structured]
+    mm = [d for d in plan.mix if d.structured]  # image-text and conversation samples
+    if any(d.multimodal for d in mm) and model.vit is None:
+        raise ValueError(f"stage {plan.name!r}: image-text datasets {[d.name for d in mm if d.multimodal]} need "
+                         "model.vit")
     eod, sep = special_ids([tokenizer_of(d, data_dir) for d in plan.mix], [d.name for d in plan.mix])
     conn, vit = model.connector or ConnectorConfig(), model.vit or ViTConfig()  # a text model's packs hold no image
     spec = PackingSpec(
         seq_length=plan.seq_length, visual_budget=plan.visual_budget, pack_window=plan.pack_window,
-        ratio_start=plan.ratio_start or 0.0, ratio_end=plan.ratio_end or 0.0, stage_packs=plan.samples,
+        ratio_start=plan.ratio_start, ratio_end=plan.ratio_end, stage_packs=plan.samples,
         stage_start=plan.samples_before, stage_index=plan.index, seed=plan.seed,
         image_token_id=conn.image_token_id, no_loss_ids=tuple(conn.indicator_token_ids), eod=eod, sep=sep,
         patch_size=vit.patch_size, merge_size=vit.merge_size, temporal_patch_size=vit.temporal_patch_size,
-        min_pixels=plan.min_pixels, max_pixels=plan.max_pixels, multimodal_metrics=plan.ratio_start is not None)
+        min_pixels=plan.min_pixels, max_pixels=plan.max_pixels, multimodal_metrics=plan.vision)
+    mm_sets = [open_mm_dataset(d, data_dir) for d in mm]
+    if model.vit is None:
+        for d, ds in zip(mm, mm_sets):
+            if getattr(ds, "has_images", False):
+                raise ValueError(f"stage {plan.name!r}: dataset {d.name!r} holds images and the model has no vision "
+                                 "tower (model.vit)")
     return PackedSource(spec, [open_text_dataset(d, eod, plan.seq_length) for d in text], [d.weight for d in text],
-                        [open_mm_dataset(d, data_dir) for d in mm], [d.weight for d in mm], consumed_samples,
-                        decode_threads=decode_threads)
+                        mm_sets, [d.weight for d in mm], consumed_samples, decode_threads=decode_threads)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from omni_mega.objectives.base import Objective
 from omni_mega.objectives.lm import LMObjective
+from omni_mega.objectives.sft import SFTObjective
 
-OBJECTIVES: dict[str, type] = {"lm": LMObjective}
+OBJECTIVES: dict[str, type] = {"lm": LMObjective, "sft": SFTObjective}
 
 
 def build(name: str) -> Objective:

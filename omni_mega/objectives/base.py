@@ -16,9 +16,16 @@ import torch
 class Objective(Protocol):
     name: str
     metric_names: tuple[str, ...]  # the keys of loss_func's dict ("loss" first): metrics.jsonl fields
+    # True: loss_func returns (loss sum, token count, values) and megatron scales gradients by the global batch's
+    # token count (megatron's calculate_per_token_loss); False: (mean loss, values), each micro-batch weighs the same.
+    per_token_loss: bool
 
     def forward_step(self, data_iterator, model):
         """One micro-batch through one model chunk: (output tensor, loss_func)."""
+
+    def start_stage(self, ctx) -> None:
+        """Called once the stage's model, optimizer and data source are set up (also on resume), before its first
+        step: an objective that needs a pass over the stage's data first (reference log-probs) does it here."""
 
 
 def metric(total: torch.Tensor, count: float | torch.Tensor = 1.0) -> torch.Tensor:

@@ -24,6 +24,7 @@ def masked_mean(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
 class LMObjective:
     name = "lm"
     metric_names = ("loss",)
+    per_token_loss = False  # a mean per micro-batch (pretraining packs are nearly full: the two agree closely)
 
     def forward_step(self, data_iterator, model):
         batch = next(data_iterator)
@@ -33,3 +34,6 @@ class LMObjective:
         labels = batch["labels"].masked_fill(mask == 0, 0)
         out = model(batch["tokens"], batch["position_ids"], None, labels=labels, **model_inputs(batch))
         return out, partial(masked_mean, mask)
+
+    def start_stage(self, ctx) -> None:
+        """Nothing to prepare."""

@@ -68,8 +68,9 @@ def run_vocab_size(cfg: RunConfig, data_dir: str | Path | None) -> int:
 def _mix_line(plan: StagePlan) -> str:
     """Dataset shares within each modality (with a multimodal token share, the share splits the modalities)."""
     parts = []
-    for label, ds in (("text", [d for d in plan.mix if not d.multimodal]),
-                      ("image-text", [d for d in plan.mix if d.multimodal])):
+    for label, ds in (("text", [d for d in plan.mix if not d.structured]),
+                      ("image-text", [d for d in plan.mix if d.multimodal]),
+                      ("conversations", [d for d in plan.mix if d.structured and not d.multimodal])):
         w = sum(d.weight for d in ds)
         if ds:
             parts.append(f"{label}: " + ", ".join(f"{d.name} ({d.source}{':' + d.path if d.path else ''}) "
@@ -78,7 +79,7 @@ def _mix_line(plan: StagePlan) -> str:
 
 
 def _mm_line(plan: StagePlan) -> str:
-    if not plan.multimodal:
+    if not any(d.structured for d in plan.mix):
         return "  multimodal token share 0% (text-only stage: no images)"
     r0, r1 = plan.ratio_start, plan.ratio_end
     ratio = f"{r0:.0%}" + (f" -> {r1:.0%}" if r1 != r0 else " (constant)")
@@ -106,7 +107,7 @@ def banner(plan: StagePlan, lr_plan: LRPlan, group_counts: dict[str, int], train
         f"{plan.global_batch_size} packs, RoPE base {plan.rope_base:g}",
         _mix_line(plan),
     ]
-    if plan.ratio_start is not None:
+    if plan.vision:
         lines.append(_mm_line(plan))
     if s.init_from:
         lines.append(f"  init_from: {s.init_from}")

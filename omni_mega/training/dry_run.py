@@ -276,8 +276,8 @@ def stage_lines(cfg: RunConfig, lay: Layout, plan: StagePlan, lr_plan, lv: dict[
              f"{plan.seq_length} = {tokens:,} tokens ({_tokens(tokens)})"
              + (f", asked {_tokens(s.tokens)}" if s.tokens else "")
              + f", RoPE base {plan.rope_base:,g}"]
-    if plan.ratio_start is not None:
-        if not plan.multimodal:
+    if plan.vision:
+        if not any(d.structured for d in plan.mix):
             lines.append("      multimodal share 0 (text only)")
         else:
             r0, r1 = plan.ratio_start, plan.ratio_end

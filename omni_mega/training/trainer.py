@@ -141,6 +141,9 @@ class Trainer:
         dsnap = dist_snapshot(self.optimizer, self.chunks)  # the distributed optimizer's shards (None otherwise)
         counts = apply_trainable(self.chunks, plan.name, list(plan.trainable))
         mark_frozen_pipeline_input(self.chunks)
+        self.objective = self.build_objective(plan.objective)
+        # How megatron scales losses and gradients is the objective's call; DDP reads it when it is built.
+        self.chunks[0].config.calculate_per_token_loss = bool(self.objective.per_token_loss)
         self.model = wrap_ddp(self.chunks, old=self.model, o=self.cfg.optim)
         mults = {id(p): m.mult for m in plan.lr_mult for p in resolve(self.chunks, m.group)}
         self.optimizer = build_optimizer(self.model, self.cfg.optim, self.dtype, mults)
@@ -148,7 +151,6 @@ class Trainer:
         d_carried, d_fresh = dist_carry_over(self.optimizer, dsnap, self.chunks, self.state.step)
         set_rope_base(self.chunks, plan.rope_base)
         self.stage = plan
-        self.objective = self.build_objective(plan.objective)
         self.source = self.build_source(plan, self.cfg.model, self.data_dir, self.state.consumed_samples)
         self.trainable = trainable_count(self.chunks)
         if fresh and plan.cfg.init_from:
@@ -280,6 +282,8 @@ class Trainer:
     def _run_stage(self, plan: StagePlan, losses: list[float]) -> bool:
         """Steps to the end of the stage (checkpointing as it asks); False when a stop request ended the run."""
         start, first = time.perf_counter(), self.state.step
+        if self.state.step < plan.end_step:
+            self.objective.start_stage(self)
         try:
             while self.state.step < plan.end_step:
                 t0 = time.perf_counter()

@@ -77,6 +77,17 @@ def text_line_sample(rng: random.Random) -> tuple[Image.Image, str]:
 
 def shape_scene_sample(rng: random.Random) -> tuple[Image.Image, str]:
     """One or two coloured shapes left to right; returns (RGB image, caption naming them in that order)."""
+    img, objects = shape_scene(rng)
+    return img, caption(objects)
+
+
+def caption(objects: list[tuple[str, str]]) -> str:
+    """'a red square and an orange circle' for [(colour, shape), ...]."""
+    return " and ".join(f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}" for colour, shape in objects)
+
+
+def shape_scene(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
+    """One or two coloured shapes left to right; returns (RGB image, [(colour, shape)] left to right)."""
     n = rng.choice((1, 2))
     height = rng.choice((56, 84, 112))
     width = rng.choice([w for w in (56, 84, 112, 140, 168, 196, 224) if w >= n * height * 0.8])
@@ -97,8 +108,8 @@ def shape_scene_sample(rng: random.Random) -> tuple[Image.Image, str]:
             draw.rectangle(box, fill=fill)
         else:
             draw.polygon([(cx, box[1]), (box[0], box[3]), (box[2], box[3])], fill=fill)
-        names.append(f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}")
-    return img, " and ".join(names)
+        names.append((colour, shape))
+    return img, names
 
 
 def make_sample(split: str, index: int) -> tuple[bytes, str, int, int, str]:
