@@ -196,7 +196,7 @@ class OptimConfig:
 
 DECAYS = ("cosine", "linear", "constant", "wsd")
 # Training objectives a stage may name; each is a module of omni_mega.objectives (a test holds the two lists equal).
-OBJECTIVES = ("lm", "sft")
+OBJECTIVES = ("lm", "sft", "dpo")
 TEXT_SOURCES = ("demo_text", "indexed")  # plain documents
 MM_SOURCES = ("demo_mm", "mm_shards")  # images with captions
 # Conversation shards (`tools/preprocess_conversations.py`: supervised conversations, preference pairs or prompts;
@@ -235,6 +235,27 @@ class LRMultConfig:
     mult: float = 1.0  # its LR = stage LR x mult
 
 
+REFERENCES = ("precompute", "copy")
+
+
+@dataclass
+class DPOConfig:
+    """`objective: dpo`: -log sigmoid(beta [(pi_c - ref_c) - (pi_r - ref_r)]) + nll_weight * NLL(chosen)."""
+
+    beta: float = 0.1  # how far the policy may move from the reference (DPO's beta)
+    nll_weight: float = 1.0  # the auxiliary NLL on the chosen reply (Ovis2.5 P4's "DPO + auxiliary NLL"); 0 = plain DPO
+    # precompute: reference log-probs from one forward pass over the stage's pairs at its start (the stage's initial
+    # weights), stored under <run dir>/reference/ and reused on resume; copy: a frozen copy of the model scores
+    # every step's pairs (twice the memory for weights, no pass up front)
+    reference: str = "precompute"
+
+    def __post_init__(self) -> None:
+        _require(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
+        _require(self.nll_weight >= 0, "dpo.nll_weight", f"must be >= 0, got {self.nll_weight}")
+        _require(self.reference in REFERENCES, "dpo.reference",
+                 f"must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
+
+
 @dataclass
 class StageConfig:
     """One stage of the curriculum. Unset (null) fields inherit: LR fields from `optim`, sequence length and global
@@ -242,8 +263,9 @@ class StageConfig:
 
     name: str = "pretrain"  # shown in logs and metrics; unique
     # What the stage optimises: lm (next-token loss on text and image-text packs) | sft (conversations, loss on the
-    # answers only, normalised per supervised token over the global batch)
+    # answers only, normalised per supervised token over the global batch) | dpo (preference pairs, see `dpo`)
     objective: str = "lm"
+    dpo: DPOConfig = field(default_factory=DPOConfig)  # objective dpo only
     steps: int | None = None  # optimizer steps in this stage (default 100 when `tokens` is unset too)
     tokens: int | None = None  # alternatively the stage length in tokens (rounded up to whole steps)
     data: list[DatasetConfig] = field(default_factory=list)  # weighted mix; empty = the `data` section's source

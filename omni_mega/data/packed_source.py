@@ -104,7 +104,8 @@ class PackedSource:
         for s, rec, w in zip(samples, records, wanted):
             got = [next(it) for _ in w]
             ok = all(k for k, _ in got)  # a sample shows all its images or is left out (padding)
-            per_sample[id(s)] = (rec, [v for _, v in w], ok, [r for _, r in got] if ok else [])
+            per_image = [v for _, v in w][:len(getattr(rec, "images", [rec]))]  # a conversation's images, once each
+            per_sample[id(s)] = (rec, per_image, ok, [r for _, r in got] if ok else [])
         out = []
         for micro in plan:
             parts = [self._assemble(pack, per_sample) for pack in micro]

@@ -6,17 +6,19 @@ never asks what it trains. A new objective is a new module here (and, where it n
 
 from __future__ import annotations
 
-from omni_mega.objectives.base import Objective
+from omni_mega.objectives.base import Objective, StageContext
+from omni_mega.objectives.dpo import DPOObjective
 from omni_mega.objectives.lm import LMObjective
 from omni_mega.objectives.sft import SFTObjective
 
-OBJECTIVES: dict[str, type] = {"lm": LMObjective, "sft": SFTObjective}
+OBJECTIVES: dict[str, type] = {"lm": LMObjective, "sft": SFTObjective, "dpo": DPOObjective}
 
 
-def build(name: str) -> Objective:
-    if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
-    return OBJECTIVES[name]()
+def build(plan) -> Objective:
+    """The objective a stage plan names (`plan.objective`), configured from the plan."""
+    if plan.objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {plan.objective!r}; known: {', '.join(OBJECTIVES)}")
+    return OBJECTIVES[plan.objective](plan)
 
 
-__all__ = ["OBJECTIVES", "Objective", "build"]
+__all__ = ["OBJECTIVES", "Objective", "StageContext", "build"]

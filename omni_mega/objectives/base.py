@@ -8,9 +8,25 @@ trainer can reduce any metric the same way: sum both over micro-batches and data
 
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Protocol
 
 import torch
+
+
+@dataclass
+class StageContext:
+    """What the trainer lends an objective that prepares a stage or a step (the objective never sees the trainer)."""
+
+    plan: object  # the stage's config.plan.StagePlan
+    run_dir: Path
+    step_slice: object  # this rank's data.source.StepSlice of a step
+    new_source: Callable[[int], object]  # a fresh data source of this stage at a number of consumed samples
+    forward_only: Callable[[list, Callable, list], list[dict]]  # (micro-batches, forward_step, chunks) -> the loss
+    # dicts of the last pipeline stage (an empty list on other stages), megatron's schedule without backward
+    reference_model: Callable[[], list]  # a frozen copy of the model chunks with the current weights
+    dataset_sizes: list[int]  # items of each image-text/conversation dataset of the stage's mix (table sizes)
 
 
 class Objective(Protocol):
@@ -23,9 +39,12 @@ class Objective(Protocol):
     def forward_step(self, data_iterator, model):
         """One micro-batch through one model chunk: (output tensor, loss_func)."""
 
-    def start_stage(self, ctx) -> None:
+    def start_stage(self, ctx: StageContext) -> None:
         """Called once the stage's model, optimizer and data source are set up (also on resume), before its first
         step: an objective that needs a pass over the stage's data first (reference log-probs) does it here."""
+
+    def before_step(self, ctx: StageContext, batches: list[dict]) -> None:
+        """Called with this rank's micro-batches of a step before its forward and backward passes."""
 
 
 def metric(total: torch.Tensor, count: float | torch.Tensor = 1.0) -> torch.Tensor:

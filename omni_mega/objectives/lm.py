@@ -22,6 +22,11 @@ def masked_mean(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
 
 
 class LMObjective:
+    """Built from the stage plan (nothing in it to read)."""
+
+    def __init__(self, plan=None) -> None:
+        pass
+
     name = "lm"
     metric_names = ("loss",)
     per_token_loss = False  # a mean per micro-batch (pretraining packs are nearly full: the two agree closely)
@@ -36,4 +41,7 @@ class LMObjective:
         return out, partial(masked_mean, mask)
 
     def start_stage(self, ctx) -> None:
+        """Nothing to prepare."""
+
+    def before_step(self, ctx, batches) -> None:
         """Nothing to prepare."""

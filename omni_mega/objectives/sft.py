@@ -27,6 +27,11 @@ def masked_sum(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
 
 
 class SFTObjective:
+    """Built from the stage plan (nothing in it to read)."""
+
+    def __init__(self, plan=None) -> None:
+        pass
+
     name = "sft"
     metric_names = ("loss",)
     per_token_loss = True  # gradients scaled by the global batch's supervised tokens
@@ -39,4 +44,7 @@ class SFTObjective:
         return out, partial(masked_sum, mask)
 
     def start_stage(self, ctx) -> None:
+        """Nothing to prepare."""
+
+    def before_step(self, ctx, batches) -> None:
         """Nothing to prepare."""

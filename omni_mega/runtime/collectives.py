@@ -33,6 +33,15 @@ def all_reduce_values(values: Sequence[float | int], op: str = "sum", group=None
     return t.tolist()
 
 
+def all_reduce_tensor(t: torch.Tensor, op: str = "sum", group=None) -> torch.Tensor:
+    """A CPU tensor reduced elementwise over `group` (a copy; the input is left alone)."""
+    if group_size(group) <= 1 or not t.numel():
+        return t.clone()
+    d = t.to(_device())
+    dist.all_reduce(d, op=_OPS[op], group=group)
+    return d.cpu()
+
+
 def all_reduce_scalar(value: float | int, op: str = "sum", group=None, dtype: torch.dtype = torch.float64):
     """One number reduced over `group` (see `all_reduce_values`)."""
     return all_reduce_values([value], op, group, dtype)[0]

@@ -19,6 +19,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
 from omni_mega import objectives
+from omni_mega.objectives.base import StageContext
 from omni_mega.config import ConfigError, RunConfig, to_dict
 from omni_mega.config.plan import StagePlan, max_seq_length, plan_stages, stage_at
 from omni_mega.data import source as data_source
@@ -141,7 +142,7 @@ class Trainer:
         dsnap = dist_snapshot(self.optimizer, self.chunks)  # the distributed optimizer's shards (None otherwise)
         counts = apply_trainable(self.chunks, plan.name, list(plan.trainable))
         mark_frozen_pipeline_input(self.chunks)
-        self.objective = self.build_objective(plan.objective)
+        self.objective = self.build_objective(plan)
         # How megatron scales losses and gradients is the objective's call; DDP reads it when it is built.
         self.chunks[0].config.calculate_per_token_loss = bool(self.objective.per_token_loss)
         self.model = wrap_ddp(self.chunks, old=self.model, o=self.cfg.optim)
@@ -204,6 +205,42 @@ class Trainer:
             log.info("resume from partial checkpoint %s: %d trainable tensors from it, %d frozen from %s",
                      ckpt, len(have), len(miss), src)
 
+    # ---- what objectives may use -----------------------------------------------------------------------------------
+    def _stage_context(self) -> StageContext:
+        plan = self.stage
+        return StageContext(
+            plan=plan, run_dir=self.run_dir, step_slice=self._step_slice(),
+            new_source=lambda consumed: self.build_source(plan, self.cfg.model, self.data_dir, consumed),
+            forward_only=self._forward_only, reference_model=self._reference_model,
+            dataset_sizes=[len(d) for d in getattr(self.source, "mm_sets", [])])
+
+    def _forward_only(self, batches: list[dict], forward_step: Callable, chunks: list | None = None) -> list[dict]:
+        """megatron's schedule without backward over this rank's micro-batches (the training model by default)."""
+        model = chunks or self.model
+        plan = self.stage
+        with torch.no_grad():
+            return get_forward_backward_func()(
+                forward_step_func=forward_step,
+                data_iterator=schedule_iterator(to_device(batches, self.rt.device), len(model)),
+                model=model if len(model) > 1 else model[0], num_microbatches=len(batches),
+                seq_length=plan.seq_length * plan.micro_batch_size, micro_batch_size=1, forward_only=True)
+
+    def _reference_model(self) -> list:
+        """A frozen copy of the model chunks with the current weights (built under a saved and restored RNG, so the
+        training run draws the same random numbers with or without it)."""
+        from omni_mega.training.state import capture_rng, restore_rng
+
+        rng = capture_rng()
+        copy = [c.to(self.rt.device) for c in build_chunks(self.cfg.model, self.cfg.parallel, self.vocab_size,
+                                                           max_seq_length(self.plans), self.dtype)]
+        restore_rng(rng)
+        for dst, src in zip(copy, self.chunks):
+            dst.load_state_dict(src.state_dict())
+            dst.requires_grad_(False)
+            dst.eval()
+        set_rope_base(copy, self.stage.rope_base)
+        return copy
+
     # ---- one step -----------------------------------------------------------------------------------------------
     def _step_slice(self) -> data_source.StepSlice:
         plan = self.stage
@@ -224,6 +261,7 @@ class Trainer:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
         batches, wait_ms = self.prefetch.next_step()
+        self.objective.before_step(self._ctx, batches)
         losses = get_forward_backward_func()(
             forward_step_func=self.objective.forward_step,
             data_iterator=schedule_iterator(to_device(batches, self.rt.device), len(self.model)),
@@ -282,8 +320,9 @@ class Trainer:
     def _run_stage(self, plan: StagePlan, losses: list[float]) -> bool:
         """Steps to the end of the stage (checkpointing as it asks); False when a stop request ended the run."""
         start, first = time.perf_counter(), self.state.step
+        self._ctx = self._stage_context()
         if self.state.step < plan.end_step:
-            self.objective.start_stage(self)
+            self.objective.start_stage(self._ctx)
         try:
             while self.state.step < plan.end_step:
                 t0 = time.perf_counter()

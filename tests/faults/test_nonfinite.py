@@ -73,7 +73,7 @@ def _step(tr, mode):
 def test_nonfinite_step_is_skipped_counted_and_recorded(rt, tmp_path, mode):
     from omni_mega.training.trainer import Trainer
 
-    tr = Trainer(load_config(None, TINY), rt, tmp_path / "run", build_objective=lambda name: Poisoned())
+    tr = Trainer(load_config(None, TINY), rt, tmp_path / "run", build_objective=lambda plan: Poisoned())
     r, *_ = _step(tr, None)
     assert not r.skipped and math.isfinite(r.loss)
     r, before, after = _step(tr, mode)
@@ -97,7 +97,7 @@ def test_nonfinite_step_is_skipped_counted_and_recorded(rt, tmp_path, mode):
 def test_too_many_in_a_row_stop_the_run_and_nonfinite_weights_are_never_saved(rt, tmp_path):
     from omni_mega.training.trainer import Trainer, TrainingDiverged
 
-    tr = Trainer(load_config(None, TINY), rt, tmp_path / "run", build_objective=lambda name: Poisoned())
+    tr = Trainer(load_config(None, TINY), rt, tmp_path / "run", build_objective=lambda plan: Poisoned())
     POISON["mode"] = "loss"
     try:
         with pytest.raises(TrainingDiverged, match=r"3 steps in a row \(to step 3\).*max_skipped_steps=3"):
