@@ -94,6 +94,9 @@ class Trainer:
                                                              max_seq_length(self.plans), self.dtype)]
         self.total_params = model_sum(sum(p.numel() for c in self.chunks for p in c.parameters()))
         self.model, self.optimizer, self.source, self.objective, self.prefetch = [], None, None, None, None
+        # The objective prepares a stage at its first step in this process. Its StageContext is made for each call and
+        # not kept: it refers back to the trainer, and a kept cycle would hold the run-dir lock until a gc pass.
+        self._stage_started = False
         self.state = TrainerState(model=to_dict(cfg.model), parallel=to_dict(cfg.parallel), world_size=rt.world_size)
         self.stop = StopRequest(self.run_dir, rt.device)
         self._preflight()
@@ -138,6 +141,7 @@ class Trainer:
         """Applies a stage: trainable set, DDP + optimizer (carrying Adam state), RoPE base, objective, data source,
         and `init_from` when the stage starts fresh (not when resuming inside it)."""
         self._close_prefetch()
+        self._stage_started = False
         snap = snapshot(self.optimizer) if self.optimizer is not None else None
         dsnap = dist_snapshot(self.optimizer, self.chunks)  # the distributed optimizer's shards (None otherwise)
         counts = apply_trainable(self.chunks, plan.name, list(plan.trainable))
@@ -207,6 +211,7 @@ class Trainer:
 
     # ---- what objectives may use -----------------------------------------------------------------------------------
     def _stage_context(self) -> StageContext:
+        """What the stage's objective may use (made for each call; see __init__)."""
         plan = self.stage
         return StageContext(
             plan=plan, run_dir=self.run_dir, step_slice=self._step_slice(),
@@ -252,6 +257,9 @@ class Trainer:
         from megatron.core import parallel_state as ps
 
         plan = self.stage
+        if not self._stage_started:  # the stage's first step in this process: let the objective prepare
+            self.objective.start_stage(self._stage_context())
+            self._stage_started = True
         if self.prefetch is None:
             self.prefetch = Prefetcher(self.source, self._step_slice(), plan.end_step - self.state.step,
                                        self.cfg.data.prefetch_steps)
@@ -261,7 +269,7 @@ class Trainer:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
         batches, wait_ms = self.prefetch.next_step()
-        self.objective.before_step(self._ctx, batches)
+        self.objective.before_step(self._stage_context(), batches)
         losses = get_forward_backward_func()(
             forward_step_func=self.objective.forward_step,
             data_iterator=schedule_iterator(to_device(batches, self.rt.device), len(self.model)),
@@ -320,9 +328,6 @@ class Trainer:
     def _run_stage(self, plan: StagePlan, losses: list[float]) -> bool:
         """Steps to the end of the stage (checkpointing as it asks); False when a stop request ended the run."""
         start, first = time.perf_counter(), self.state.step
-        self._ctx = self._stage_context()
-        if self.state.step < plan.end_step:
-            self.objective.start_stage(self._ctx)
         try:
             while self.state.step < plan.end_step:
                 t0 = time.perf_counter()
