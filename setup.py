@@ -38,7 +38,7 @@ def extensions():
     exts.append(
         Extension(
             "omni_mega._bpe",
-            sources=[os.path.join(CSRC, "bpe", "bytelevel_bpe.cpp"), os.path.join(CSRC, "bpe", "bpe_module.cpp")],
+            sources=[os.path.join(CSRC, "bpe", f) for f in ("bytelevel_bpe.cpp", "jsonl.cpp", "bpe_module.cpp")],
             include_dirs=[os.path.join(HERE, CSRC), pybind11.get_include()],
             extra_compile_args=["-O3", "-g0", "-std=c++20"],
             language="c++",

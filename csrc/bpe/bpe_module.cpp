@@ -11,6 +11,7 @@
 #include <thread>
 
 #include "bpe/bytelevel_bpe.h"
+#include "bpe/jsonl.h"
 
 namespace py = pybind11;
 using omni_mega::bpe::Encoder;
@@ -109,6 +110,60 @@ py::tuple encode_batch(Encoder& enc, const py::list& texts, int threads, bool ch
   return py::make_tuple(owned_array<uint32_t>(outs[0].release(), nids), owned_array<int64_t>(lens, n));
 }
 
+// block: whole JSON lines -> (status int8 [lines]: 0 parsed and encoded here, 1 left to the caller (see jsonl.h:
+// anything json.loads might read differently, and texts the encoder hands back); per key, (ids uint32, lengths
+// int64 [lines with status 0]) of that key's string). One call per preprocessing block, the GIL released
+// throughout: the JSON parsing runs in parallel on the caller's threads too.
+py::tuple encode_jsonl(Encoder& enc, const py::bytes& block, const std::vector<std::string>& keys) {
+  const std::string_view data(block);
+  const size_t nkeys = keys.size();
+  std::vector<int8_t> status;
+  std::vector<IdBuf> ids(nkeys);
+  std::vector<std::vector<int64_t>> lens(nkeys);
+  {
+    py::gil_scoped_release release;
+    WorkspaceLease lease(enc);
+    omni_mega::bpe::JsonLine parser(keys);
+    const auto lines = omni_mega::bpe::split_lines(data);
+    status.assign(lines.size(), 1);
+    for (auto& b : ids) b.reserve(data.size() / 3 / std::max<size_t>(nkeys, 1) + 16);
+    std::vector<size_t> before(nkeys);
+    for (size_t l = 0; l < lines.size(); ++l) {
+      if (!parser.parse(data.substr(lines[l].first, lines[l].second - lines[l].first))) continue;
+      bool ok = true;
+      size_t k = 0;
+      for (; k < nkeys && ok; ++k) {
+        before[k] = ids[k].size();
+        const int64_t n = enc.encode(parser.value(k), ids[k], *lease.ws);
+        if (n < 0)
+          ok = false;
+        else
+          lens[k].push_back(n);
+      }
+      if (!ok) {  // undo the keys done for this line; the caller encodes it
+        for (size_t j = 0; j < k; ++j) {
+          ids[j].resize_down(before[j]);
+          if (j + 1 < k) lens[j].pop_back();
+        }
+        continue;
+      }
+      status[l] = 0;
+    }
+  }
+  py::list per_key;
+  for (size_t k = 0; k < nkeys; ++k) {
+    const size_t n = ids[k].size(), m = lens[k].size();
+    auto* l = static_cast<int64_t*>(std::malloc(std::max<size_t>(m, 1) * sizeof(int64_t)));
+    if (l == nullptr) throw std::bad_alloc();
+    std::copy(lens[k].begin(), lens[k].end(), l);
+    per_key.append(py::make_tuple(owned_array<uint32_t>(ids[k].release(), n), owned_array<int64_t>(l, m)));
+  }
+  auto* st = static_cast<int8_t*>(std::malloc(std::max<size_t>(status.size(), 1)));
+  if (st == nullptr) throw std::bad_alloc();
+  std::copy(status.begin(), status.end(), st);
+  return py::make_tuple(owned_array<int8_t>(st, status.size()), per_key);
+}
+
 omni_mega::bpe::Options parse_options(const std::string& pattern, int max_digits, const std::string& profile,
                                       const std::string& merge_order, bool ignore_merges, bool nfc_check) {
   using namespace omni_mega::bpe;
@@ -169,6 +224,7 @@ PYBIND11_MODULE(_bpe, m) {
            "priority order; vocab: (token bytes, id) for ignore_merges; added: added-token contents to detect; "
            "prefix/suffix: ids around every text")
       .def("encode_batch", &encode_batch, py::arg("texts"), py::arg("threads") = 1, py::arg("check_nfc") = true)
+      .def("encode_jsonl", &encode_jsonl, py::arg("block"), py::arg("keys"))
       .def(
           "pretokenize",
           [](const Encoder& enc, const std::string& text) {

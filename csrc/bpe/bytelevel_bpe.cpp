@@ -567,6 +567,7 @@ template <Pattern P>
 void Encoder::encode_pieces(const uint8_t* s, size_t n, IdBuf& out, Workspace& ws) const {
   const uint8_t* end = s + n;
   const bool cached = use_cache;
+  uint64_t hits = 0, misses = 0;  // counted here, not in ws: one memory update per text, not per pre-token
   for (size_t i = 0; i < n;) {
     const size_t k = i + (s[i] == ' ');
     size_t j;
@@ -588,14 +589,16 @@ void Encoder::encode_pieces(const uint8_t* s, size_t n, IdBuf& out, Workspace& w
       continue;
     }
     if (ws.cache.lookup(p, len, end, out)) {
-      ++ws.hits;
+      ++hits;
       continue;
     }
-    ++ws.misses;
+    ++misses;
     const size_t start = out.size();
     merge(p, len, out, ws);
     ws.cache.insert(p, len, end, out.data() + start, out.size() - start);
   }
+  ws.hits += hits;
+  ws.misses += misses;
 }
 
 int64_t Encoder::encode(std::string_view text, IdBuf& out, Workspace& ws, bool check_nfc) const {

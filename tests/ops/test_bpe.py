@@ -240,3 +240,54 @@ def test_without_the_extension_tiktoken_gives_the_same_ids(bpes, gpt2_files, mon
     texts = [random_text(rng, rng.randint(0, 40)).replace("\U000323B0", "") for _ in range(50)] + ["lone \ud800"]
     got, want = plain.encode_flat(texts), fast.encode_flat(texts)
     assert [a.tolist() for a in got] == [a.tolist() for a in want] and got[1][-1] == -1
+
+
+def test_jsonl_parser_agrees_with_json_loads(bpes):
+    """encode_jsonl parses in C++ only lines json.loads reads the same way: on fresh random lines (valid ones with
+    escapes, surrogate pairs, nested values, other keys, and mutations of them: cut, bytes flipped, lone
+    surrogates, NaN, duplicate keys, lists of sentences, control characters, bad UTF-8) every line it takes gives
+    the string json.loads gives, encoded; the lines it leaves are the caller's."""
+    import json
+
+    fast, _ = bpes
+    rng = random.Random()
+    texts = [random_text(rng, rng.randint(0, 30)) for _ in range(200)]
+    lines = []
+    for t in texts:
+        extra = rng.choice([{}, {"id": rng.randint(-10**20, 10**20)}, {"meta": {"a": [1, 2.5e-3, None, True]}},
+                            {"n": -0.0}, {"s": "x\\y"}])
+        obj = {"text": t, **extra} if rng.random() < 0.5 else {**extra, "text": t}
+        line = json.dumps(obj, ensure_ascii=rng.random() < 0.5).encode()
+        lines.append(line)
+        for _ in range(3):  # mutations
+            b = bytearray(line)
+            kind = rng.randrange(8)
+            if kind == 0 and b:
+                del b[rng.randrange(len(b)):]
+            elif kind == 1 and b:
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            elif kind == 2:
+                b = bytearray(line.replace(b"}", b', "text": "dup"}', 1))
+            elif kind == 3:
+                b = bytearray(line.replace(b'"text": ', b'"text": ["a", ', 1).replace(b"}", b"]}", 1))
+            elif kind == 4:
+                b = bytearray(b'{"text": "lone \\ud83d here", "x": NaN}')
+            elif kind == 5:
+                b = bytearray(b'  {"te\\u0078t" : "escaped key\\t\\u00e9\\ud83d\\ude42"}\r ')
+            elif kind == 6:
+                b = bytearray(b'{"text": "raw \x01 control"}')
+            else:
+                b = bytearray(b'{"text": "[' + b"[" * 70 + b"]" * 70 + b']", "deep": ' + b"[" * 70 + b"]" * 70 + b"}")
+            lines.append(bytes(b).replace(b"\n", b" "))
+    block = b"\n".join(lines) + b"\n"
+    status, ((ids, lens),) = fast._native.encode_jsonl(block, ["text"])
+    assert status.size == len(lines) and lens.size == int((status == 0).sum()) > len(lines) // 4
+    ends = np.cumsum(lens)
+    k = 0
+    for line, st in zip(lines, status.tolist()):
+        if st != 0:
+            continue
+        obj = json.loads(line.decode("utf-8"))  # C++ took it: Python must read the same string
+        assert isinstance(obj, dict) and isinstance(obj["text"], str), line
+        assert ids[ends[k] - lens[k]:ends[k]].tolist() == fast.encode(obj["text"]), line
+        k += 1

@@ -57,9 +57,11 @@ import numpy as np
 from omni_mega.data.text import outputs
 from omni_mega.data.text.idx_writer import IndexedWriter, concatenate, optimal_dtype
 
-# 256 KiB per job (~200 documents of 1 KB): per-job overhead (pickling for processes, a thread hand-off) is <1% of
-# encoding it, and blocks this small keep the workers evenly loaded up to the end of the input.
+# 256 KiB per job for worker processes (~200 documents of 1 KB): pickling a block costs <1% of encoding it, and
+# blocks this small keep the workers evenly loaded up to the end of the input. The C++ path (no pickling) takes
+# NATIVE_BLOCK_FACTOR times that: its per-block Python work (~0.2 ms) was ~5% of a 256 KiB block's time on the KJV.
 BLOCK_BYTES = 1 << 18
+NATIVE_BLOCK_FACTOR = 4
 MAX_BAD_LINES_SHOWN = 5
 # The fast tokenizer is compared with the reference on these and on up to SAMPLE_BYTES of the input's first texts
 # before the run (the pure-Python GPT-2 reference does ~1 MB/s: ~30 ms of start-up).
@@ -161,7 +163,7 @@ def _parse_line(line: str, keys, splitter):
     """Per key, the sentences of one JSON line; or a reason string when the line is bad."""
     try:
         data = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's recursion limit
         return "malformed JSON"
     if not isinstance(data, dict):
         return "malformed JSON"
@@ -239,15 +241,20 @@ def _split_partitions(packed, doc_part: np.ndarray, partitions: int) -> dict:
 class BlockEncoder:
     """(fname, first_line, first_global, block) -> ({partition: {key: (tokens, seq_lens, nseq)}}, docs, bytes, bad).
 
-    The block's lines are parsed in Python (json.loads), then each key's sentences are encoded in one
-    `encode_flat` call and packed into Megatron's arrays with numpy: no per-document tokenizer call."""
+    With `native_jsonl` (the C++ encoder's encode_jsonl), the block's lines are parsed and encoded in C++ without
+    the GIL (csrc/bpe/jsonl.h: only lines json.loads reads the same way; the rest, bad lines among them, are parsed
+    here, so the bad-line accounting is Python's either way). Otherwise each line is parsed in Python
+    (json.loads) and each key's sentences encoded in one `encode_flat` call. Either way Megatron's arrays are built
+    with numpy for the whole block: no per-document tokenizer call."""
 
-    def __init__(self, encode_flat, keys, eod, splitter, partitions: int, dtype):
+    def __init__(self, encode_flat, keys, eod, splitter, partitions: int, dtype, native_jsonl=None):
         assert array.array("I").itemsize == 4  # uint32 buffers (_list_to_u32, flat_encode)
         self.encode_flat, self.keys, self.eod, self.splitter = encode_flat, keys, eod, splitter
-        self.partitions, self.dtype = partitions, dtype
+        self.partitions, self.dtype, self.native_jsonl = partitions, dtype, native_jsonl
 
     def __call__(self, job):
+        if self.native_jsonl is not None:
+            return self._native(job)
         fname, first_line, first_global, block = job
         keys = self.keys
         bad = BadInput()
@@ -267,6 +274,50 @@ class BlockEncoder:
                 nsent[key].append(len(sentences))
         rows = np.array(rows, dtype=np.int64)
         encoded = {k: (*self.encode_flat(texts[k]), np.array(nsent[k], dtype=np.int64)) for k in keys}
+        return self._pack(job, rows, encoded, bad)
+
+    def _native(self, job):
+        fname, first_line, _, block = job
+        status, per_key = self.native_jsonl(block)
+        ok_rows = np.flatnonzero(status == 0)
+        bad = BadInput()
+        if ok_rows.size == status.size:  # every line done in C++: one sentence per key and line
+            ones = np.ones(ok_rows.size, dtype=np.int64)
+            return self._pack(job, ok_rows, {k: (ids, lens, ones) for k, (ids, lens) in zip(self.keys, per_key)},
+                              bad)
+        lines = block.split(b"\n")  # the lines C++ left: parsed and encoded as the pure-Python path does
+        texts = {k: [] for k in self.keys}
+        nsent = {k: [] for k in self.keys}
+        py_rows = []
+        for r in np.flatnonzero(status != 0).tolist():
+            try:
+                line = lines[r].decode("utf-8")
+            except UnicodeDecodeError:
+                bad.add("not UTF-8", (fname, first_line + r))
+                continue
+            values = _parse_line(line, self.keys, None)
+            if isinstance(values, str):
+                bad.add(values, (fname, first_line + r))
+                continue
+            py_rows.append(r)
+            for key, sentences in zip(self.keys, values):
+                texts[key].extend(sentences)
+                nsent[key].append(len(sentences))
+        py_rows = np.array(py_rows, dtype=np.int64)
+        rows = np.concatenate([ok_rows, py_rows])
+        row_order = np.argsort(rows, kind="stable")
+        encoded = {}
+        for key, (ids, lens) in zip(self.keys, per_key):
+            py_ids, py_lens = self.encode_flat(texts[key])
+            py_nsent = np.array(nsent[key], dtype=np.int64)
+            encoded[key] = _merge_rows(ok_rows, ids, lens, py_rows, py_ids, py_lens, py_nsent) + \
+                (np.concatenate([np.ones(ok_rows.size, dtype=np.int64), py_nsent])[row_order],)
+        return self._pack(job, rows[row_order], encoded, bad)
+
+    def _pack(self, job, rows, encoded, bad):
+        """Megatron's arrays for the block's parsed lines `rows` (ascending) and per key (ids, sentence lengths,
+        sentences per row)."""
+        fname, first_line, first_global, block = job
         keep = np.ones(rows.size, dtype=bool)
         for ids, lens, ns in encoded.values():  # a line with a sentence the tokenizer rejects is dropped from all keys
             keep[np.repeat(np.arange(rows.size), ns)[lens < 0]] = False
@@ -282,6 +333,20 @@ class BlockEncoder:
                 # One uint32 -> dtype conversion per block and key; ids always fit (dtype comes from vocab_size).
                 arrays.setdefault(p, {})[key] = (tokens.astype(self.dtype), seq_lens, nseq)
         return arrays, int(keep.sum()), len(block), bad
+
+
+def _merge_rows(rows_a, ids_a, lens_a, rows_b, ids_b, lens_b, nsent_b):
+    """The sentences of two sets of rows (a: one sentence per row; b: nsent_b per row) interleaved in row order:
+    (ids, sentence lengths). Lengths -1 (failed) have no ids."""
+    sent_rows = np.concatenate([rows_a, np.repeat(rows_b, nsent_b)])
+    lens = np.concatenate([lens_a, lens_b])
+    sizes = np.maximum(lens, 0)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    order = np.argsort(sent_rows, kind="stable")  # a row's sentences come from one side, in order
+    all_ids = np.concatenate([ids_a, ids_b])
+    take = sizes[order]
+    gather = np.repeat(starts[order] - np.concatenate([[0], np.cumsum(take)[:-1]]), take) + np.arange(take.sum())
+    return all_ids[gather], lens[order]
 
 
 def block_texts(block: bytes, keys, limit: int) -> list[str]:
@@ -454,6 +519,20 @@ def _has_native(tok) -> bool:
 def run(args) -> dict:
     """Preprocesses per `args` (the parsed command line); returns a summary dict (docs, bytes, seconds, bad).
     Raises PreprocessError (code 1: nothing to write; 2: fix the command line or files) and ValueError."""
+    import gc
+
+    # The run allocates many short-lived arrays and no reference cycles: the cycle collector only costs time
+    # (~3% of CPU on the KJV).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(args)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _run(args) -> dict:
     files = expand_inputs(args.input)
     prefix = args.output_prefix
     out_dir = os.path.dirname(os.path.abspath(prefix))
@@ -470,7 +549,8 @@ def run(args) -> dict:
     splitter_spec = (args.lang, args.keep_newlines) if args.split_sentences else None
     eod = tok.eod if args.append_eod else None
 
-    blocks = iter_blocks(files, BLOCK_BYTES)
+    native = _has_native(tok)
+    blocks = iter_blocks(files, BLOCK_BYTES * (NATIVE_BLOCK_FACTOR if native and not splitter_spec else 1))
     first = next(blocks, None)
     jobs = itertools.chain([first], blocks) if first is not None else iter(())
     use_reference = False
@@ -482,12 +562,16 @@ def run(args) -> dict:
             notes.append(f"warning: {problem}; using the reference tokenizer (slow)")
             print(notes[-1], file=sys.stderr)
             use_reference = True
-    native = _has_native(tok) and not use_reference
+    native = native and not use_reference
     mode = "inline" if args.workers == 1 else ("threads" if native else "processes")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are processes; no nested thread pools
     encode_flat = _reference_flat(tok) if use_reference else flat_encoder(tok)
     splitter = _build_splitter(*splitter_spec) if splitter_spec and mode != "processes" else None
-    encoder = BlockEncoder(encode_flat, args.json_keys, eod, splitter, nparts, dtype)
+    native_jsonl = None
+    if native and not splitter_spec:  # JSON parsing in C++ too (no sentence splitting there)
+        enc, keys = tok.native_encoder(), list(args.json_keys)
+        native_jsonl = lambda block: enc.encode_jsonl(block, keys)  # noqa: E731
+    encoder = BlockEncoder(encode_flat, args.json_keys, eod, splitter, nparts, dtype, native_jsonl)
     init = (tok, args.json_keys, eod, splitter_spec, nparts, dtype, use_reference)
 
     suffix = outputs.tmp_suffix()

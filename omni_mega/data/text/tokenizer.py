@@ -81,6 +81,10 @@ class GPT2BPETokenizer(_Base):
             return self._bpe.encode_flat(texts, threads)
         return _flat(self._bpe.encode, texts)
 
+    def native_encoder(self):
+        """The C++ encoder (omni_mega._bpe.ByteLevelBPE) behind encode_flat, or None."""
+        return None if self.reference else getattr(self._bpe, "_native", None)
+
     def reference_encode(self, text: str) -> list[int]:
         """The pure-Python GPT-2 algorithm (Megatron-LM's), built on first use."""
         if self._reference is None:
@@ -164,6 +168,11 @@ class HuggingFaceTokenizer(_Base):
     def fast_backend(self) -> str:
         fast = self._fast()
         return fast if isinstance(fast, str) else fast.description
+
+    def native_encoder(self):
+        """The C++ encoder (omni_mega._bpe.ByteLevelBPE) behind encode_flat, or None."""
+        fast = self._fast()
+        return None if isinstance(fast, str) else fast.native
 
     def encode_flat(self, texts, threads: int = 1):
         """The preprocessing fast path (see preprocess.py): ids of many texts in one call."""
