@@ -10,7 +10,8 @@ and Oniguruma inside HF `tokenizers` (tokenizer.json pre-tokenizers). So the tab
 themselves, not off a Unicode data file. Byte layout (see unicode_tables.h):
   bits 0-1: class under the `regex` module    (0 other, 1 \\p{L}, 2 \\p{N}, 3 \\s)
   bits 2-3: class under HF tokenizers (Oniguruma)
-  bit 4:    may change under NFC (Python's unicodedata, conservative: see nfc_sensitive)
+  bit 4:    may change under NFC (Python's unicodedata, and HF tokenizers' normalizers for code points it does not
+            know: see nfc_sensitive)
 """
 
 import os
@@ -58,21 +59,56 @@ def hf_classes(cps: np.ndarray) -> np.ndarray:
 
 
 def nfc_sensitive() -> np.ndarray:
-    """Code points whose presence means a text may not be NFC already: a nonzero combining class, a change under
-    NFC on its own (NFC_QC=No), the second element of a canonical decomposition (NFC_QC=Maybe), the Hangul jamo
-    (composed algorithmically), and every code point unassigned in Python's Unicode version (a later version may
-    assign a combining mark there). A text with none of them is NFC in every Unicode version (stability policy)."""
+    """Code points whose presence means a text may not be NFC already (a text with none of them is left as it is by
+    NFC): a nonzero canonical combining class, a change under NFC or NFD on its own (NFC_QC=No, or a decomposition),
+    the second element of a canonical decomposition (NFC_QC=Maybe), and the Hangul jamo (composed algorithmically).
+    Python's unicodedata (Unicode 14 here) answers for the code points it knows; for the others HF tokenizers' own
+    normalizers (the reference; Unicode 16 for tokenizers 0.23.3) are asked: NFC/NFD of the character alone, the
+    decompositions of every character, and two reordering probes for a combining class ("a" + c + U+0334 (class 1)
+    and "a" + U+0316 (class 220) + c are reordered by NFD exactly when c's class is nonzero)."""
+    from tokenizers import normalizers
+
+    nfd, nfc = normalizers.NFD(), normalizers.NFC()
     out = np.zeros(N, dtype=bool)
+    unknown = []
     for c in range(N):
         if 0xD800 <= c <= 0xDFFF:
             continue
         ch = chr(c)
-        if unicodedata.category(ch) == "Cn" or unicodedata.combining(ch) or unicodedata.normalize("NFC", ch) != ch:
+        if unicodedata.category(ch) == "Cn":
+            unknown.append(c)
+            continue
+        if unicodedata.combining(ch) or unicodedata.normalize("NFC", ch) != ch:
             out[c] = True
         dec = unicodedata.decomposition(ch)
         if dec and not dec.startswith("<"):
             for part in dec.split()[1:]:
                 out[int(part, 16)] = True
+
+    def hf_each(normalize, make, check):
+        step = 4096  # many probes per call, separated by "\n" (a starter that composes with nothing)
+        for i in range(0, len(unknown), step):
+            chunk = unknown[i:i + step]
+            pieces = normalize.normalize_str("\n".join(make(chr(c)) for c in chunk)).split("\n")
+            assert len(pieces) == len(chunk)
+            for c, piece in zip(chunk, pieces):
+                check(c, piece)
+
+    def mark_if(expected):
+        def check(c, piece):
+            if piece != expected(chr(c)):
+                out[c] = True
+        return check
+
+    def second_elements(c, piece):
+        for d in piece[1:]:
+            out[ord(d)] = True
+
+    hf_each(nfc, lambda ch: ch, mark_if(lambda ch: ch))
+    hf_each(nfd, lambda ch: ch, mark_if(lambda ch: ch))
+    hf_each(nfd, lambda ch: ch, second_elements)
+    hf_each(nfd, lambda ch: "a" + ch + "\u0334", mark_if(lambda ch: "a" + ch + "\u0334"))
+    hf_each(nfd, lambda ch: "a\u0316" + ch, mark_if(lambda ch: "a\u0316" + ch))
     for lo, hi in ((0x1100, 0x11FF), (0xA960, 0xA97F), (0xD7B0, 0xD7FF)):
         out[lo:hi + 1] = True
     return out

@@ -291,3 +291,25 @@ def test_jsonl_parser_agrees_with_json_loads(bpes):
         assert isinstance(obj, dict) and isinstance(obj["text"], str), line
         assert ids[ends[k] - lens[k]:ends[k]].tolist() == fast.encode(obj["text"]), line
         k += 1
+
+
+def test_texts_without_nfc_sensitive_code_points_are_nfc_for_hf():
+    """The table's NFC bit (gen_unicode_tables.py): whenever the encoder finds no NFC-sensitive code point in a text,
+    HF tokenizers' NFC (the reference) leaves the text as it is. Random short texts over combining marks, jamo,
+    scripts composing their vowel signs (Bengali, Tamil, Kirat Rai / Tulu-Tigalari of Unicode 16), letters, CJK,
+    emoji and code points new after Unicode 14."""
+    from tokenizers import normalizers
+
+    nfc = normalizers.NFC()
+    enc = _bpe.ByteLevelBPE(list(range(256)), b"", pattern="cl100k", profile="hf", merge_order="hf", nfc_check=True)
+    ranges = [(0x300, 0x36F), (0x9BE, 0x9D7), (0xBBE, 0xBD7), (0x1100, 0x11FF), (0xAC00, 0xAC40), (0x16D40, 0x16D79),
+              (0x11380, 0x113FF), (0x1F300, 0x1FAFF), (0x41, 0x7A), (0xC0, 0x24F), (0x4E00, 0x4E40), (0xF900, 0xF910)]
+    pool = [chr(c) for lo, hi in ranges for c in range(lo, hi + 1)]
+    rng = random.Random()
+    checked = 0
+    for _ in range(30000):
+        text = "".join(rng.choice(pool) for _ in range(rng.randint(1, 4)))
+        if not enc.needs_nfc(text):
+            assert nfc.normalize_str(text) == text, [hex(ord(c)) for c in text]
+            checked += 1
+    assert checked > 1000
