@@ -348,6 +348,7 @@ def tokenizer_rows(label: str, texts: list[str], ours, reference, giga_path: str
         e = {"MB/s": round(nbytes / wall / 1e6, 1), "MB per CPU-s": round(nbytes / cpu / 1e6, 1), **extra}
         if base:
             e["vs gigatoken (wall)"] = round(base[0] / wall, 2)
+            e["vs gigatoken (CPU)"] = round(base[1] / cpu, 2)
         rows.append(harness.Result("tokenizer", name, "steady state, pre-parsed strings", shape,
                                    round(wall * 1e3, 1), 0.0, e))
     return rows

@@ -47,10 +47,10 @@ void encode_range(Encoder& enc, const std::vector<std::string_view>& views, std:
 
 // texts: list[str] -> (ids uint32 [sum of lengths >= 0], lengths int64 [len(texts)]). lengths[i] < 0 marks a text
 // with no ids: -1 not encodable as UTF-8 (a lone surrogate), -2 contains an added token the reference would match,
-// -3 may change under NFC (the caller handles those; check_nfc = false when it passes normalized texts). `threads` > 1 splits the batch into that many contiguous
-// ranges of about equal bytes, encoded concurrently; the result is the same for any number of threads (the caches
-// never change ids). The GIL is released while encoding; the views stay valid because the list holds the strings
-// and their UTF-8 buffers (cached on the str objects).
+// -3 may change under NFC (the caller handles those; check_nfc = false when it passes normalized texts).
+// `threads` > 1 splits the batch into that many contiguous ranges of about equal bytes, encoded concurrently; the
+// result is the same for any number of threads (the caches never change ids). The GIL is released while encoding;
+// the views stay valid because the list holds the strings and their UTF-8 buffers (cached on the str objects).
 py::tuple encode_batch(Encoder& enc, const py::list& texts, int threads, bool check_nfc) {
   const size_t n = texts.size();
   std::vector<std::string_view> views(n);

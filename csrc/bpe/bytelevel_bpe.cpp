@@ -97,7 +97,7 @@ PieceCache::PieceCache(size_t max_entries) : max_entries_(max_entries) { clear()
 
 void PieceCache::clear() {
   short_.assign(1 << 12, Short{0, 0, 0, 0});
-  front_.assign(size_t(1) << kFrontBits, Short{0, 0, 0, 0});
+  front_.assign(size_t(1) << kFrontBits, Front{0, 0, 0});
   long_.assign(1 << 10, Long{0, 0, 0, 0, 0, 0, 0});
   short_mask_ = short_.size() - 1;
   long_mask_ = long_.size() - 1;
@@ -559,10 +559,10 @@ void Encoder::merge(const uint8_t* p, size_t n, IdBuf& out, Workspace& ws, int a
     merge_heap(p, n, out, ws);
 }
 
-// The common pre-tokens, a run of ASCII letters (after one space), are cut here without the general scanners: for
-// both patterns, " ?" + letters is the whole pre-token when the letters are followed by something that is not a
-// letter (the general scanner continues a run into non-ASCII letters). Contractions start with "'" and never
-// take this path. `out` has room for every id (at most one per byte).
+// The common pre-tokens, a run of letters starting with an ASCII one (after one space), are cut here without the
+// general scanners: for both patterns, " ?" + letters is the whole pre-token up to the first character that is not
+// a letter. Contractions start with "'" and never take this path. `out` has room for every id (at most one per
+// byte).
 template <Pattern P>
 void Encoder::encode_pieces(const uint8_t* s, size_t n, IdBuf& out, Workspace& ws) const {
   const uint8_t* end = s + n;
@@ -573,7 +573,11 @@ void Encoder::encode_pieces(const uint8_t* s, size_t n, IdBuf& out, Workspace& w
     size_t j;
     if (k < n && ascii_letter(s[k])) {
       j = ascii_letter_run(s, n, k + 1);
-      if (j < n && s[j] >= 0x80) j = P == Pattern::kGPT2 ? piece_end_gpt2(s, n, i) : piece_end_cl100k(s, n, i);
+      while (j < n && s[j] >= 0x80) {  // the run goes on through non-ASCII letters (é, ß, ...)
+        size_t lj;
+        if (cls(s, n, j, lj) != kLetter) break;
+        j = ascii_letter_run(s, n, j + lj);
+      }
     } else {
       j = P == Pattern::kGPT2 ? piece_end_gpt2(s, n, i) : piece_end_cl100k(s, n, i);
     }

@@ -110,11 +110,15 @@ class PairTable {
 // Pre-token bytes -> ids. Pre-tokens of up to 8 bytes (85% of English ones) live in a table of 16-byte slots
 // (key bytes, id, length, count), longer ones in a table of 32-byte slots holding their first 16 bytes (the rest, for
 // the few over 16 bytes, in an arena); one id lives in the slot, more in an arena. In front of the short table sits
-// a direct-mapped copy of recently used one-id entries, 16 KB, small enough to stay in L1: pre-token frequencies
-// are Zipfian, and lookups in the main table (512 KB for the KJV's 14K distinct pre-tokens) were mostly waiting
-// for memory. Measured on the KJV, one thread: 16-byte instead of 32-byte slots ~+20%, the front copy and the
-// inline 16-byte keys ~+10% each; prefetching batches of lookups was slower (its bookkeeping cost more than the
-// overlapped latency). Cleared whole when it reaches max_entries, so memory stays bounded.
+// a direct-mapped copy of recently used entries of 2-7 bytes and one or two ids (4096 x 16 bytes): pre-token
+// frequencies are Zipfian (the 1,024 most frequent of the KJV's 14K distinct pre-tokens are 91% of its
+// pre-tokens), and lookups in the main table (512 KB) were mostly waiting for memory. Measured on the KJV, one
+// thread, MB per CPU-second on this shared 2-core machine (load 4-8, so +-15%): 32-byte slots throughout ~60;
+// 16-byte slots and the ASCII letter-run shortcut (encode_pieces) ~150; with a 1024-entry front copy ~220-250,
+// 4096 entries +5% (C++ harness, best of 25, three interleaved rounds). Slower, and dropped: prefetching the slots
+// of a batch of 16 pre-tokens before looking them up (170 vs 214, best of 15), cutting a whole text into
+// pre-tokens before any lookup (143-186 vs 189-242, best of 25). Cleared whole when it reaches max_entries, so
+// memory stays bounded.
 class PieceCache {
  public:
   explicit PieceCache(size_t max_entries);
@@ -139,8 +143,13 @@ class PieceCache {
     uint16_t len, n;
     uint32_t unused;
   };
-  static_assert(sizeof(Short) == 16 && sizeof(Long) == 32);
-  static constexpr int kFrontBits = 10;
+  struct Front {
+    uint64_t key;  // the bytes with the length in the top byte (pieces of 2-7 bytes); 0: empty
+    uint32_t a, b;  // one or two ids (b == kNoId: one)
+  };
+  static_assert(sizeof(Short) == 16 && sizeof(Long) == 32 && sizeof(Front) == 16);
+  static constexpr uint32_t kNoId = 0xFFFFFFFFu;
+  static constexpr int kFrontBits = 12;
 
   static inline uint64_t load(const uint8_t* p, size_t len, const uint8_t* end) {  // len <= 8
     uint64_t k = 0;
@@ -167,7 +176,8 @@ class PieceCache {
   static void grow(std::vector<T>& slots, size_t& mask);
 
   size_t max_entries_, count_ = 0, short_count_ = 0, long_count_ = 0, short_mask_ = 0, long_mask_ = 0;
-  std::vector<Short> short_, front_;
+  std::vector<Short> short_;
+  std::vector<Front> front_;
   std::vector<Long> long_;
   std::vector<uint8_t> keys_;
   std::vector<uint32_t> ids_;
@@ -177,15 +187,22 @@ inline bool PieceCache::lookup(const uint8_t* p, size_t len, const uint8_t* end,
   if (len > 8) return lookup_long(p, len, end, out);
   const uint64_t k = load(p, len, end);
   const uint64_t h = mix(k, 0, len);
-  Short& f = front_[h >> (64 - kFrontBits)];
-  if (f.key == k && f.len == len) {
-    out.push_unchecked(f.val);
-    return true;
+  Front* f = nullptr;
+  uint64_t fk = 0;
+  if (len < 8) {  // the front copy: the length fits in the key's top byte
+    fk = k | (uint64_t(len) << 56);
+    f = &front_[h >> (64 - kFrontBits)];
+    if (f->key == fk) {
+      out.push_unchecked(f->a);
+      if (f->b != kNoId) out.push_unchecked(f->b);
+      return true;
+    }
   }
   for (size_t i = h & short_mask_;; i = (i + 1) & short_mask_) {
     const Short& s = short_[i];
     if (s.key == k && s.len == len) {
-      if (s.n == 1) f = s;
+      if (f != nullptr && s.n <= 2)
+        *f = s.n == 1 ? Front{fk, s.val, kNoId} : Front{fk, ids_[s.val], ids_[s.val + 1]};
       push(s.val, s.n, out);
       return true;
     }

@@ -96,8 +96,8 @@ def test_pretokenizers_match_hf_on_random_text(pattern, digits):
 
 def test_unicode_tables_equal_the_engines():
     """The compiled class table (csrc/bpe/unicode_classes.inc, gen_unicode_tables.py) against the installed engines
-    on every code point: \\p{L}, \\p{N}, \\s under the `regex` module (GPT-2's files) and HF tokenizers (tokenizer.json),
-    read through one-character pre-tokenization. Regenerate the table after upgrading either engine."""
+    on every code point: \\p{L}, \\p{N}, \\s under the `regex` module (GPT-2's files) and HF tokenizers
+    (tokenizer.json), read through pre-tokenization. Regenerate the table after upgrading either engine."""
     import regex
 
     reg = _bpe.ByteLevelBPE(list(range(256)), b"", pattern="gpt2", profile="regex")

@@ -415,7 +415,8 @@ def iter_blocks(files: list[str], block_bytes: int = BLOCK_BYTES):
                     break
 
 
-def append_documents(writer: IndexedWriter, tokens: np.ndarray, seq_lengths: np.ndarray, nseq_per_doc: np.ndarray) -> None:
+def append_documents(writer: IndexedWriter, tokens: np.ndarray, seq_lengths: np.ndarray,
+                     nseq_per_doc: np.ndarray) -> None:
     """Exactly what `builder.add_document(doc_ids, doc_seq_lengths)` per document does, for many documents at once:
     one write of the tokens, the sequence lengths appended, and one document end per document."""
     writer.add_documents(tokens, seq_lengths, nseq_per_doc)
