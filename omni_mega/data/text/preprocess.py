@@ -18,12 +18,24 @@ re-implementation with the reference tokenizers):
 What is faster (see benchmarks/data/bench_preprocess.py): GPT-2 BPE and byte-level BPE tokenizer.json files
 (Llama-3, Qwen2/Qwen3, ...) run in C++ (bpe.py, csrc/bpe/) with the reference's exact ids, checked at start on a
 sample of the input against the reference (the run falls back to the reference, with a warning, if they ever
-differ). The main thread reads the input in 256 KiB blocks of whole lines; each block is one job: json.loads per
-line, each key's sentences encoded in one `encode_flat` call, Megatron's arrays built with numpy
-(`pack_documents`: empty sentences dropped, eod appended), one token array per block, key and partition appended
-to the output in one write. With the C++ encoder, `--workers N` runs jobs on N threads of this process (the encoder
-releases the GIL; output identical for any N); other tokenizers (HF files the C++ encoder does not reproduce,
+differ). The main thread reads the input in blocks of whole lines (1 MiB on the C++ path, 256 KiB otherwise); each
+block is one job. On the C++ path the job parses the lines (csrc/bpe/jsonl.h: the lines json.loads reads the same
+way; the others are parsed in Python) and encodes them in one call without the GIL; otherwise each line is parsed
+with json.loads and each key's sentences encoded in one `encode_flat` call. Megatron's arrays are built with numpy
+for the whole block (`pack_documents`: empty sentences dropped, eod appended): one token array per block, key and
+partition, appended to the output in one write. With the C++ encoder, `--workers N` runs jobs on N threads of this
+process (output identical for any N); other tokenizers (HF files the C++ encoder does not reproduce,
 NullTokenizer, the references) run jobs in N worker processes, as Megatron-LM does.
+
+Why not gigatoken (0.10.0, which Megatron-LM's newest tools/preprocess_data_fast.py uses): in the same benchmark
+runs it tokenises 0.97-1.23x as many MB per CPU-second as ours on one thread (1.05-1.6x before our last two
+pre-tokenizer and cache changes; its ids equal ours on the KJV and a non-ASCII mix, GPT-2 and a Qwen2-style file),
+but its `encode(str)` holds the GIL (a Python thread beside it ran at 24% of
+its idle speed, beside ours at 88%), so it cannot share one process's cores; its JSONL reader drops every document
+after a bad line; special-token strings in text become special tokens unless its added tokens are removed; it keeps
+all output in memory; and it adds a 5 MB binary and two dependencies. Ours parses the JSON without the GIL too, is
+exact by construction against each reference (down to Unicode versions and merge order) and needs nothing beyond
+this package. gigatoken stays a benchmark comparison (the `bench` extra).
 
 Differences from Megatron-LM, on input it cannot process at all: a bad line (not UTF-8, not a JSON object, missing a
 key, a value that is not a string or list of strings, text the tokenizer rejects) is skipped in every output, counted
@@ -64,8 +76,9 @@ BLOCK_BYTES = 1 << 18
 NATIVE_BLOCK_FACTOR = 4
 MAX_BAD_LINES_SHOWN = 5
 # The fast tokenizer is compared with the reference on these and on up to SAMPLE_BYTES of the input's first texts
-# before the run (the pure-Python GPT-2 reference does ~1 MB/s: ~30 ms of start-up).
-SAMPLE_BYTES = 1 << 15
+# before the run (the pure-Python GPT-2 reference does ~0.5-1 MB/s here: ~20-30 ms of start-up, ~0.1 s with its
+# import and tables).
+SAMPLE_BYTES = 1 << 14
 PROBE_TEXTS = [
     "Hello world", "it's they're we've I'm you'll he'd 'S 'LL 'ſ", "  leading and trailing  \n\n\n x\t\ty",
     "numbers 1234567 3.14159 -42", "ünïcödé naïve café e\u0301", "日本語のテキスト、中文字。", "Привет, мир!",
