@@ -18,8 +18,8 @@ another symlink is counted, not read twice.
 Safe outputs (omni_mega/data/text/outputs.py): the dataset is written into `<output-dir>.tmp-<host>-<pid>` next to
 the output and swapped in at the end, only when it holds at least one sample; a run that keeps no sample (all input
 rejected, or none) exits 1 with one line on stderr and leaves an existing dataset, dataset.json included, as it
-was, and so does a killed run. A missing or unwritable parent directory, an output directory holding files that
-are not a dataset, or a missing input exit 2 with one line. The next run removes temporaries of killed runs.
+was, and so does a killed run. A parent directory that cannot be created or written, an output directory holding
+files that are not a dataset, or a missing input exit 2 with one line. The next run removes temporaries of killed runs.
 
 Example:
     python tools/preprocess_mmdata.py --input pairs.jsonl --output-dir data/mm --tokenizer-type byte --workers 2
@@ -276,9 +276,14 @@ _DATASET_FILE = re.compile(r"^(dataset\.json|shard-\d+\.(tar|idx\.npy))$")
 
 
 def _check_output(out_dir: str) -> str:
-    """The parent directory of --output-dir, checked (exists, writable); an existing --output-dir must hold only
-    a dataset (dataset.json and shards): the swap at the end replaces the whole directory."""
+    """The parent directory of --output-dir, created when missing (as the tool always did: preprocess.sbatch relies
+    on it) and checked writable; an existing --output-dir must hold only a dataset (dataset.json and shards): the
+    swap at the end replaces the whole directory."""
     parent = os.path.dirname(os.path.abspath(out_dir))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise PreprocessError(f"--output-dir: cannot create output directory {parent}: {e.strerror}", 2) from None
     try:
         outputs.check_output_dir(parent, "--output-dir")
     except outputs.OutputError as e:
