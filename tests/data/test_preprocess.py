@@ -414,12 +414,14 @@ def _hard_lines(rng):
     good, raw, bad = [], [], {}
     for i in range(60):
         text = rng.choice(HARD_TEXTS) + " " + rng.choice(HARD_TEXTS)
-        obj = {"text": text if i % 7 else [text, "", rng.choice(HARD_TEXTS)]}
+        # title: a second key whose text alone may need the reference (NFC, a matched special token) while the
+        # first key's did not
+        obj = {"text": text if i % 7 else [text, "", rng.choice(HARD_TEXTS)], "title": rng.choice(HARD_TEXTS)}
         good.append(obj)
         raw.append(json.dumps(obj, ensure_ascii=bool(i % 2)).encode())
     for at, line, reason in ((5, b'{"text": "unterminated', "malformed JSON"), (17, b"\xff not utf-8", "not UTF-8"),
                              (30, b'{"other": 1}', "missing key"), (31, b"[1, 2]", "malformed JSON"),
-                             (44, b'{"text": "lone \\ud800 surrogate"}', "tokenizer error")):
+                             (44, b'{"text": "lone \\ud800 surrogate", "title": "t"}', "tokenizer error")):
         raw.insert(at, line)  # ascending positions: each keeps line number at + 1
         bad.setdefault(reason, []).append(at + 1)
     return raw, good, bad
@@ -450,15 +452,16 @@ def test_fast_path_byte_identical_to_reference_on_hard_text(tmp_path, gpt2_files
         if kind == "qwen2-special":
             tok_args.append("--match-special-tokens")
         ref = HuggingFaceTokenizer(path, special_tokens_as_text=kind == "qwen2")  # tokenize(): HF's own encode
-    megatron_reference([clean], str(tmp_path / "ref"), ["text"], ref)
+    megatron_reference([clean], str(tmp_path / "ref"), ["text", "title"], ref)
     monkeypatch.setattr(preprocess, "BLOCK_BYTES", 2048)  # many blocks: threads and reordering are used
     for workers in (1, 3):
         out = preprocess.main(["--input", str(inp), "--output-prefix", str(tmp_path / f"w{workers}"), *tok_args,
-                               "--workers", str(workers), "--append-eod"])
+                               "--workers", str(workers), "--append-eod", "--json-keys", "text", "title"])
         assert out["tokenizer"].startswith("C++") and out["mode"] == ("inline" if workers == 1 else "threads")
         assert out["docs"] == len(good)
-        assert {r: [n for _, n in w] for r, w in out["bad_first"].items()} == bad
-        assert read_bytes(tmp_path / f"w{workers}", "text") == read_bytes(tmp_path / "ref", "text"), workers
+        assert {r: [n for _, n in w] for r, w in out["bad_first"].items() if not r.startswith("empty")} == bad
+        for key in ("text", "title"):
+            assert read_bytes(tmp_path / f"w{workers}", key) == read_bytes(tmp_path / "ref", key), (workers, key)
 
 
 def test_workers_and_threads_give_identical_bytes(tmp_path, gpt2_files, monkeypatch):
