@@ -32,13 +32,13 @@ def extensions():
             extra_link_args=["-fopenmp"],
         )
     ]
-    # GPT-2 BPE for tools/preprocess_data.py: a plain pybind11 module (strings in, no torch), see csrc/bpe/.
+    # Byte-level BPE for tools/preprocess_data.py: a plain pybind11 module (strings in, no torch), see csrc/bpe/.
     import pybind11
 
     exts.append(
         Extension(
             "omni_mega._bpe",
-            sources=[os.path.join(CSRC, "bpe", "gpt2_bpe.cpp"), os.path.join(CSRC, "bpe", "bpe_module.cpp")],
+            sources=[os.path.join(CSRC, "bpe", f) for f in ("bytelevel_bpe.cpp", "jsonl.cpp", "bpe_module.cpp")],
             include_dirs=[os.path.join(HERE, CSRC), pybind11.get_include()],
             extra_compile_args=["-O3", "-g0", "-std=c++20"],
             language="c++",

@@ -1,6 +1,7 @@
 """GPT-2 BPE encoder alone (no JSON, no workers, no file output): the C++ encoder (csrc/bpe/, through
-`GPT2BPEFast.encode_flat`) vs tiktoken's Rust core vs the pure-Python GPT-2 algorithm, one thread, same documents,
-ids checked equal before timing. `bench_preprocess.py` measures the whole tool; this isolates the tokenizer.
+`GPT2BPEFast.encode_flat`) vs tiktoken's Rust core (the fallback without the extension) vs the pure-Python GPT-2
+algorithm, one thread, same documents, ids checked equal before timing. `bench_preprocess.py` measures the whole
+tool and the tokenizers against gigatoken; this isolates GPT-2's encoder.
 
     python benchmarks/ops/bench_bpe.py [--mb 2] [--out]
 
@@ -47,15 +48,21 @@ def main() -> None:
     fast = GPT2BPEFast(*files)
     if fast._native is None:
         sys.exit("bench_bpe: the omni_mega._bpe extension is not built (make build)")
+    import tiktoken
+
+    from omni_mega.data.text.bpe import EOD_TEXT, GPT2_PATTERN, gpt2_mergeable_ranks
+
+    enc = tiktoken.Encoding("gpt2_local", pat_str=GPT2_PATTERN, mergeable_ranks=gpt2_mergeable_ranks(*files),
+                            special_tokens={EOD_TEXT: fast.eod})
     ids, lens = fast.encode_flat(texts)
-    tik = np.concatenate([np.asarray(fast._enc._core_bpe.encode_ordinary(t), dtype=np.int64) for t in texts])
+    tik = np.concatenate([np.asarray(enc._core_bpe.encode_ordinary(t), dtype=np.int64) for t in texts])
     assert np.array_equal(ids.astype(np.int64), tik), "C++ and tiktoken ids differ"
 
     shape = f"{len(texts)} docs, {size / 1e6:.1f} MB, {int(lens.sum())} tokens"
     providers = {
         "C++ (cold cache)": lambda: native_encoder(*load_gpt2_files(*files)).encode_batch(texts),
         "C++ (warm cache)": lambda: fast.encode_flat(texts),
-        "tiktoken": lambda: [fast._enc._core_bpe.encode_ordinary(t) for t in texts],
+        "tiktoken": lambda: [enc._core_bpe.encode_ordinary(t) for t in texts],
     }
     if not args.skip_reference:
         ref = GPT2BPEReference(*files)

@@ -10,6 +10,7 @@ import gzip
 import json
 import multiprocessing
 import os
+import random
 import sys
 
 import numpy as np
@@ -315,3 +316,181 @@ def test_pack_documents_matches_the_per_document_loop(append_eod):
         kept += 1
     got = {p: tuple(a.tolist() for a in arrays) for p, arrays in split.items()}
     assert got == {p: e for p, e in expected.items() if e[2]}  # only partitions with documents in the block
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The .bin/.idx writer without megatron-core, start-up imports, the fast paths against the references.
+
+@pytest.mark.parametrize("vocab_size", [50257, 70000])
+def test_idx_writer_bytes_equal_megatron_builder(tmp_path, vocab_size):
+    """idx_writer.IndexedWriter (no megatron-core, no torch) writes the bytes megatron-core's IndexedDatasetBuilder
+    writes (documents of several sequences, empty ones, both dtypes, partitions merged like add_index), and
+    megatron-core's IndexedDataset reads them back."""
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, IndexedDatasetBuilder
+
+    from omni_mega.data.text.idx_writer import IndexedWriter, concatenate, optimal_dtype
+
+    rng = np.random.default_rng()
+    dtype = optimal_dtype(vocab_size)
+    assert dtype == DType.optimal_dtype(vocab_size)
+    docs = []
+    for _ in range(int(rng.integers(5, 40))):
+        lens = [int(n) for n in rng.integers(1, 30, int(rng.integers(0, 4)))]
+        docs.append((rng.integers(0, vocab_size, sum(lens)).tolist(), lens))
+    halves = (docs[: len(docs) // 2], docs[len(docs) // 2:])
+    theirs = []
+    for h, part in enumerate(halves):
+        b = IndexedDatasetBuilder(str(tmp_path / f"m{h}.bin"), dtype=DType.optimal_dtype(vocab_size))
+        for ids, lens in part:
+            b.add_document(ids, lens)
+        b.finalize(str(tmp_path / f"m{h}.idx"))
+        theirs.append(str(tmp_path / f"m{h}"))
+    merged = IndexedDatasetBuilder(str(tmp_path / "m.bin"), dtype=DType.optimal_dtype(vocab_size))
+    for prefix in theirs:
+        merged.add_index(prefix)
+    merged.finalize(str(tmp_path / "m.idx"))
+    ours = []
+    for h, part in enumerate(halves):
+        w = IndexedWriter(str(tmp_path / f"o{h}.bin"), dtype)
+        if h == 0:
+            for ids, lens in part:
+                w.add_document(ids, lens)
+        elif part:  # many documents in one call, as preprocessing appends a block
+            w.add_documents(np.concatenate([np.asarray(i, dtype=dtype) for i, _ in part]),
+                            np.concatenate([np.asarray(n, dtype=np.int64) for _, n in part]),
+                            np.array([len(n) for _, n in part]))
+        ours.append(w)
+    ours[0].finalize(str(tmp_path / "o0.idx"))
+    concatenate(ours, str(tmp_path / "o.bin"), str(tmp_path / "o.idx"))
+    for a, b in (("o0", "m0"), ("o", "m")):
+        for ext in ("bin", "idx"):
+            assert (tmp_path / f"{a}.{ext}").read_bytes() == (tmp_path / f"{b}.{ext}").read_bytes(), (a, ext)
+    ds = IndexedDataset(str(tmp_path / "o"))
+    flat = [(ids, lens) for ids, lens in docs]
+    seqs = [ids[sum(lens[:k]):sum(lens[:k + 1])] for ids, lens in flat for k in range(len(lens))]
+    assert len(ds) == len(seqs) and [ds[i].tolist() for i in range(len(ds))] == seqs
+    assert ds.document_indices.tolist() == np.concatenate([[0], np.cumsum([len(n) for _, n in docs])]).tolist()
+
+
+_IMPORTS = """
+import runpy, sys
+sys.argv = ["preprocess_data.py", *sys.argv[1:]]
+try:
+    runpy.run_path({tool!r}, run_name="__main__")
+except SystemExit:
+    pass
+print("IMPORTED", sorted(m for m in ("torch", "megatron", "tiktoken", "tokenizers") if m in sys.modules))
+"""
+
+
+def test_start_imports_neither_torch_nor_megatron(tmp_path, gpt2_files):
+    """`--help` and a whole GPT-2 run import neither torch nor megatron (nor tiktoken or HF tokenizers)."""
+    import subprocess
+
+    code = _IMPORTS.format(tool=os.path.join(ROOT, "tools", "preprocess_data.py"))
+    inp = str(tmp_path / "in.jsonl")
+    write_lines(inp, [{"text": "Hello world, it's 2024 🙂"}] * 3)
+    run = ["--input", inp, "--output-prefix", str(tmp_path / "o"), "--tokenizer-type", "GPT2BPETokenizer",
+           "--vocab-file", gpt2_files[0], "--merge-file", gpt2_files[1], "--workers", "2", "--append-eod"]
+    for args in (["--help"], run):
+        proc = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+        assert "IMPORTED []" in proc.stdout, proc.stdout[-500:] + proc.stderr[-2000:]
+    assert os.path.getsize(tmp_path / "o_text_document.bin") == 2 * 3 * (len(GPT2BPETokenizer(
+        *gpt2_files).encode("Hello world, it's 2024 🙂")) + 1)
+
+
+HARD_TEXTS = [
+    "Plain ASCII text, with numbers 1234567 and it's contractions they'll've.",
+    "ünïcödé naïve café, e\u0301 decomposed, ß Ærøskøbing", "日本語のテキストと中文字。한국어 텍스트", "Привет, мир! ١٢٣",
+    "emoji 🙂🚀 👩\u200d👩\u200d👧 \U0001FAE8 and CJK Ext. J \U000323B0", "control \x00\x01\x1c\x7f chars\r\n\x0b\x0c end",
+    "a literal <|endoftext|> inside, and <|im_start|>user<|im_end|>", "   leading/trailing   \n\n\n  ", "x" * 3000,
+    "tabs\t\tand \u3000 ideographic \u2028 separators", "",
+]
+
+
+def _hard_lines(rng):
+    """JSON lines over HARD_TEXTS (also as sentence lists), with bad lines in the middle; returns (raw lines,
+    good objects in order, {reason: [line numbers]})."""
+    good, raw, bad = [], [], {}
+    for i in range(60):
+        text = rng.choice(HARD_TEXTS) + " " + rng.choice(HARD_TEXTS)
+        # title: a second key whose text alone may need the reference (NFC, a matched special token) while the
+        # first key's did not
+        obj = {"text": text if i % 7 else [text, "", rng.choice(HARD_TEXTS)], "title": rng.choice(HARD_TEXTS)}
+        good.append(obj)
+        raw.append(json.dumps(obj, ensure_ascii=bool(i % 2)).encode())
+    for at, line, reason in ((5, b'{"text": "unterminated', "malformed JSON"), (17, b"\xff not utf-8", "not UTF-8"),
+                             (30, b'{"other": 1}', "missing key"), (31, b"[1, 2]", "malformed JSON"),
+                             (44, b'{"text": "lone \\ud800 surrogate", "title": "t"}', "tokenizer error")):
+        raw.insert(at, line)  # ascending positions: each keeps line number at + 1
+        bad.setdefault(reason, []).append(at + 1)
+    return raw, good, bad
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "qwen2", "qwen2-special"])
+def test_fast_path_byte_identical_to_reference_on_hard_text(tmp_path, gpt2_files, kind, monkeypatch):
+    """The C++ path (any --workers: threads) writes the bytes Megatron-LM's algorithm writes with the reference
+    tokenizer (pure-Python GPT-2; HF tokenizers for a Qwen2-style tokenizer.json, special-token strings as text,
+    or matched with --match-special-tokens) on ASCII, non-ASCII, emoji, control characters, literal special
+    tokens, sentence lists, and bad lines in the middle: every good document kept, the bad ones counted with
+    their line numbers."""
+    from omni_mega.data.text.tokenizer import HuggingFaceTokenizer
+    from tests.data.test_tokenizer import QWEN_LIKE, train_byte_level_bpe
+
+    raw, good, bad = _hard_lines(random.Random())
+    inp = tmp_path / "in.jsonl"
+    inp.write_bytes(b"\n".join(raw) + b"\n")
+    clean = str(tmp_path / "clean.jsonl")
+    write_lines(clean, good)
+    if kind == "gpt2":
+        tok_args = ["--tokenizer-type", "GPT2BPETokenizer", "--vocab-file", gpt2_files[0], "--merge-file",
+                    gpt2_files[1]]
+        ref = GPT2BPETokenizer(*gpt2_files, reference=True)
+    else:
+        path = train_byte_level_bpe(tmp_path / "tokenizer.json", **QWEN_LIKE)
+        tok_args = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", path]
+        if kind == "qwen2-special":
+            tok_args.append("--match-special-tokens")
+        ref = HuggingFaceTokenizer(path, special_tokens_as_text=kind == "qwen2")  # tokenize(): HF's own encode
+    megatron_reference([clean], str(tmp_path / "ref"), ["text", "title"], ref)
+    monkeypatch.setattr(preprocess, "BLOCK_BYTES", 2048)  # many blocks: threads and reordering are used
+    for workers in (1, 3):
+        out = preprocess.main(["--input", str(inp), "--output-prefix", str(tmp_path / f"w{workers}"), *tok_args,
+                               "--workers", str(workers), "--append-eod", "--json-keys", "text", "title"])
+        assert out["tokenizer"].startswith("C++") and out["mode"] == ("inline" if workers == 1 else "threads")
+        assert out["docs"] == len(good)
+        assert {r: [n for _, n in w] for r, w in out["bad_first"].items() if not r.startswith("empty")} == bad
+        for key in ("text", "title"):
+            assert read_bytes(tmp_path / f"w{workers}", key) == read_bytes(tmp_path / "ref", key), (workers, key)
+
+
+def test_workers_and_threads_give_identical_bytes(tmp_path, gpt2_files, monkeypatch):
+    """--workers 1, 2, 4 (threads) and partitions: the same bytes, and the same as worker processes running the
+    pure-Python reference (--reference-bpe)."""
+    docs = mixed_docs(80)
+    inp = str(tmp_path / "in.jsonl")
+    write_lines(inp, docs)
+    monkeypatch.setattr(preprocess, "BLOCK_BYTES", 3000)
+    outs = {}
+    for workers, partitions, extra in ((1, 1, []), (2, 1, []), (4, 1, []), (2, 1, ["--reference-bpe"]),
+                                       (4, 2, []), (2, 2, ["--reference-bpe"])):
+        name = f"w{workers}p{partitions}{'r' if extra else ''}"
+        out = run_cli(inp, str(tmp_path / name), gpt2_files, "--append-eod", "--partitions", str(partitions),
+                      *extra, workers=workers)
+        assert out["mode"] == ("inline" if workers == 1 else "processes" if extra else "threads")
+        outs[name] = read_bytes(tmp_path / name, "text")
+    assert outs["w1p1"] == outs["w2p1"] == outs["w4p1"] == outs["w2p1r"]
+    assert outs["w4p2"] == outs["w2p2r"] != outs["w1p1"]  # partitions reorder documents, as in Megatron-LM
+
+
+def test_a_disagreeing_fast_path_falls_back_to_the_reference(tmp_path, gpt2_files, monkeypatch, capsys):
+    from omni_mega.data.text import tokenizer
+
+    inp = str(tmp_path / "in.jsonl")
+    write_lines(inp, mixed_docs(20))
+    run_cli(inp, str(tmp_path / "fast"), gpt2_files, "--append-eod")
+    monkeypatch.setattr(tokenizer, "check_fast_path", lambda tok, texts: "the fast tokenizer disagrees (test)")
+    out = run_cli(inp, str(tmp_path / "slow"), gpt2_files, "--append-eod")
+    assert out["tokenizer"].startswith("reference") and out["mode"] == "processes"
+    assert "warning: the fast tokenizer disagrees (test); using the reference tokenizer" in capsys.readouterr().err
+    assert read_bytes(tmp_path / "slow", "text") == read_bytes(tmp_path / "fast", "text")

@@ -9,8 +9,17 @@ Input, either:
 Each image is validated by decoding it once with the training decoder (`omni_mega.data.images.decode_one`) and stored
 as its original bytes: images the decoder converts (grayscale, CMYK, alpha, 16-bit) are kept and counted as
 converted. Bad input (malformed JSON, a missing key, a missing/unreadable/corrupt/truncated/empty/zero-size image, an
-aspect ratio above 200, empty text, text the tokenizer rejects) is skipped, counted by reason with its first few
-places, printed at the end and stored in dataset.json; the surviving samples keep the input order.
+aspect ratio above 200, empty text, text the tokenizer rejects; in a folder, a symlink loop) is skipped, counted by
+reason with its first few places, printed at the end and stored in dataset.json; the surviving samples keep the
+input order. Folder mode follows symlinked directories; one that leads back to a directory above it is counted as
+"symlink_loop", as is an image symlink that resolves to itself, and a directory reached a second time through
+another symlink is counted, not read twice.
+
+Safe outputs (omni_mega/data/text/outputs.py): the dataset is written into `<output-dir>.tmp-<host>-<pid>` next to
+the output and swapped in at the end, only when it holds at least one sample; a run that keeps no sample (all input
+rejected, or none) exits 1 with one line on stderr and leaves an existing dataset, dataset.json included, as it
+was, and so does a killed run. A parent directory that cannot be created or written, an output directory holding
+files that are not a dataset, or a missing input exit 2 with one line. The next run removes temporaries of killed runs.
 
 Example:
     python tools/preprocess_mmdata.py --input pairs.jsonl --output-dir data/mm --tokenizer-type byte --workers 2
@@ -19,11 +28,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import errno
 import glob
 import gzip
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections import Counter, deque
@@ -32,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from omni_mega.data.multimodal.shards import ByteTokenizer, MMShardWriter, tokenizer_identity
+from omni_mega.data.text import outputs
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MAX_SHOWN = 5  # places shown per bad-input reason
@@ -82,11 +94,51 @@ def _jsonl_items(files: list[str], image_key: str, text_key: str):
                     yield where, os.path.join(base, obj[image_key]), obj[text_key]
 
 
+def _folder_images(root: str):
+    """(relative path, path | None, reason | None) of every image file under root in sorted path order, following
+    symlinked directories; loops and second visits of a directory are reported instead of walked."""
+    out = []
+
+    def walk(d: str, rel: tuple, ancestors: frozenset, visited: set):
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            out.append(("/".join(rel) or ".", None, "unreadable directory"))
+            return
+        for e in entries:
+            r = rel + (e.name,)
+            image = Path(e.name).suffix.lower() in IMAGE_EXTS
+            try:
+                st = os.stat(e.path)  # follows symlinks
+            except OSError as err:
+                if e.is_symlink() and err.errno == errno.ELOOP:
+                    out.append(("/".join(r), None, "symlink_loop"))
+                elif e.is_symlink() and image:
+                    out.append(("/".join(r), None, "missing image file"))  # a dangling link
+                continue
+            if os.path.isdir(e.path):
+                key = (st.st_dev, st.st_ino)
+                if key in ancestors:
+                    out.append(("/".join(r), None, "symlink_loop"))
+                elif key in visited:
+                    out.append(("/".join(r), None, "directory reached twice (symlink)"))
+                else:
+                    visited.add(key)
+                    walk(e.path, r, ancestors | {key}, visited)
+            elif image and os.path.isfile(e.path):
+                out.append(("/".join(r), e.path, None))
+
+    top = os.stat(root)
+    walk(root, (), frozenset({(top.st_dev, top.st_ino)}), {(top.st_dev, top.st_ino)})
+    return out
+
+
 def _folder_items(root: str):
-    images = sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
-    for path in images:
-        where = str(path.relative_to(root))
-        caption = path.with_suffix(".txt")
+    for where, path, reason in _folder_images(root):
+        if reason is not None:
+            yield where, reason
+            continue
+        caption = Path(path).with_suffix(".txt")
         try:
             text = caption.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -95,7 +147,7 @@ def _folder_items(root: str):
         except (OSError, UnicodeDecodeError):
             yield where, "unreadable caption file"
             continue
-        yield where, str(path), text
+        yield where, path, text
 
 
 def input_items(pattern: str, image_key: str, text_key: str):
@@ -119,8 +171,6 @@ def _init(tokenizer) -> None:
 
 
 def _process(item):
-    from omni_mega.data.images import MAX_DECODE_PIXELS, decode_one
-
     if len(item) == 2:
         return item
     where, path, text = item
@@ -133,6 +183,9 @@ def _process(item):
         return where, "missing image file"
     except OSError:
         return where, "unreadable image file"
+    # Imported here, not at the top: it imports torch (~5 s of start-up), needless when nothing gets this far.
+    from omni_mega.data.images import MAX_DECODE_PIXELS, decode_one
+
     # factor 1, no pixel bounds: validate and convert like training does, without resizing.
     try:
         decoded = decode_one(data, factor=1, min_pixels=0, max_pixels=MAX_DECODE_PIXELS)
@@ -211,35 +264,94 @@ class _Progress:
         return f"{self.seen / dt:.1f} samples/s, {self.bytes / dt / 2**20:.2f} MB/s"
 
 
+class PreprocessError(Exception):
+    """A run that cannot or must not produce a dataset; printed as one line, exit code `code`."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+_DATASET_FILE = re.compile(r"^(dataset\.json|shard-\d+\.(tar|idx\.npy))$")
+
+
+def _check_output(out_dir: str) -> str:
+    """The parent directory of --output-dir, created when missing (as the tool always did: preprocess.sbatch relies
+    on it) and checked writable; an existing --output-dir must hold only a dataset (dataset.json and shards): the
+    swap at the end replaces the whole directory."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise PreprocessError(f"--output-dir: cannot create output directory {parent}: {e.strerror}", 2) from None
+    try:
+        outputs.check_output_dir(parent, "--output-dir")
+    except outputs.OutputError as e:
+        raise PreprocessError(str(e), 2) from None
+    if os.path.lexists(out_dir):
+        if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+            raise PreprocessError(f"--output-dir: {out_dir} exists and is not a directory", 2)
+        foreign = sorted(n for n in os.listdir(out_dir) if not _DATASET_FILE.match(n) and ".tmp-" not in n)
+        if foreign:
+            raise PreprocessError(f"--output-dir: {out_dir} holds files that are not part of a dataset "
+                                  f"({', '.join(foreign[:3])}); use an empty or dataset directory", 2)
+    return parent
+
+
 def run(args) -> dict:
-    """Preprocesses per `args` (the parsed command line); returns a summary (samples, bad counts, converted, ...)."""
+    """Preprocesses per `args` (the parsed command line); returns a summary (samples, bad counts, converted, ...).
+    Raises PreprocessError (1: nothing to write, 2: fix the command line or files) and ValueError."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are processes; no nested thread pools
+    out_dir = os.path.abspath(args.output_dir)
+    parent = _check_output(out_dir)
+    notes = [f"removed stale temporary {p}" for p in outputs.remove_stale(parent, os.path.basename(out_dir))]
     tok = build_tokenizer_from_args(args)
     items = input_items(args.input, args.image_key, args.text_key)
     bad, converted, progress = BadInput(), Counter(), _Progress(args.log_interval)
-    with MMShardWriter(args.output_dir, tokenizer_identity(tok), shard_size=args.shard_size) as writer:
-        for results in _results(_jobs(items), args.workers, tok):
-            for r in results:
-                if isinstance(r, tuple):
-                    bad.add(r[1], r[0])
-                    progress.update(0)
-                    continue
-                meta = {"source": r["where"]}
-                if r["converted_from"]:
-                    converted[r["converted_from"]] += 1
-                    meta["converted_from"] = r["converted_from"]
-                writer.add(r["image"], r["tokens"], height=r["height"], width=r["width"], text=r["text"], meta=meta)
-                progress.update(r["nbytes"])
-        report = {"counts": dict(bad.counts), "first": bad.first}
-        writer.finish(bad_input=report, converted=dict(converted), input=args.input, input_samples=progress.seen)
+    tmp_dir = out_dir + outputs.tmp_suffix()
+    try:
+        with MMShardWriter(tmp_dir, tokenizer_identity(tok), shard_size=args.shard_size) as writer:
+            for results in _results(_jobs(items), args.workers, tok):
+                for r in results:
+                    if isinstance(r, tuple):
+                        bad.add(r[1], r[0])
+                        progress.update(0)
+                        continue
+                    meta = {"source": r["where"]}
+                    if r["converted_from"]:
+                        converted[r["converted_from"]] += 1
+                        meta["converted_from"] = r["converted_from"]
+                    writer.add(r["image"], r["tokens"], height=r["height"], width=r["width"], text=r["text"],
+                               meta=meta)
+                    progress.update(r["nbytes"])
+            if writer.count == 0:
+                why = (f"all {progress.seen} input samples were rejected ({_summary(bad)})" if progress.seen
+                       else "the input has no samples")
+                kept = " and the existing dataset is untouched" if os.path.exists(out_dir) else ""
+                raise PreprocessError(f"no samples to write: {why}; nothing was written{kept}", 1)
+            report = {"counts": dict(bad.counts), "first": bad.first}
+            writer.finish(bad_input=report, converted=dict(converted), input=args.input,
+                          input_samples=progress.seen)
+        outputs.replace_dir(tmp_dir, out_dir)
+    finally:
+        if os.path.isdir(tmp_dir):
+            import shutil
+
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     seconds = time.time() - progress.start
     print(f"Done: {writer.count} of {progress.seen} samples written to {args.output_dir} in {len(writer.shards)} "
           f"shard(s), {seconds:.2f} s ({progress.rates()}); converted to RGB at load: {dict(converted) or 'none'}.",
           file=sys.stderr)
     print(f"Bad input (skipped):\n{bad.report()}" if bad.counts else "Bad input: none", file=sys.stderr)
+    for note in notes:
+        print(note, file=sys.stderr)
     return {"samples": writer.count, "seen": progress.seen, "bad": dict(bad.counts), "bad_first": bad.first,
             "converted": dict(converted), "shards": len(writer.shards), "seconds": seconds,
-            "output_dir": str(args.output_dir)}
+            "output_dir": str(args.output_dir), "notes": notes}
+
+
+def _summary(bad: BadInput) -> str:
+    return ", ".join(f"{r}: {n}" for r, n in sorted(bad.counts.items()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -264,6 +376,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def fail(message: str, code: int) -> None:
+    """One line on stderr, no traceback, exit `code` (2: fix the command line or files, 1: nothing to write)."""
+    print(f"{os.path.basename(sys.argv[0]) or 'preprocess_mmdata.py'}: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -271,6 +389,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--workers and --shard-size must be >= 1, got {args.workers} and {args.shard_size}")
     try:
         return run(args)
-    except ValueError as e:
-        parser.error(str(e))
+    except PreprocessError as e:
+        fail(str(e), e.code)
+    except (ValueError, OSError) as e:  # bad files or arguments (TokenizerFileError is a ValueError)
+        fail(str(e) if isinstance(e, ValueError) else f"{e.filename}: {e.strerror}", 2)
 

@@ -1,11 +1,12 @@
 """JSONL -> Megatron indexed dataset (.bin/.idx), with Megatron-LM's `tools/preprocess_data.py` command line and
 output bytes, made fast.
 
-Output: `{output_prefix}_{key}_{document|sentence}.bin/.idx` per `--json-keys` key, written by megatron-core's
-`IndexedDatasetBuilder`; token dtype uint16 when vocab_size < 65500, else int32 (`DType.optimal_dtype`).
+Output: `{output_prefix}_{key}_{document|sentence}.bin/.idx` per `--json-keys` key, in the layout megatron-core's
+`IndexedDatasetBuilder` writes (written by idx_writer.py without importing megatron-core or torch); token dtype
+uint16 when vocab_size < 65500, else int32 (`DType.optimal_dtype`).
 
-Megatron-LM's algorithm, which this reproduces byte for byte (the test checks it against a plain single-process
-re-implementation with the pure-Python GPT-2 BPE):
+Megatron-LM's algorithm, which this reproduces byte for byte (the tests check it against a plain single-process
+re-implementation with the reference tokenizers):
 - each line is a JSON object; for each key, a string is one sentence, a list of strings is a list of sentences
   (`--split-sentences` splits a string with nltk punkt first); empty sentences are dropped;
 - `--append-eod` appends eod to a non-empty document, counted in its last sentence's length;
@@ -14,17 +15,40 @@ re-implementation with the pure-Python GPT-2 BPE):
   written separately and the outputs are concatenated in partition order (`add_index`), so with P > 1 the document
   order is lines 0, P, 2P, ..., then 1, P+1, ...; with contiguous blocks it is the input order.
 
-What is faster (see benchmarks/data/bench_preprocess.py): the GPT-2 BPE runs in C++ (bpe.py, csrc/bpe/) with
-GPT-2's exact ids; the main process reads the input in 256 KiB blocks and workers get whole blocks (one pickle per
-block, not per line); a worker parses the block's lines with json.loads, encodes each key's sentences in one call
-(`encode_flat`: flat uint32 ids + lengths), builds Megatron's arrays with numpy (`pack_documents`: empty sentences
-dropped, eod appended), and returns one token array per block, key and partition, appended to the builder in one
-write (`append_documents`).
+What is faster (see benchmarks/data/bench_preprocess.py): GPT-2 BPE and byte-level BPE tokenizer.json files
+(Llama-3, Qwen2/Qwen3, ...) run in C++ (bpe.py, csrc/bpe/) with the reference's exact ids, checked at start on a
+sample of the input against the reference (the run falls back to the reference, with a warning, if they ever
+differ). The main thread reads the input in blocks of whole lines (1 MiB on the C++ path, 256 KiB otherwise); each
+block is one job. On the C++ path the job parses the lines (csrc/bpe/jsonl.h: the lines json.loads reads the same
+way; the others are parsed in Python) and encodes them in one call without the GIL; otherwise each line is parsed
+with json.loads and each key's sentences encoded in one `encode_flat` call. Megatron's arrays are built with numpy
+for the whole block (`pack_documents`: empty sentences dropped, eod appended): one token array per block, key and
+partition, appended to the output in one write. With the C++ encoder, `--workers N` runs jobs on N threads of this
+process (output identical for any N); other tokenizers (HF files the C++ encoder does not reproduce,
+NullTokenizer, the references) run jobs in N worker processes, as Megatron-LM does.
+
+Why not gigatoken (0.10.0, which Megatron-LM's newest tools/preprocess_data_fast.py uses): in the same benchmark
+runs it tokenises 0.97-1.23x as many MB per CPU-second as ours on one thread (1.05-1.6x before our last two
+pre-tokenizer and cache changes; its ids equal ours on the KJV and a non-ASCII mix, GPT-2 and a Qwen2-style file),
+but its `encode(str)` holds the GIL (a Python thread beside it ran at 24% of
+its idle speed, beside ours at 88%), so it cannot share one process's cores; its JSONL reader drops every document
+after a bad line; special-token strings in text become special tokens unless its added tokens are removed; it keeps
+all output in memory; and it adds a 5 MB binary and two dependencies. Ours parses the JSON without the GIL too, is
+exact by construction against each reference (down to Unicode versions and merge order) and needs nothing beyond
+this package. gigatoken stays a benchmark comparison (the `bench` extra).
 
 Differences from Megatron-LM, on input it cannot process at all: a bad line (not UTF-8, not a JSON object, missing a
 key, a value that is not a string or list of strings, text the tokenizer rejects) is skipped in every output, counted
 and reported with its first line numbers, where Megatron-LM crashes. Globs are expanded in sorted order and `.gz`
-is read in every mode. An interrupted run leaves only `*.tmp-<pid>` files, never a complete-looking `.idx`.
+is read in every mode. For HuggingFaceTokenizer, a special-token string in the text (`<|endoftext|>`) is ordinary
+text, as GPT2BPETokenizer treats it in Megatron-LM, unless `--match-special-tokens` (then it is that special token,
+as transformers and Megatron-LM's HuggingFaceTokenizer have it).
+
+Outputs (outputs.py): the dataset is built under `*.tmp-<host>-<pid>` names next to the output and swapped in at
+the end, only when complete and holding at least one non-empty document; a run that keeps nothing, or rejects all of
+its input, exits 1 with one line on stderr and leaves an existing dataset as it was; a missing or unwritable output
+directory, an unreadable input or swapped/wrong tokenizer files exit 2 with one line. Temporaries of killed runs
+are removed by the next run.
 """
 
 from __future__ import annotations
@@ -33,8 +57,8 @@ import argparse
 import array
 import glob
 import gzip
+import itertools
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -42,12 +66,32 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from omni_mega.data.text.bpe import flat_encode
+from omni_mega.data.text import outputs
+from omni_mega.data.text.idx_writer import IndexedWriter, concatenate, optimal_dtype
 
-# 256 KiB per worker job (~200 documents of 1 KB): pickling a block costs <1% of encoding it, and blocks this small
-# keep the workers evenly loaded up to the end of the input.
+# 256 KiB per job for worker processes (~200 documents of 1 KB): pickling a block costs <1% of encoding it, and
+# blocks this small keep the workers evenly loaded up to the end of the input. The C++ path (no pickling) takes
+# NATIVE_BLOCK_FACTOR times that: its per-block Python work (~0.2 ms) was ~5% of a 256 KiB block's time on the KJV.
 BLOCK_BYTES = 1 << 18
+NATIVE_BLOCK_FACTOR = 4
 MAX_BAD_LINES_SHOWN = 5
+# The fast tokenizer is compared with the reference on these and on up to SAMPLE_BYTES of the input's first texts
+# before the run (the pure-Python GPT-2 reference does ~0.5-1 MB/s here: ~20-30 ms of start-up, ~0.1 s with its
+# import and tables).
+SAMPLE_BYTES = 1 << 14
+PROBE_TEXTS = [
+    "Hello world", "it's they're we've I'm you'll he'd 'S 'LL 'ſ", "  leading and trailing  \n\n\n x\t\ty",
+    "numbers 1234567 3.14159 -42", "ünïcödé naïve café e\u0301", "日本語のテキスト、中文字。", "Привет, мир!",
+    "emoji 🙂🚀 👩\u200d👩\u200d👧 \U0001FAE8", "a <|endoftext|> b <|im_start|>user", "\x00\x1c\x7f\r\n\u2028\xa0\u3000x",
+]
+
+
+class PreprocessError(Exception):
+    """A run that cannot or must not produce a dataset; printed as one line, exit code `code`."""
+
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -78,26 +122,21 @@ class BadInput:
             lines.append(f"  {reason}: {self.counts[reason]} (first at {where})")
         return "\n".join(lines)
 
+    def summary(self) -> str:
+        return ", ".join(f"{r}: {n}" for r, n in sorted(self.counts.items()))
+
 
 # ----------------------------------------------------------------------------------------------------------------
-# Worker side: one job = one block of whole lines from one file.
-
-_W: dict = {}
-
-
-def _worker_init(tokenizer, keys, append_eod, splitter_spec, partitions, dtype) -> None:
-    assert array.array("I").itemsize == 4  # uint32 buffers (_list_to_u32, flat_encode)
-    _W.update(keys=keys, partitions=partitions, dtype=dtype, encode_flat=flat_encoder(tokenizer),
-              eod=tokenizer.eod if append_eod else None,
-              splitter=_build_splitter(*splitter_spec) if splitter_spec else None)
-
+# One job = one block of whole lines from one file.
 
 def flat_encoder(tokenizer):
-    """`encode_flat(texts) -> (ids uint32 [sum], lengths int64 [len(texts)], -1 = failed)` for a tokenizer: GPT-2's
-    batched C++ path when it has one (GPT2BPEFast, also inside GPT2BPETokenizer), else one text at a time."""
+    """`encode_flat(texts) -> (ids uint32 [sum], lengths int64 [len(texts)], -1 = failed)` for a tokenizer: its own
+    batched path when it has one (the C++ encoder), else one text at a time."""
     for obj in (tokenizer, getattr(tokenizer, "_bpe", None)):
         if hasattr(obj, "encode_flat"):
             return obj.encode_flat
+    from omni_mega.data.text.bpe import flat_encode
+
     encode_u32 = getattr(tokenizer, "encode_u32", None) or _list_to_u32(tokenizer.encode)
     return lambda texts: flat_encode(encode_u32, texts)
 
@@ -137,7 +176,7 @@ def _parse_line(line: str, keys, splitter):
     """Per key, the sentences of one JSON line; or a reason string when the line is bad."""
     try:
         data = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's recursion limit
         return "malformed JSON"
     if not isinstance(data, dict):
         return "malformed JSON"
@@ -212,49 +251,154 @@ def _split_partitions(packed, doc_part: np.ndarray, partitions: int) -> dict:
             for p in np.unique(doc_part)}
 
 
-def _encode_block(job):
-    """Worker: (fname, first_line, first_global, block) -> ({partition: {key: arrays}}, docs, bytes, bad).
+class BlockEncoder:
+    """(fname, first_line, first_global, block) -> ({partition: {key: (tokens, seq_lens, nseq)}}, docs, bytes, bad).
 
-    The block's lines are parsed in Python (json.loads), then each key's sentences are encoded in one
-    `encode_flat` call and packed into Megatron's arrays with numpy: no per-document tokenizer call."""
-    fname, first_line, first_global, block = job
-    keys, splitter = _W["keys"], _W["splitter"]
-    bad = BadInput()
-    texts = {k: [] for k in keys}
-    nsent = {k: [] for k in keys}
-    rows = []  # index in the block of each parsed line
-    for i, line in enumerate(_decode_lines(block, fname, first_line, bad)):
-        if line is None:
+    With `native_jsonl` (the C++ encoder's encode_jsonl), the block's lines are parsed and encoded in C++ without
+    the GIL (csrc/bpe/jsonl.h: only lines json.loads reads the same way; the rest, bad lines among them, are parsed
+    here, so the bad-line accounting is Python's either way). Otherwise each line is parsed in Python
+    (json.loads) and each key's sentences encoded in one `encode_flat` call. Either way Megatron's arrays are built
+    with numpy for the whole block: no per-document tokenizer call."""
+
+    def __init__(self, encode_flat, keys, eod, splitter, partitions: int, dtype, native_jsonl=None):
+        assert array.array("I").itemsize == 4  # uint32 buffers (_list_to_u32, flat_encode)
+        self.encode_flat, self.keys, self.eod, self.splitter = encode_flat, keys, eod, splitter
+        self.partitions, self.dtype, self.native_jsonl = partitions, dtype, native_jsonl
+
+    def __call__(self, job):
+        if self.native_jsonl is not None:
+            return self._native(job)
+        fname, first_line, first_global, block = job
+        keys = self.keys
+        bad = BadInput()
+        texts = {k: [] for k in keys}
+        nsent = {k: [] for k in keys}
+        rows = []  # index in the block of each parsed line
+        for i, line in enumerate(_decode_lines(block, fname, first_line, bad)):
+            if line is None:
+                continue
+            values = _parse_line(line, keys, self.splitter)
+            if isinstance(values, str):
+                bad.add(values, (fname, first_line + i))
+                continue
+            rows.append(i)
+            for key, sentences in zip(keys, values):
+                texts[key].extend(sentences)
+                nsent[key].append(len(sentences))
+        rows = np.array(rows, dtype=np.int64)
+        encoded = {k: (*self.encode_flat(texts[k]), np.array(nsent[k], dtype=np.int64)) for k in keys}
+        return self._pack(job, rows, encoded, bad)
+
+    def _native(self, job):
+        fname, first_line, _, block = job
+        status, per_key = self.native_jsonl(block)
+        ok_rows = np.flatnonzero(status == 0)
+        bad = BadInput()
+        if ok_rows.size == status.size:  # every line done in C++: one sentence per key and line
+            ones = np.ones(ok_rows.size, dtype=np.int64)
+            return self._pack(job, ok_rows, {k: (ids, lens, ones) for k, (ids, lens) in zip(self.keys, per_key)},
+                              bad)
+        lines = block.split(b"\n")  # the lines C++ left: parsed and encoded as the pure-Python path does
+        texts = {k: [] for k in self.keys}
+        nsent = {k: [] for k in self.keys}
+        py_rows = []
+        for r in np.flatnonzero(status != 0).tolist():
+            try:
+                line = lines[r].decode("utf-8")
+            except UnicodeDecodeError:
+                bad.add("not UTF-8", (fname, first_line + r))
+                continue
+            values = _parse_line(line, self.keys, None)
+            if isinstance(values, str):
+                bad.add(values, (fname, first_line + r))
+                continue
+            py_rows.append(r)
+            for key, sentences in zip(self.keys, values):
+                texts[key].extend(sentences)
+                nsent[key].append(len(sentences))
+        py_rows = np.array(py_rows, dtype=np.int64)
+        rows = np.concatenate([ok_rows, py_rows])
+        row_order = np.argsort(rows, kind="stable")
+        encoded = {}
+        for key, (ids, lens) in zip(self.keys, per_key):
+            py_ids, py_lens = self.encode_flat(texts[key])
+            py_nsent = np.array(nsent[key], dtype=np.int64)
+            encoded[key] = _merge_rows(ok_rows, ids, lens, py_rows, py_ids, py_lens, py_nsent) + \
+                (np.concatenate([np.ones(ok_rows.size, dtype=np.int64), py_nsent])[row_order],)
+        return self._pack(job, rows[row_order], encoded, bad)
+
+    def _pack(self, job, rows, encoded, bad):
+        """Megatron's arrays for the block's parsed lines `rows` (ascending) and per key (ids, sentence lengths,
+        sentences per row)."""
+        fname, first_line, first_global, block = job
+        keep = np.ones(rows.size, dtype=bool)
+        for ids, lens, ns in encoded.values():  # a line with a sentence the tokenizer rejects is dropped from all keys
+            keep[np.repeat(np.arange(rows.size), ns)[lens < 0]] = False
+        for r in rows[~keep].tolist():
+            bad.add("tokenizer error", (fname, first_line + r))
+        doc_part = (first_global + rows[keep]) % self.partitions
+        arrays: dict[int, dict] = {}
+        for key, (ids, lens, ns) in encoded.items():
+            packed = pack_documents(ids, lens, ns, keep, self.eod)
+            for r in rows[keep][packed[2] == 0].tolist():
+                bad.add(f"empty document ('{key}', kept as Megatron-LM keeps it)", (fname, first_line + r))
+            for p, (tokens, seq_lens, nseq) in _split_partitions(packed, doc_part, self.partitions).items():
+                # One uint32 -> dtype conversion per block and key; ids always fit (dtype comes from vocab_size).
+                arrays.setdefault(p, {})[key] = (tokens.astype(self.dtype), seq_lens, nseq)
+        return arrays, int(keep.sum()), len(block), bad
+
+
+def _merge_rows(rows_a, ids_a, lens_a, rows_b, ids_b, lens_b, nsent_b):
+    """The sentences of two sets of rows (a: one sentence per row; b: nsent_b per row) interleaved in row order:
+    (ids, sentence lengths). Lengths -1 (failed) have no ids."""
+    sent_rows = np.concatenate([rows_a, np.repeat(rows_b, nsent_b)])
+    lens = np.concatenate([lens_a, lens_b])
+    sizes = np.maximum(lens, 0)
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    order = np.argsort(sent_rows, kind="stable")  # a row's sentences come from one side, in order
+    all_ids = np.concatenate([ids_a, ids_b])
+    take = sizes[order]
+    gather = np.repeat(starts[order] - np.concatenate([[0], np.cumsum(take)[:-1]]), take) + np.arange(take.sum())
+    return all_ids[gather], lens[order]
+
+
+def block_texts(block: bytes, keys, limit: int) -> list[str]:
+    """Up to `limit` bytes of the strings of a block's good lines (for the start-up check of the fast path)."""
+    out, size = [], 0
+    for line in _decode_lines(block, "", 0, BadInput()):
+        values = None if line is None else _parse_line(line, keys, None)
+        if values is None or isinstance(values, str):
             continue
-        values = _parse_line(line, keys, splitter)
-        if isinstance(values, str):
-            bad.add(values, (fname, first_line + i))
-            continue
-        rows.append(i)
-        for key, sentences in zip(keys, values):
-            texts[key].extend(sentences)
-            nsent[key].append(len(sentences))
-    rows = np.array(rows, dtype=np.int64)
-    encoded = {k: (*_W["encode_flat"](texts[k]), np.array(nsent[k], dtype=np.int64)) for k in keys}
-    keep = np.ones(rows.size, dtype=bool)
-    for ids, lens, ns in encoded.values():  # a line with a sentence the tokenizer rejects is dropped from all keys
-        keep[np.repeat(np.arange(rows.size), ns)[lens < 0]] = False
-    for r in rows[~keep].tolist():
-        bad.add("tokenizer error", (fname, first_line + r))
-    doc_part = (first_global + rows[keep]) % _W["partitions"]
-    arrays: dict[int, dict] = {}
-    for key, (ids, lens, ns) in encoded.items():
-        packed = pack_documents(ids, lens, ns, keep, _W["eod"])
-        for r in rows[keep][packed[2] == 0].tolist():
-            bad.add(f"empty document ('{key}', kept as Megatron-LM keeps it)", (fname, first_line + r))
-        for p, (tokens, seq_lens, nseq) in _split_partitions(packed, doc_part, _W["partitions"]).items():
-            # One uint32 -> dtype conversion per block and key; ids always fit (dtype comes from vocab_size).
-            arrays.setdefault(p, {})[key] = (tokens.astype(_W["dtype"]), seq_lens, nseq)
-    return arrays, int(keep.sum()), len(block), bad
+        for sentences in values:
+            for text in sentences:
+                if size >= limit:
+                    return out
+                out.append(text[: limit - size])
+                size += len(out[-1])
+    return out
+
+
+_W: dict = {}
+
+
+def _worker_init(tokenizer, keys, eod, splitter_spec, partitions, dtype, use_reference) -> None:
+    encode_flat = _reference_flat(tokenizer) if use_reference else flat_encoder(tokenizer)
+    _W["encode"] = BlockEncoder(encode_flat, keys, eod, _build_splitter(*splitter_spec) if splitter_spec else None,
+                                partitions, dtype)
+
+
+def _encode_block(job):
+    return _W["encode"](job)
+
+
+def _reference_flat(tokenizer):
+    from omni_mega.data.text.bpe import flat_encode
+
+    return lambda texts: flat_encode(tokenizer.reference_encode, texts)
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Main side: read blocks, write builders, merge partitions, rename.
+# Main side: read blocks, write the outputs, merge partitions, swap in.
 
 def _open_binary(path: str):
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
@@ -284,28 +428,15 @@ def iter_blocks(files: list[str], block_bytes: int = BLOCK_BYTES):
                     break
 
 
-def append_documents(builder, tokens: np.ndarray, seq_lengths: np.ndarray, nseq_per_doc: np.ndarray) -> None:
+def append_documents(writer: IndexedWriter, tokens: np.ndarray, seq_lengths: np.ndarray,
+                     nseq_per_doc: np.ndarray) -> None:
     """Exactly what `builder.add_document(doc_ids, doc_seq_lengths)` per document does, for many documents at once:
     one write of the tokens, the sequence lengths appended, and one document end per document."""
-    if tokens.dtype != builder.dtype:
-        raise ValueError(f"tokens dtype {tokens.dtype} != builder dtype {builder.dtype}")
-    builder.data_file.write(tokens.tobytes())
-    base = len(builder.sequence_lengths)
-    builder.sequence_lengths.extend(seq_lengths.tolist())
-    builder.document_indices.extend((base + np.cumsum(nseq_per_doc)).tolist())
+    writer.add_documents(tokens, seq_lengths, nseq_per_doc)
 
 
 def output_paths(prefix: str, key: str, level: str) -> tuple[str, str]:
     return f"{prefix}_{key}_{level}.bin", f"{prefix}_{key}_{level}.idx"
-
-
-def commit(tmp_bin: str, tmp_idx: str, final_bin: str, final_idx: str) -> None:
-    """Renames a finished pair into place: the old .idx goes first and the new .idx comes last, so a crash in
-    between never pairs an .idx with the wrong .bin."""
-    if os.path.exists(final_idx):
-        os.remove(final_idx)
-    os.replace(tmp_bin, final_bin)
-    os.replace(tmp_idx, final_idx)
 
 
 def expand_inputs(pattern: str) -> list[str]:
@@ -324,27 +455,55 @@ def tokenizer_from_args(args):
         return build_tokenizer(kind, vocab_file=args.vocab_file, merge_file=args.merge_file,
                                reference=args.reference_bpe)
     if kind == "HuggingFaceTokenizer":
-        return build_tokenizer(kind, tokenizer_model=args.tokenizer_model)
+        return build_tokenizer(kind, tokenizer_model=args.tokenizer_model,
+                               special_tokens_as_text=not args.match_special_tokens)
     if kind == "NullTokenizer":
         return build_tokenizer(kind, vocab_size=args.vocab_size)
     return build_tokenizer(kind)
 
 
-def _ordered_results(pool, jobs, window: int):
-    """pool results in job order, with at most `window` blocks in flight (Pool.imap would queue the whole input)."""
+def _ordered(submit, jobs, window: int):
+    """submit(job).result() in job order, with at most `window` jobs in flight (Pool.imap would queue the whole
+    input)."""
     from collections import deque
 
     pending = deque()
     for job in jobs:
-        pending.append(pool.apply_async(_encode_block, (job,)))
+        pending.append(submit(job))
         if len(pending) >= window:
-            yield pending.popleft().get()
+            yield pending.popleft().result()
     while pending:
-        yield pending.popleft().get()
+        yield pending.popleft().result()
+
+
+class _AsyncResult:
+    def __init__(self, r):
+        self.r = r
+
+    def result(self):
+        return self.r.get()
+
+
+def _results(jobs, mode: str, workers: int, encoder: BlockEncoder, init: tuple):
+    """Block results in input order: inline, on `workers` threads (the C++ encoder releases the GIL), or in
+    `workers` forked processes."""
+    if mode == "inline":
+        yield from map(encoder, jobs)
+    elif mode == "threads":
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(workers) as pool:
+            yield from _ordered(lambda job: pool.submit(encoder, job), jobs, 2 * workers + 1)
+    else:
+        import multiprocessing
+
+        with multiprocessing.get_context("fork").Pool(workers, _worker_init, init) as pool:
+            yield from _ordered(lambda job: _AsyncResult(pool.apply_async(_encode_block, (job,))), jobs,
+                                2 * workers + 1)
 
 
 def cpu_seconds() -> float:
-    """User + system CPU time of this process and of its finished children (the joined workers)."""
+    """User + system CPU time of this process (all its threads) and of its finished children (joined workers)."""
     import resource
 
     return sum(r.ru_utime + r.ru_stime for r in (resource.getrusage(resource.RUSAGE_SELF),
@@ -367,82 +526,133 @@ class _Progress:
         return f"{self.docs / dt:.1f} docs/s, {self.bytes / dt / 2**20:.2f} MB/s"
 
 
-def run(args) -> dict:
-    """Preprocesses per `args` (the parsed command line); returns a summary dict (docs, bytes, seconds, bad)."""
-    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+def _has_native(tok) -> bool:
+    return str(getattr(tok, "fast_backend", "")).startswith("C++")
 
+
+def run(args) -> dict:
+    """Preprocesses per `args` (the parsed command line); returns a summary dict (docs, bytes, seconds, bad).
+    Raises PreprocessError (code 1: nothing to write; 2: fix the command line or files) and ValueError."""
+    import gc
+
+    # The run allocates many short-lived arrays and no reference cycles: the cycle collector only costs time
+    # (~3% of CPU on the KJV).
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(args)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _run(args) -> dict:
     files = expand_inputs(args.input)
+    prefix = args.output_prefix
+    out_dir = os.path.dirname(os.path.abspath(prefix))
+    try:
+        outputs.check_output_dir(out_dir, "--output-prefix")
+    except outputs.OutputError as e:
+        raise PreprocessError(str(e), 2) from None
+    notes = [f"removed stale temporary {p}" for p in outputs.remove_stale(out_dir, os.path.basename(prefix))]
     tok = tokenizer_from_args(args)
     level = "sentence" if args.split_sentences else "document"
-    dtype = DType.optimal_dtype(tok.vocab_size)
+    dtype = optimal_dtype(tok.vocab_size)
     # Contiguous partitions concatenate back to the input order, so they are one partition here.
     nparts = 1 if args.keep_sequential_samples else args.partitions
-    tmp = f"{args.output_prefix}.tmp-{os.getpid()}"
-    finals = {key: output_paths(args.output_prefix, key, level) for key in args.json_keys}
-    if nparts == 1:
-        part_paths = {(0, k): (f"{b}.tmp-{os.getpid()}", f"{i}.tmp-{os.getpid()}") for k, (b, i) in finals.items()}
-    else:
-        os.makedirs(tmp, exist_ok=True)
-        part_paths = {(p, k): output_paths(os.path.join(tmp, f"part{p}"), k, level)
-                      for p in range(nparts) for k in args.json_keys}
-    progress, bad = _Progress(args.log_interval), BadInput()
-    splitter = (args.lang, args.keep_newlines) if args.split_sentences else None
+    splitter_spec = (args.lang, args.keep_newlines) if args.split_sentences else None
+    eod = tok.eod if args.append_eod else None
+
+    native = _has_native(tok)
+    blocks = iter_blocks(files, BLOCK_BYTES * (NATIVE_BLOCK_FACTOR if native and not splitter_spec else 1))
+    first = next(blocks, None)
+    jobs = itertools.chain([first], blocks) if first is not None else iter(())
+    use_reference = False
+    if first is not None:  # the fast path must give the reference's ids on a sample of this input
+        from omni_mega.data.text.tokenizer import check_fast_path
+
+        problem = check_fast_path(tok, PROBE_TEXTS + block_texts(first[3], args.json_keys, SAMPLE_BYTES))
+        if problem:
+            notes.append(f"warning: {problem}; using the reference tokenizer (slow)")
+            print(notes[-1], file=sys.stderr)
+            use_reference = True
+    native = native and not use_reference
+    mode = "inline" if args.workers == 1 else ("threads" if native else "processes")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers are processes; no nested thread pools
-    init = (tok, args.json_keys, args.append_eod, splitter, nparts, dtype)
+    encode_flat = _reference_flat(tok) if use_reference else flat_encoder(tok)
+    splitter = _build_splitter(*splitter_spec) if splitter_spec and mode != "processes" else None
+    native_jsonl = None
+    if native and not splitter_spec:  # JSON parsing in C++ too (no sentence splitting there)
+        enc, keys = tok.native_encoder(), list(args.json_keys)
+        native_jsonl = lambda block: enc.encode_jsonl(block, keys)  # noqa: E731
+    encoder = BlockEncoder(encode_flat, args.json_keys, eod, splitter, nparts, dtype, native_jsonl)
+    init = (tok, args.json_keys, eod, splitter_spec, nparts, dtype, use_reference)
+
+    suffix = outputs.tmp_suffix()
+    finals = {key: output_paths(prefix, key, level) for key in args.json_keys}
+    tmp_dir = f"{prefix}{suffix}"
+    if nparts == 1:
+        part_bins = {(0, k): f"{b}{suffix}" for k, (b, _) in finals.items()}
+    else:
+        os.makedirs(tmp_dir)
+        part_bins = {(p, k): os.path.join(tmp_dir, f"part{p}_{k}.bin") for p in range(nparts) for k in finals}
+    tmp_pairs = [(f"{b}{suffix}", f"{i}{suffix}", b, i) for b, i in finals.values()]
+    progress, bad, tokens_written = _Progress(args.log_interval), BadInput(), 0
+    writers: dict = {}
     try:
-        builders = {pk: IndexedDatasetBuilder(b, dtype=dtype) for pk, (b, _) in part_paths.items()}
-        with multiprocessing.get_context("fork").Pool(args.workers, _worker_init, init) as pool:
-            blocks = iter_blocks(files, BLOCK_BYTES)
-            for arrays, docs, nbytes, block_bad in _ordered_results(pool, blocks, 2 * args.workers + 1):
-                for p, per_key in arrays.items():
-                    for key, (tokens, seq_lens, nseq) in per_key.items():
-                        append_documents(builders[p, key], tokens, seq_lens, nseq)
-                bad.merge(block_bad)
-                progress.update(docs, nbytes)
-        for pk, builder in builders.items():
-            builder.finalize(part_paths[pk][1])
-        _merge_and_commit(part_paths, finals, nparts, dtype)
+        writers = {pk: IndexedWriter(path, dtype) for pk, path in part_bins.items()}
+        for arrays, docs, nbytes, block_bad in _results(jobs, mode, args.workers, encoder, init):
+            for p, per_key in arrays.items():
+                for key, (tokens, seq_lens, nseq) in per_key.items():
+                    append_documents(writers[p, key], tokens, seq_lens, nseq)
+                    tokens_written += tokens.size
+            bad.merge(block_bad)
+            progress.update(docs, nbytes)
+        if progress.docs == 0 or tokens_written == 0:
+            lines = sum(bad.counts.values()) + progress.docs
+            why = (f"all {lines} input lines were rejected ({bad.summary()})" if bad.counts and not progress.docs
+                   else "the input has no lines" if not progress.docs else "every kept document is empty")
+            raise PreprocessError(f"no documents with tokens to write: {why}; nothing was written"
+                                  f"{' and the existing dataset is untouched' if _exists(finals) else ''}", 1)
+        for key, (tmp_bin, tmp_idx, _, _) in zip(finals, tmp_pairs):
+            if nparts == 1:
+                writers[0, key].finalize(tmp_idx)
+            else:
+                concatenate([writers[p, key] for p in range(nparts)], tmp_bin, tmp_idx)
+        outputs.replace_pairs(tmp_pairs)
     finally:
-        _remove_temps(tmp, finals)
+        for w in writers.values():
+            w.close()
+        _remove_temps(tmp_dir, tmp_pairs)
     seconds, cpu = time.time() - progress.start, cpu_seconds() - progress.cpu_start
+    how = f"{tok.fast_backend if not use_reference else 'reference tokenizer'}, {mode}"
     print(f"Done: {progress.docs} documents from {len(files)} file(s) in {seconds:.2f} s ({progress.rates()}; "
-          f"CPU {cpu:.2f} s).", file=sys.stderr)
+          f"CPU {cpu:.2f} s; {how}).", file=sys.stderr)
     print(f"Bad or empty input:\n{bad.report()}" if bad.counts else "Bad input: none", file=sys.stderr)
+    for note in notes:
+        if not note.startswith("warning"):
+            print(note, file=sys.stderr)
     return {"docs": progress.docs, "bytes": progress.bytes, "seconds": seconds, "cpu_seconds": cpu,
-            "bad": dict(bad.counts),
-            "bad_first": {k: list(v) for k, v in bad.first.items()}, "outputs": finals}
+            "bad": dict(bad.counts), "bad_first": {k: list(v) for k, v in bad.first.items()}, "outputs": finals,
+            "mode": mode, "tokenizer": how, "notes": notes}
 
 
-def _merge_and_commit(part_paths: dict, finals: dict, nparts: int, dtype) -> None:
-    """Moves finished outputs into place; with several partitions, concatenates them first in partition order
-    (megatron-core's add_index, as Megatron-LM merges its partitions)."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    pid = os.getpid()
-    for key, (final_bin, final_idx) in finals.items():
-        if nparts == 1:
-            commit(*part_paths[0, key], final_bin, final_idx)
-            continue
-        merged = IndexedDatasetBuilder(f"{final_bin}.tmp-{pid}", dtype=dtype)
-        for p in range(nparts):
-            merged.add_index(part_paths[p, key][0][: -len(".bin")])
-        merged.finalize(f"{final_idx}.tmp-{pid}")
-        commit(f"{final_bin}.tmp-{pid}", f"{final_idx}.tmp-{pid}", final_bin, final_idx)
+def _exists(finals: dict) -> bool:
+    return any(os.path.exists(i) for _, i in finals.values())
 
 
-def _remove_temps(tmp_dir: str, finals: dict) -> None:
+def _remove_temps(tmp_dir: str, tmp_pairs) -> None:
     import shutil
 
-    pid = os.getpid()
-    for b, i in finals.values():
-        for path in (f"{b}.tmp-{pid}", f"{i}.tmp-{pid}"):
+    for tmp_bin, tmp_idx, _, _ in tmp_pairs:
+        for path in (tmp_bin, tmp_idx):
             if os.path.exists(path):
                 os.remove(path)
     shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """Megatron-LM's `tools/preprocess_data.py` options (plus `--reference-bpe`)."""
+    """Megatron-LM's `tools/preprocess_data.py` options (plus `--reference-bpe`, `--match-special-tokens`)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     g = p.add_argument_group("input data")
     g.add_argument("--input", required=True, help="JSONL file or glob (.gz too)")
@@ -460,14 +670,24 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lang", default="english", help="nltk punkt language for --split-sentences")
     g.add_argument("--legacy-tokenizer", action="store_true", help="accepted for compatibility; no effect")
     g.add_argument("--reference-bpe", action="store_true", help="pure-Python GPT-2 BPE (slow; for checking)")
+    g.add_argument("--match-special-tokens", action="store_true",
+                   help="HuggingFaceTokenizer: a special-token string in the text (<|endoftext|>) is that token, "
+                        "as transformers has it (default: ordinary text, as GPT2BPETokenizer)")
     g = p.add_argument_group("output data")
     g.add_argument("--output-prefix", required=True, help="path prefix of the .bin/.idx outputs")
     g = p.add_argument_group("runtime")
-    g.add_argument("--workers", type=int, required=True, help="worker processes")
+    g.add_argument("--workers", type=int, required=True,
+                   help="threads (C++ tokenizers) or worker processes (others)")
     g.add_argument("--partitions", type=int, default=1, help="Megatron-LM's input partitions (fixes doc order)")
     g.add_argument("--keep-sequential-samples", action="store_true", help="contiguous partitions (input order)")
     g.add_argument("--log-interval", type=int, default=1000, help="report progress every this many documents")
     return p
+
+
+def fail(message: str, code: int) -> None:
+    """One line on stderr, no traceback, exit `code` (2: fix the command line or files, 1: nothing to write)."""
+    print(f"{os.path.basename(sys.argv[0]) or 'preprocess_data.py'}: error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -479,5 +699,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--workers ({args.workers}) must be a multiple of --partitions ({args.partitions})")
     try:
         return run(args)
-    except ValueError as e:
-        parser.error(str(e))
+    except PreprocessError as e:
+        fail(str(e), e.code)
+    except (ValueError, OSError) as e:  # bad files or arguments (TokenizerFileError is a ValueError)
+        fail(str(e) if isinstance(e, ValueError) else f"{e.filename}: {e.strerror}", 2)

@@ -2,13 +2,18 @@
 
 Every tokenizer has `vocab_size` (int, ids are < vocab_size), `eod` (end-of-document id), `encode(str) -> list[int]`,
 `decode(list[int]) -> str`, Megatron's aliases `tokenize`/`detokenize`, and `unique_identifiers` (what
-megatron-core's dataset cache hashes). All pickle cheaply (by path), for worker processes.
+megatron-core's dataset cache hashes). All pickle cheaply (by path), for worker processes. The preprocessing fast
+path is `encode_flat(texts, threads=1) -> (ids uint32, lengths int64)` (length -1: a text that cannot be encoded),
+with `fast_backend` saying what runs it and `check_fast_path(tok, texts)` comparing it with the reference.
 
 Kinds (Megatron's `--tokenizer-type` names):
-- `GPT2BPETokenizer(vocab_file, merge_file)`: GPT-2's ids through tiktoken (see `bpe.py`); `reference=True` gives
-  the pure-Python algorithm.
+- `GPT2BPETokenizer(vocab_file, merge_file)`: GPT-2's ids through the C++ byte-level BPE (see `bpe.py`);
+  `reference=True` gives the pure-Python algorithm. `<|endoftext|>` in text is ordinary text, as in Megatron-LM.
 - `HuggingFaceTokenizer(tokenizer_model)`: a local `tokenizer.json` (or a directory holding one) read with HF
-  `tokenizers`; special tokens are added as `transformers` adds them by default (`add_special_tokens=True`).
+  `tokenizers`; special tokens are added as `transformers` adds them by default (`add_special_tokens=True`), and
+  a special-token string in the text is that special token unless `special_tokens_as_text=True` (then it is
+  ordinary text, HF's `encode_special_tokens`). `encode_flat` runs the C++ byte-level BPE when the file is one it
+  reproduces exactly (`bpe.native_from_tokenizer_json`), else HF `tokenizers` one text at a time.
 - `NullTokenizer(vocab_size)`: text is space-separated integers; eod = vocab_size, so the vocab is vocab_size + 1;
   an id outside [0, vocab_size] raises ValueError (Megatron-LM's does not check).
 - `demo`: the embedded default, a byte-level BPE trained with HF `tokenizers` on the demo corpus (`corpus.py`)
@@ -21,6 +26,8 @@ import json
 import os
 import warnings
 from collections import OrderedDict
+
+import numpy as np
 
 EOD_CANDIDATES = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>", "<|eot_id|>")
 
@@ -61,7 +68,30 @@ class GPT2BPETokenizer(_Base):
         self.vocab_size, self.eod = self._bpe.vocab_size, self._bpe.eod
         self.encode = self._bpe.encode
         if hasattr(self._bpe, "encode_u32"):
-            self.encode_u32 = self._bpe.encode_u32  # the preprocessing fast path (see preprocess.py)
+            self.encode_u32 = self._bpe.encode_u32
+        self._reference = self._bpe if reference else None
+
+    @property
+    def fast_backend(self) -> str:
+        return getattr(self._bpe, "description", "pure-Python GPT-2 BPE (reference)")
+
+    def encode_flat(self, texts, threads: int = 1):
+        """The preprocessing fast path (see preprocess.py): ids of many texts in one call."""
+        if hasattr(self._bpe, "encode_flat"):
+            return self._bpe.encode_flat(texts, threads)
+        return _flat(self._bpe.encode, texts)
+
+    def native_encoder(self):
+        """The C++ encoder (omni_mega._bpe.ByteLevelBPE) behind encode_flat, or None."""
+        return None if self.reference else getattr(self._bpe, "_native", None)
+
+    def reference_encode(self, text: str) -> list[int]:
+        """The pure-Python GPT-2 algorithm (Megatron-LM's), built on first use."""
+        if self._reference is None:
+            from omni_mega.data.text.bpe import GPT2BPEReference
+
+            self._reference = GPT2BPEReference(self.vocab_file, self.merge_file)
+        return self._reference.encode(text)
 
     def decode(self, ids) -> str:
         return self._bpe.decode([int(i) for i in ids])
@@ -77,9 +107,10 @@ class GPT2BPETokenizer(_Base):
 
 
 class HuggingFaceTokenizer(_Base):
-    """A local HF `tokenizers` file. `eod_token` overrides the end-of-document token's lookup."""
+    """A local HF `tokenizers` file. `eod_token` overrides the end-of-document token's lookup;
+    `special_tokens_as_text`: special-token strings in the text are ordinary text (default: the special tokens)."""
 
-    def __init__(self, tokenizer_model: str, eod_token: str | None = None):
+    def __init__(self, tokenizer_model: str, eod_token: str | None = None, special_tokens_as_text: bool = False):
         from tokenizers import Tokenizer
 
         path = tokenizer_model
@@ -89,9 +120,13 @@ class HuggingFaceTokenizer(_Base):
             raise ValueError(f"HuggingFaceTokenizer: tokenizer_model must be a tokenizer.json or a directory with "
                              f"one (a local path; nothing is downloaded), got {tokenizer_model!r}")
         self.tokenizer_model, self.eod_token = tokenizer_model, eod_token
+        self.special_tokens_as_text = bool(special_tokens_as_text)
+        self._path = path
         self._tok = Tokenizer.from_file(path)
+        self._tok.encode_special_tokens = self.special_tokens_as_text
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
         self.eod = self._find_eod(path, eod_token)
+        self._native = None  # built on the first encode_flat
 
     def _find_eod(self, path: str, eod_token: str | None) -> int:
         names = [eod_token] if eod_token else []
@@ -109,17 +144,83 @@ class HuggingFaceTokenizer(_Base):
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text).ids
 
+    reference_encode = encode
+
+    def _fast(self):
+        """The C++ encoder for this file (NativeBPE), or the reason it has none (str)."""
+        if self._native is None:
+            from omni_mega.data.text import bpe
+
+            normalize = self._tok.normalizer.normalize_str if self._tok.normalizer is not None else None
+            try:
+                kwargs, description = bpe.native_from_tokenizer_json(self._path, self.special_tokens_as_text,
+                                                                     normalize)
+                module = bpe._native_module()
+                if module is None:
+                    raise bpe.Unsupported("the C++ extension is not built")
+                self._native = bpe.NativeBPE(module.ByteLevelBPE(**kwargs), fallback=self.encode,
+                                             normalize=normalize, description=description)
+            except (bpe.Unsupported, bpe.TokenizerFileError) as e:
+                self._native = f"HF tokenizers, one text at a time ({e})"
+        return self._native
+
+    @property
+    def fast_backend(self) -> str:
+        fast = self._fast()
+        return fast if isinstance(fast, str) else fast.description
+
+    def native_encoder(self):
+        """The C++ encoder (omni_mega._bpe.ByteLevelBPE) behind encode_flat, or None."""
+        fast = self._fast()
+        return None if isinstance(fast, str) else fast.native
+
+    def encode_flat(self, texts, threads: int = 1):
+        """The preprocessing fast path (see preprocess.py): ids of many texts in one call."""
+        fast = self._fast()
+        if isinstance(fast, str):
+            return _flat(self.encode, texts)
+        return fast.encode_flat(texts, threads)
+
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
 
     def __getstate__(self):
-        return (self.tokenizer_model, self.eod_token)
+        return (self.tokenizer_model, self.eod_token, self.special_tokens_as_text)
 
     def __setstate__(self, state):
         self.__init__(*state)
 
     def _identity(self) -> dict:
         return {"tokenizer_model": os.path.abspath(self.tokenizer_model)}
+
+
+def _flat(encode, texts):
+    from omni_mega.data.text.bpe import flat_encode
+
+    return flat_encode(encode, texts if isinstance(texts, list) else list(texts))
+
+
+def check_fast_path(tok, texts: list[str]) -> str | None:
+    """None when `tok.encode_flat` gives the reference's ids on every text, else a one-line description of the
+    first disagreement (preprocessing then uses the reference). Tokenizers without a separate fast path pass."""
+    reference = getattr(tok, "reference_encode", None)
+    if reference is None or not texts:
+        return None
+    ids, lens = tok.encode_flat(texts)
+    ends = np.cumsum(np.maximum(lens, 0))
+    wrong = []
+    for i, text in enumerate(texts):
+        try:
+            expected = reference(text)
+        except Exception:  # noqa: BLE001 - the reference rejects it: the fast path must too
+            expected = None
+        got = None if lens[i] < 0 else ids[ends[i] - lens[i]:ends[i]].tolist()
+        if got != expected:
+            wrong.append(i)
+    if not wrong:
+        return None
+    return (f"the fast tokenizer ({tok.fast_backend}) disagrees with the reference on {len(wrong)} of {len(texts)} "
+            f"sample texts (first: {texts[wrong[0]][:60]!r})")
 
 
 class NullTokenizer(_Base):
@@ -130,6 +231,8 @@ class NullTokenizer(_Base):
             raise ValueError(f"NullTokenizer: vocab_size must be a positive int, got {vocab_size!r}")
         self.eod = int(vocab_size)
         self.vocab_size = self.eod + 1
+
+    fast_backend = "Python (space-separated ids)"
 
     def encode(self, text: str) -> list[int]:
         ids = [int(x) for x in text.split(" ")]
