@@ -139,13 +139,20 @@ def test_preprocess_counts_bad_records_with_lines_and_keeps_order(tmp_path):
     assert json.loads((tmp_path / "ds" / "dataset.json").read_text())["bad_input"]["counts"]["bad_image"] == 1
 
 
-def test_preprocess_with_nothing_usable_exits_2(tmp_path):
+def test_preprocess_with_nothing_usable_exits_2_and_keeps_the_old_dataset(tmp_path):
     from omni_mega.data.conversations.preprocess import main
 
     (tmp_path / "none.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     with pytest.raises(SystemExit) as e:
         main(["--input", str(tmp_path / "none.jsonl"), "--output-dir", str(tmp_path / "out")])
     assert e.value.code == 2 and not (tmp_path / "out" / "dataset.json").exists()
+    (tmp_path / "ok.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                                                {"role": "assistant", "content": "hello"}]}) + "\n")
+    main(["--input", str(tmp_path / "ok.jsonl"), "--output-dir", str(tmp_path / "out")])
+    with pytest.raises(SystemExit):
+        main(["--input", str(tmp_path / "none.jsonl"), "--output-dir", str(tmp_path / "out")])
+    assert len(ConvShardDataset(tmp_path / "out")) == 1  # the old dataset survived
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
 def _source(ds, **kw):

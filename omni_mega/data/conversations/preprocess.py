@@ -19,6 +19,8 @@ import gzip
 import io
 import json
 import os
+import re
+import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +32,7 @@ from omni_mega.data.conversations import messages as M
 from omni_mega.data.conversations.shards import ConvShardWriter, Sequence
 from omni_mega.data.conversations.templates import TEMPLATES, ByteChatTokenizer, HFChatTokenizer, render
 from omni_mega.data.multimodal.preprocess import BadInput, _Progress
+from omni_mega.data.text import outputs
 
 TOO_LONG, MISSING_IMAGE, BAD_IMAGE, MALFORMED = "too_long", "missing_image", "bad_image", "malformed_json"
 CHUNK = 64  # records handed to the thread pool at a time (keeps output order without holding the whole input)
@@ -127,17 +130,39 @@ def chat_tokenizer(args):
     return HFChatTokenizer(tok), template
 
 
+DATASET_FILE = re.compile(r"^(dataset\.json|shard-\d+\.(tar|idx\.npz))$")
+
+
 def run(args) -> dict:
+    """Preprocesses per `args`. The dataset is built next to --output-dir and swapped in only when complete and
+    non-empty (`data.text.outputs`); an existing dataset survives a run that keeps nothing or is killed."""
     tok, chat_template = chat_tokenizer(args)
     if args.chat_template == "jinja" and not chat_template:
         raise ValueError(f"--chat-template jinja: {args.tokenizer_model} has no chat_template in tokenizer_config.json")
     if not os.path.isfile(args.input):
         raise ValueError(f"--input {args.input!r}: no such JSONL file")
+    out_dir = os.path.abspath(args.output_dir)
+    try:
+        parent = outputs.prepare_dataset_dir(out_dir, "--output-dir", DATASET_FILE)
+    except outputs.OutputError as e:
+        raise ValueError(str(e)) from None
+    for stale in outputs.remove_stale(parent, os.path.basename(out_dir)):
+        print(f"removed stale temporary {stale}", file=sys.stderr)
+    tmp_dir = out_dir + outputs.tmp_suffix()
+    try:
+        summary = _write(args, tok, chat_template, tmp_dir)
+        outputs.replace_dir(tmp_dir, out_dir)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return summary
+
+
+def _write(args, tok, chat_template, out_dir: str) -> dict:
     convert = Converter(args.kind, args.chat_template, tok, os.path.dirname(os.path.abspath(args.input)),
                         args.max_tokens, chat_template)
     bad, progress, stats = BadInput(), _Progress(args.log_interval), {"supervised_tokens": 0, "tokens": 0}
     identity = {**tok.identity, "template": args.chat_template}
-    with ConvShardWriter(args.output_dir, args.kind, identity, shard_size=args.shard_size) as writer, \
+    with ConvShardWriter(out_dir, args.kind, identity, shard_size=args.shard_size) as writer, \
             ThreadPoolExecutor(max(1, args.workers)) as pool:
         records = read_records(args.input)
         while chunk := [r for _, r in zip(range(CHUNK), records)]:

@@ -276,26 +276,12 @@ _DATASET_FILE = re.compile(r"^(dataset\.json|shard-\d+\.(tar|idx\.npy))$")
 
 
 def _check_output(out_dir: str) -> str:
-    """The parent directory of --output-dir, created when missing (as the tool always did: preprocess.sbatch relies
-    on it) and checked writable; an existing --output-dir must hold only a dataset (dataset.json and shards): the
-    swap at the end replaces the whole directory."""
-    parent = os.path.dirname(os.path.abspath(out_dir))
+    """The parent directory of --output-dir, created when missing (preprocess.sbatch relies on it) and checked
+    writable; an existing --output-dir must hold only a dataset (`outputs.prepare_dataset_dir`)."""
     try:
-        os.makedirs(parent, exist_ok=True)
-    except OSError as e:
-        raise PreprocessError(f"--output-dir: cannot create output directory {parent}: {e.strerror}", 2) from None
-    try:
-        outputs.check_output_dir(parent, "--output-dir")
+        return outputs.prepare_dataset_dir(out_dir, "--output-dir", _DATASET_FILE)
     except outputs.OutputError as e:
         raise PreprocessError(str(e), 2) from None
-    if os.path.lexists(out_dir):
-        if not os.path.isdir(out_dir) or os.path.islink(out_dir):
-            raise PreprocessError(f"--output-dir: {out_dir} exists and is not a directory", 2)
-        foreign = sorted(n for n in os.listdir(out_dir) if not _DATASET_FILE.match(n) and ".tmp-" not in n)
-        if foreign:
-            raise PreprocessError(f"--output-dir: {out_dir} holds files that are not part of a dataset "
-                                  f"({', '.join(foreign[:3])}); use an empty or dataset directory", 2)
-    return parent
 
 
 def run(args) -> dict:

@@ -67,6 +67,26 @@ def check_output_dir(directory: str, option: str) -> None:
         raise OutputError(f"{option}: cannot write to output directory {directory}: {e.strerror}") from None
 
 
+def prepare_dataset_dir(out_dir: str, option: str, dataset_file) -> str:
+    """The parent directory of a directory dataset's `out_dir`, created when missing and checked writable; an
+    existing `out_dir` must hold only dataset files (`dataset_file`: a compiled regex of their names), because the
+    swap at the end replaces the whole directory. Raises OutputError."""
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{option}: cannot create output directory {parent}: {e.strerror}") from None
+    check_output_dir(parent, option)
+    if os.path.lexists(out_dir):
+        if not os.path.isdir(out_dir) or os.path.islink(out_dir):
+            raise OutputError(f"{option}: {out_dir} exists and is not a directory")
+        foreign = sorted(n for n in os.listdir(out_dir) if not dataset_file.match(n) and ".tmp-" not in n)
+        if foreign:
+            raise OutputError(f"{option}: {out_dir} holds files that are not part of a dataset "
+                              f"({', '.join(foreign[:3])}); use an empty or dataset directory")
+    return parent
+
+
 def remove_stale(directory: str, name_prefix: str) -> list[str]:
     """Removes `<name_prefix>*.tmp-<host>-<pid>` entries of this host whose process has ended, and restores a
     `<name>.old-<host>-<pid>` directory of an ended process when `<name>` is missing (its swap was interrupted).
