@@ -43,6 +43,9 @@ def _vit(**kw):
 CASES = {
     # text: GQA + SwiGLU + RMSNorm, untied; and MHA + GELU + LayerNorm, tied, ffn set explicitly
     "text_gqa_swiglu": ModelConfig(llm=_llm()),
+    # Qwen3-style: own head dim, q/k/v bias, per-head q/k norms, tied
+    "text_headdim_qkvbias_qknorm": ModelConfig(llm=_llm(kv_channels=12, add_qkv_bias=True, qk_layernorm=True,
+                                                       untie_embeddings=False)),
     "text_tied_gelu_ln": ModelConfig(llm=_llm(num_query_groups=None, activation="gelu", normalization="LayerNorm",
                                              untie_embeddings=False, ffn_hidden_size=72)),
     # LLaVA-style projector with a SwiGLU RMSNorm ViT; Ovis-style visual head + VET with indicator rows

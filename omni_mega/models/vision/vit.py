@@ -22,6 +22,16 @@ from omni_mega.models.vision.attention import VisionPackedSeqParams, block_spec
 from omni_mega.models.vision.merge import spatial_merge
 
 
+def vit_activation(name: str):
+    """The MLP activation: exact GELU, quick GELU (x * sigmoid(1.702 x), CLIP and Qwen2-VL's towers) or SiLU for
+    SwiGLU."""
+    if name == "quick_gelu":
+        from megatron.core.activations import quick_gelu
+
+        return quick_gelu
+    return F.silu if name == "swiglu" else F.gelu
+
+
 def vit_transformer_config(cfg: ViTConfig, parallel: ParallelConfig, dtype: torch.dtype) -> TransformerConfig:
     """megatron TransformerConfig of the ViT: TP/SP from `parallel`, never pipeline-split (the whole ViT lives on
     the first pipeline stage), so pipeline_model_parallel_size is 1 here whatever the LLM uses."""
@@ -30,8 +40,8 @@ def vit_transformer_config(cfg: ViTConfig, parallel: ParallelConfig, dtype: torc
         num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_attention_heads,
         ffn_hidden_size=cfg.ffn_hidden_size or 4 * cfg.hidden_size,
         kv_channels=cfg.hidden_size // cfg.num_attention_heads,
-        normalization=cfg.normalization, layernorm_epsilon=1e-6,
-        gated_linear_unit=cfg.activation == "swiglu", activation_func=F.silu if cfg.activation == "swiglu" else F.gelu,
+        normalization=cfg.normalization, layernorm_epsilon=cfg.norm_epsilon,
+        gated_linear_unit=cfg.activation == "swiglu", activation_func=vit_activation(cfg.activation),
         add_bias_linear=True, init_method_std=cfg.init_method_std, attention_dropout=0.0, hidden_dropout=0.0,
         tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=1, sequence_parallel=parallel.sp,
         params_dtype=dtype, bf16=dtype == torch.bfloat16, use_cpu_initialization=not cuda,
