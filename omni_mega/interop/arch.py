@@ -247,9 +247,13 @@ def qwen2vl_vision(v: dict, llm_width: int) -> tuple[ViTConfig, ConnectorConfig]
     return vit, ConnectorConfig(kind="mlp", projector_hidden_size=embed * merge * merge)
 
 
+def _ratio(a: int, b: int) -> int | float:
+    return a // b if a % b == 0 else a / b  # transformers' config validation wants an int when it is one
+
+
 def qwen2vl_vision_hf(vit: ViTConfig, llm_width: int) -> dict:
     return {"depth": vit.num_layers, "embed_dim": vit.hidden_size, "hidden_size": llm_width,
-            "hidden_act": vit.activation, "mlp_ratio": (vit.ffn_hidden_size or 4 * vit.hidden_size) / vit.hidden_size,
+            "hidden_act": vit.activation, "mlp_ratio": _ratio(vit.ffn_hidden_size or 4 * vit.hidden_size, vit.hidden_size),
             "num_heads": vit.num_attention_heads, "in_channels": vit.in_channels, "patch_size": vit.patch_size,
             "spatial_merge_size": vit.merge_size, "temporal_patch_size": vit.temporal_patch_size,
             "initializer_range": vit.init_method_std}
@@ -326,12 +330,16 @@ class Family:
         if self.model_type in ("qwen2", "qwen3", "mistral"):
             text.setdefault("sliding_window", None)
             text["use_sliding_window"] = False
-        out = {k: v for k, v in (base or {}).items() if k not in ("rope_parameters", "text_config")}
+        base = base or {}
+        out = {k: v for k, v in base.items() if k not in ("rope_parameters", "text_config")}
+        # transformers v5 nests a VLM's text fields (token ids, ...); the flat layout below is what releases carry
+        out.update({k: v for k, v in (base.get("text_config") or {}).items()
+                    if k not in ("rope_parameters", "model_type", "architectures")})
         if self.vision:
             check_qwen2vl_vision(cfg)
             text.update(_rope_to_hf(cfg.llm, cfg.llm.mrope_section))
             out.update(text)
-            out["vision_config"] = {**(base or {}).get("vision_config", {}), **qwen2vl_vision_hf(cfg.vit,
+            out["vision_config"] = {**base.get("vision_config", {}), **qwen2vl_vision_hf(cfg.vit,
                                                                                                cfg.llm.hidden_size)}
             img = (cfg.connector or ConnectorConfig()).image_token_id
             if not 0 <= img < vocab:
