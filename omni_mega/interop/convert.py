@@ -112,7 +112,8 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, config_out: str | Path | N
     state = {"step": 0, "stage_index": 0, "stage_name": "import-hf", "save": "full", "model": to_dict(cfg),
              "parallel": {"tp": 1, "pp": 1}, "world_size": 1}
     (tmp / STATE).write_text(json.dumps(state, indent=1, sort_keys=True))
-    tok = str(ck.dir.resolve()) if ck.tokenizer_files() else None
+    has_tok = any((ck.dir / n).is_file() for n in ("tokenizer.json", "tokenizer.model"))
+    tok = str(ck.dir.resolve()) if has_tok else None
     meta = {"format": 1, "source": str(ck.dir.resolve()), "architecture": fam.architecture, "hf_config": ck.config,
             "tokenizer": tok, "dtype": _dtype_name(next(iter(specs.values()))[1]), "vocab_size": cfg.llm.vocab_size,
             "padded_vocab_size": padded}
