@@ -271,7 +271,7 @@ def cmd_train(config: str, run_dir: str | None, overrides: list[str], dry_run: b
         if note:
             print(note)
         print(_plan(cfg, world))
-        return 0
+        return _check_hf_sources(cfg)
     from omni_mega.runtime import init_distributed, shutdown
 
     rt = init_distributed(cfg.parallel, seed=cfg.train.seed)
@@ -281,6 +281,22 @@ def cmd_train(config: str, run_dir: str | None, overrides: list[str], dry_run: b
         print(f"done: metrics in {out / 'metrics.jsonl'}")
     shutdown()
     return code
+
+
+def _check_hf_sources(cfg) -> int:
+    """`--dry-run`: every stage's `init_from: hf:PATH` checked against its config.json (skipped, and said so, when
+    the path is not on this machine)."""
+    from omni_mega.config import ConfigError
+    from omni_mega.training.init_from import validate_hf_sources
+
+    try:
+        for s in cfg.stages:
+            for note in validate_hf_sources(s.init_from, cfg.model, f"stages[{s.name}].init_from"):
+                print(note)
+    except ConfigError as e:
+        print(f"omni-mega: config error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _run(cfg, rt, out: Path, resume: str | None, overwrite: bool):

@@ -295,7 +295,9 @@ class StageConfig:
     global_batch_size: int | None = None
     ckpt_interval: int = 0  # steps between checkpoints inside the stage; 0 = only at the stage end
     save: str = "full"  # full | trainable_only (model part holds only this stage's trainable parameters)
-    init_from: str | None = None  # checkpoint dir (or run dir: its latest) loaded at stage start; may be partial
+    # Loaded at stage start: a checkpoint dir (or run dir: its latest; may be partial) or hf:PATH (a Hugging Face
+    # folder), or a map from module groups to such sources, e.g. {llm: hf:/models/Qwen3, vit: runs/p1}.
+    init_from: str | dict[str, str] | None = None
     # Share of LLM tokens (text + visual) from the image-text datasets of the mix, at the stage start; ramps linearly
     # to multimodal_ratio_end by the stage end when that is set. Needed when the mix holds both modalities.
     multimodal_ratio: float | None = None

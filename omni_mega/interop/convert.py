@@ -158,8 +158,9 @@ def resolve_step_dir(path: str | Path) -> Path:
     return steps[0]
 
 
-def read_checkpoint_info(step: Path) -> tuple[ModelConfig, dict]:
+def read_checkpoint_info(step: str | Path) -> tuple[ModelConfig, dict]:
     """(model config, interop.json or {}) of a checkpoint dir."""
+    step = Path(step)
     try:
         state = json.loads((step / STATE).read_text())
         cfg = from_dict(ModelConfig, state["model"], "model")
