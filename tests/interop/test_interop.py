@@ -28,8 +28,12 @@ def _ours(ck: Path):
     from omni_mega.models.llm import padded_vocab_size
     from omni_mega.training.checkpoint import load_checkpoint
 
+    from omni_mega.interop.dcp import tensor_metadata
+
     cfg, _ = read_checkpoint_info(ck)
-    model = build_model(cfg, ParallelConfig(), padded_vocab_size(cfg.llm.vocab_size, 1), 256, torch.float32)
+    emb = ("llm." if cfg.vit is not None else "") + "embedding.word_embeddings.weight"
+    vocab = padded_vocab_size(cfg.llm.vocab_size, 1) if cfg.llm.vocab_size else tensor_metadata(ck / "dist")[emb][0][0]
+    model = build_model(cfg, ParallelConfig(), vocab, 256, torch.float32)
     load_checkpoint(ck, [model], None, with_optimizer=False)
     return cfg, model.eval()
 
@@ -180,3 +184,99 @@ def test_bad_inputs(imported, tmp_path, capsys):
     # export of something that is not a checkpoint
     _fails(["export-hf", str(tmp_path / "none"), "--out", str(tmp_path / "e")], capsys, "no such checkpoint")
     _fails(["export-hf", str(d), "--out", str(tmp_path / "e")], capsys, "no complete checkpoint")
+
+
+# ---- composed init_from: errors before step 1 ---------------------------------------------------------------------
+def test_init_from_errors_name_group_tensor_and_shapes(megatron_single, imported, tmp_path):
+    from omni_mega.config import ConfigError, ParallelConfig, RunConfig
+    from omni_mega.training import init_from
+
+    cfg3, q3 = _ours(imported["Qwen3ForCausalLM"][2])
+    run3 = RunConfig(model=cfg3)
+    q2_ck = imported["Qwen2ForCausalLM"][2]
+    # Qwen3's head dim is 24, Qwen2's 16: the fused QKV differs
+    with pytest.raises(ConfigError, match=r"stages\[s\]\.init_from\.llm \(.*\): decoder\.layers\.0\.self_attention"
+                                          r"\.linear_proj\.weight: the source's .* has shape \[64, 64\], the model's "
+                                          r"is \[64, 96\]"):
+        init_from.prepare({"llm": str(q2_ck)}, "stages[s].init_from", [q3], run3, tmp_path, tp=1, is_rank0=True)
+    with pytest.raises(ConfigError, match=r"init_from\.vision: unknown module group 'vision'"):
+        init_from.prepare({"vision": str(q2_ck)}, "stages[s].init_from", [q3], run3, tmp_path, tp=1, is_rank0=True)
+    cfg_vl, vl = _ours(imported["Qwen2VLForConditionalGeneration"][2])
+    hf_q2 = imported["Qwen2ForCausalLM"][1]
+    with pytest.raises(ConfigError, match=r"init_from\.vit \(hf:.*\): the source has no tensor for vit\..* it does "
+                                          r"not hold group 'vit'"):
+        init_from.prepare({"llm": f"hf:{hf_q2}", "vit": f"hf:{hf_q2}"}, "stages[s].init_from", [vl],
+                          RunConfig(model=cfg_vl), tmp_path, tp=1, is_rank0=True)
+    with pytest.raises(ConfigError, match=r"init_from\.llm: .*no complete checkpoint"):
+        init_from.prepare({"llm": str(tmp_path / "nothing")}, "stages[s].init_from", [q3], run3, tmp_path, tp=1,
+                          is_rank0=True)
+    with pytest.raises(ConfigError, match=r"init_from\.llm \(hf:.*\): .*no such directory"):
+        init_from.prepare({"llm": f"hf:{tmp_path / 'nothing'}"}, "stages[s].init_from", [q3], run3, tmp_path,
+                          tp=1, is_rank0=True)
+    # a one-source hf: init_from of a text model into the VLM loads the llm part and keeps the rest
+    src = init_from.prepare(f"hf:{hf_q2}", "stages[s].init_from", [vl], RunConfig(model=cfg_vl), tmp_path, tp=1,
+                            is_rank0=True)
+    lines = init_from.apply(src, [vl])
+    assert src[0].names and all(n.startswith("llm.") for n in src[0].names) and src[0].kept
+    assert "init_from the whole model <- hf:" in lines[0] and "kept" in lines[0]
+    assert ParallelConfig().tp == 1
+
+
+def test_init_from_config_accepts_a_map(tmp_path):
+    from omni_mega.config import ConfigError, load_config
+
+    cfg = load_config(None, ["stages=[{name: a, init_from: {llm: 'hf:/m/qwen3', vit: runs/p1}}]"])
+    assert cfg.stages[0].init_from == {"llm": "hf:/m/qwen3", "vit": "runs/p1"}
+    assert load_config(None, ["stages=[{name: a, init_from: runs/p1}]"]).stages[0].init_from == "runs/p1"
+    with pytest.raises(ConfigError, match=r"init_from"):
+        load_config(None, ["stages=[{name: a, init_from: [runs/p1]}]"])
+
+
+def test_dry_run_checks_hf_sources(imported, tmp_path, capsys):
+    from omni_mega.cli import main
+
+    hf_q3 = imported["Qwen3ForCausalLM"][1]
+    yml = tmp_path / "run.yaml"
+    yml.write_text(f"""
+model:
+  llm: {{num_layers: 2, hidden_size: 64, num_attention_heads: 4, num_query_groups: 2, kv_channels: 24,
+        ffn_hidden_size: 96, vocab_size: 250, qk_layernorm: true, max_position_embeddings: 256}}
+data: {{seq_length: 64, micro_batch_size: 1, global_batch_size: 1}}
+stages:
+  - {{name: a, steps: 1, init_from: {{llm: 'hf:{hf_q3}'}}}}
+  - {{name: b, steps: 1, init_from: 'hf:/nonexistent/Qwen3-1.7B'}}
+""")
+    assert main(["train", str(yml), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "config.json matches the model" in out and "/nonexistent/Qwen3-1.7B not found here" in out
+    assert main(["train", str(yml), "--dry-run", "--set", "model.llm.num_layers=4"]) == 2
+    assert "model.llm.num_layers: config 4, " in capsys.readouterr().err
+
+
+def test_export_a_trained_checkpoint(megatron_single, tmp_path):
+    """A model trained here (a trainer run dir, demo byte vocabulary) exports, and transformers gives our logits."""
+    import subprocess
+    import sys
+
+    from omni_mega.interop import export_hf
+    from tests.distributed.launch import ROOT
+
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "omni_mega", "train", "examples/configs/tiny_text.yaml", "--run-dir", str(run),
+           "--set", "model.llm={num_layers: 2, hidden_size: 64, num_attention_heads: 4, num_query_groups: 2, "
+           "max_position_embeddings: 128}", "--set", "data.seq_length=32", "--set", "data.micro_batch_size=1",
+           "--set", "data.global_batch_size=2", "--set", "stages=[{name: p, steps: 2}]",
+           "--set", "train.tensorboard=false"]
+    env = {**__import__("os").environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": "0"}
+    env.pop("MASTER_ADDR", None), env.pop("MASTER_PORT", None)
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = export_hf(run, tmp_path / "hf")
+    assert r["architecture"] == "LlamaForCausalLM" and r["step_dir"].endswith("step_0000002")
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    cfg, ours = _ours(Path(r["step_dir"]))
+    ids = torch.randint(0, 257, (1, 20))
+    with torch.no_grad():
+        want = ours(ids, torch.arange(20)[None], None)[..., :hf.config.vocab_size]
+        got = hf(input_ids=ids).logits
+    assert _rel(got, want) <= 1e-5
