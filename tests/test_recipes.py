@@ -83,3 +83,28 @@ def test_llava_unfreezes_in_order(capsys):
     sets = [m.group(1) for m in re.finditer(r"trainable [\d,]+ params: (.*)", out)]
     groups = [[g.rsplit(" ", 1)[0] for g in s.split(", ")] for s in sets]
     assert groups == [["projector"], ["projector", "vit"], ["projector", "vit", "llm"]]
+
+
+QWEN3_8B = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 4096,
+            "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "head_dim": 128, "vocab_size": 151936, "rms_norm_eps": 1e-6, "rope_theta": 1000000,
+            "max_position_embeddings": 40960, "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+def test_recipes_start_from_hf_models(capsys, tmp_path):
+    import json
+
+    out = _plan("llava_3stage", capsys)
+    assert "init_from.llm: /models/vicuna-7b-v1.5 not found here; its config.json was not checked" in out
+    out = _plan("ovis_5phase", capsys)
+    assert "init_from.llm: /models/Qwen3-8B not found here" in out
+    # With the folder present, --dry-run checks its config.json against model.llm (no weights are read).
+    (tmp_path / "config.json").write_text(json.dumps(QWEN3_8B))
+    src = f"stages.0.init_from={{llm: 'hf:{tmp_path}'}}"
+    out = _plan("ovis_5phase", capsys, "--set", src)
+    assert "config.json matches the model (llm)" in out
+    (tmp_path / "config.json").write_text(json.dumps({**QWEN3_8B, "num_hidden_layers": 28}))
+    from omni_mega.cli import main
+
+    assert main(["train", str(CONFIGS / "ovis_5phase.yaml"), "--dry-run", "--set", src]) == 2
+    assert "model.llm.num_layers: config 36, " in capsys.readouterr().err
