@@ -92,7 +92,8 @@ class Generator:
         end = start + n
         if end > cache.max_len:
             raise ValueError(f"generate: {end} positions exceed the cache ({cache.max_len})")
-        causal = torch.ones(n, end, dtype=torch.bool, device=h.device).tril(diagonal=start)
+        # a single new position sees the whole cache: no mask
+        causal = torch.ones(n, end, dtype=torch.bool, device=h.device).tril(diagonal=start) if n > 1 else None
         for li, layer in enumerate(gpt.decoder.layers):
             attn = layer.self_attention
             x = layer.input_layernorm(h)  # an identity under TE, whose linear_qkv holds the norm
@@ -133,35 +134,39 @@ class Generator:
         dtype = next(self.gpt.decoder.parameters()).dtype
         kv = self.gpt.decoder.layers[0].self_attention
         groups = kv.num_query_groups_per_partition
-        total = prompt.numel() + p.max_new_tokens
+        cache = KVCache(len(self.gpt.decoder.layers), prompt.numel() + p.max_new_tokens, groups,
+                        self.cfg.kv_channels, dtype, dev)
         gen = torch.Generator(device="cpu").manual_seed(p.seed)
         kw = {} if pixel_values is None else {"pixel_values": pixel_values.to(dev), "grid_thw": grid_thw.to(dev)}
-        pos3, delta = self._positions(prompt, grid_thw)
-        out: list[int] = []
-        stopped = False
+        from omni_mega.runtime.cpu_mode import suspended
+
         try:
-            cache = KVCache(len(self.gpt.decoder.layers), total, groups, self.cfg.kv_channels, dtype, dev)
-            seq = prompt.to(dev)
-            logits = self._step(seq[None], 0, cache, pos3=pos3, **kw)
-            for i in range(p.max_new_tokens):
-                nxt = self._pick(logits, p, gen)
-                if nxt in p.eos_token_ids:
-                    stopped = True
-                    break
-                out.append(nxt)
-                if i == p.max_new_tokens - 1:
-                    break
-                seq = torch.cat([seq, torch.tensor([nxt], device=dev)])
-                if recompute:  # baseline: the whole sequence again, from an empty cache
-                    full = self._positions(seq.cpu(), grid_thw)[0] if self.mrope else None
-                    logits = self._step(seq[None], 0, cache, pos3=full, **kw)
-                else:
-                    t = seq.numel() - 1
-                    p3 = torch.full((3, 1, 1), t + delta, dtype=torch.long) if self.mrope else None
-                    logits = self._step(seq[None, -1:], t, cache, pos3=p3)
+            with suspended():  # CPU mode's per-call hook would double a small model's step time
+                out, stopped = self._loop(prompt.to(dev), p, cache, gen, kw, grid_thw, recompute)
         finally:
             model.train(was_training)
         return GenerationResult(prompt.tolist(), out, stopped)
+
+    def _loop(self, seq, p: SamplingParams, cache: KVCache, gen, kw: dict, grid_thw, recompute: bool):
+        pos3, delta = self._positions(seq.cpu(), grid_thw)
+        out: list[int] = []
+        logits = self._step(seq[None], 0, cache, pos3=pos3, **kw)  # the prompt (prefill)
+        for i in range(p.max_new_tokens):
+            nxt = self._pick(logits, p, gen)
+            if nxt in p.eos_token_ids:
+                return out, True
+            out.append(nxt)
+            if i == p.max_new_tokens - 1:
+                break
+            seq = torch.cat([seq, torch.tensor([nxt], device=seq.device)])
+            if recompute:  # baseline: the whole sequence again, overwriting the cache from position 0
+                full = self._positions(seq.cpu(), grid_thw)[0] if self.mrope else None
+                logits = self._step(seq[None], 0, cache, pos3=full, **kw)
+            else:  # one position; M-RoPE continues at (index + Qwen2-VL's rope delta) on all three axes
+                t = seq.numel() - 1
+                p3 = torch.full((3, 1, 1), t + delta, dtype=torch.long) if self.mrope else None
+                logits = self._step(seq[None, -1:], t, cache, pos3=p3)
+        return out, False
 
     def _positions(self, prompt: torch.Tensor, grid_thw) -> tuple[torch.Tensor | None, int]:
         """M-RoPE: the prompt's 3D positions [3, 1, n] and the offset of later tokens (Qwen2-VL's rope deltas)."""
