@@ -11,6 +11,7 @@ non-homogeneous layers).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from omni_mega.config import ConnectorConfig, LLMConfig, ModelConfig, RopeScalingConfig, ViTConfig
 from omni_mega.interop import transforms as T
@@ -197,9 +198,16 @@ def decoder_llm(text: dict, *, qkv_bias: bool, qk_norm: bool, arch: str) -> LLMC
 
 
 def _ffn(llm: LLMConfig) -> int:
-    from omni_mega.models.llm import ffn_size
+    """`models.llm.ffn_size`, restated so conversions never import megatron (tests/interop holds them equal)."""
+    if llm.ffn_hidden_size is not None:
+        return llm.ffn_hidden_size
+    return 64 * ((8 * llm.hidden_size // 3 + 63) // 64) if llm.activation == "swiglu" else 4 * llm.hidden_size
 
-    return ffn_size(llm)
+
+def padded_vocab(vocab: int, tp: int = 1, multiple: int = 128) -> int:
+    """`models.llm.padded_vocab_size`, restated so conversions never import megatron."""
+    step = math.lcm(multiple, tp)
+    return -(-vocab // step) * step
 
 
 def decoder_hf(llm: LLMConfig, vocab: int) -> dict:

@@ -39,9 +39,7 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def _padded(vocab: int) -> int:
-    from omni_mega.models.llm import padded_vocab_size
-
-    return padded_vocab_size(vocab, 1)
+    return A.padded_vocab(vocab, 1)
 
 
 def _mappings(fam: A.Family, cfg: ModelConfig, padded: int, present: set[str] | None) -> list[A.Mapping]:
@@ -197,13 +195,18 @@ def export_hf(ckpt: str | Path, out: str | Path, *, tokenizer: str | Path | None
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     cast = DTYPES[dtype] if dtype else None
-    writer = ShardWriter(tmp, max_shard_bytes)
-    store_dtype = None
+    plan = []  # (HF name, dtype, shape) in write order, from the stored shapes through the transforms on meta
+    for r in rows:
+        shape, stored = reader.meta[r.mcore]
+        outs = r.transform.to_hf(torch.empty(shape, dtype=stored, device="meta"))
+        plan += [(name, cast or stored, tuple(x.shape)) for name, x in zip(r.hf, outs)]
+    store_dtype = plan[0][1]
+    writer = ShardWriter(tmp, plan, max_shard_bytes)
     for r in rows:
         t = reader.read(r.mcore)
-        store_dtype = store_dtype or (cast or t.dtype)
         for name, x in zip(r.hf, r.transform.to_hf(t)):
             writer.add(name, x.to(cast) if cast else x)
+        del t
     files = writer.close()
     hf_cfg = fam.to_hf_config(cfg, cfg.llm.vocab_size, _dtype_name(store_dtype), meta.get("hf_config"))
     (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True))

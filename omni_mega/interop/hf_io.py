@@ -121,47 +121,83 @@ class HFCheckpoint:
         return [n for n in TOKENIZER_FILES if (self.dir / n).is_file()]
 
 
-class ShardWriter:
-    """Writes tensors into `model-0000i-of-0000n.safetensors` files of at most `max_shard_bytes` each, then the
-    index. Tensors are buffered only up to one shard."""
+_CODES = {v: k for k, v in _DTYPES.items()}
 
-    def __init__(self, out: str | Path, max_shard_bytes: int = 2 * 2**30) -> None:
+
+class ShardWriter:
+    """Writes a planned sequence of tensors into `model-0000i-of-0000n.safetensors` files of at most
+    `max_shard_bytes` each, plus the index, streaming: the plan (name, dtype, shape in write order) fixes every
+    shard's header up front, so each tensor goes to disk as it is produced and nothing is buffered.
+
+    Usage: `w = ShardWriter(out, plan, max_shard_bytes); for name, t in ...: w.add(name, t); w.close()` with the
+    tensors added in plan order."""
+
+    def __init__(self, out: str | Path, plan: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                 max_shard_bytes: int = 2 * 2**30) -> None:
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.max = max_shard_bytes
-        self.buf: dict[str, torch.Tensor] = {}
-        self.bytes = 0
-        self.files: list[list[str]] = []
-        self.total = 0
+        self.shards: list[list[tuple[str, torch.dtype, tuple[int, ...]]]] = [[]]
+        size = 0
+        for name, dtype, shape in plan:
+            n = _nbytes(dtype, shape)
+            if self.shards[-1] and size + n > max_shard_bytes:
+                self.shards.append([])
+                size = 0
+            self.shards[-1].append((name, dtype, shape))
+            size += n
+        k = len(self.shards)
+        self.names = [SINGLE if k == 1 else f"model-{i + 1:05d}-of-{k:05d}.safetensors" for i in range(k)]
+        self.order = [name for shard in self.shards for name, _, _ in shard]
+        self.where = {name: (i, dtype, tuple(shape)) for i, shard in enumerate(self.shards)
+                      for name, dtype, shape in shard}
+        self.total = sum(_nbytes(d, s) for _, d, s in plan)
+        self._next, self._shard, self._file = 0, -1, None
 
     def add(self, name: str, t: torch.Tensor) -> None:
-        n = t.numel() * t.element_size()
-        if self.buf and self.bytes + n > self.max:
-            self._flush()
-        self.buf[name] = t.contiguous()
-        self.bytes += n
-        self.total += n
+        if self._next >= len(self.order) or self.order[self._next] != name:
+            want = self.order[self._next] if self._next < len(self.order) else "nothing"
+            raise ValueError(f"ShardWriter: got {name!r}, the plan expects {want!r}")
+        shard, dtype, shape = self.where[name]
+        while self._shard < shard:
+            self._open_next()
+        t = t.detach().to("cpu").contiguous()
+        if t.dtype != dtype or tuple(t.shape) != tuple(shape):
+            raise ValueError(f"ShardWriter: {name} is {t.dtype} {tuple(t.shape)}, planned {dtype} {tuple(shape)}")
+        if t.numel():
+            self._file.write(t.reshape(-1).view(torch.uint8).numpy().data)
+        self._next += 1
 
-    def _flush(self) -> None:
-        from safetensors.torch import save_file
-
-        if not self.buf:
-            return
-        i = len(self.files)
-        save_file(self.buf, str(self.out / f"shard-{i:05d}.tmp"), metadata={"format": "pt"})
-        self.files.append(list(self.buf))
-        self.buf, self.bytes = {}, 0
+    def _open_next(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._shard += 1
+        header, offset = {}, 0
+        for name, dtype, shape in self.shards[self._shard]:
+            n = _nbytes(dtype, shape)
+            header[name] = {"dtype": _CODES[dtype], "shape": list(shape), "data_offsets": [offset, offset + n]}
+            offset += n
+        header["__metadata__"] = {"format": "pt"}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # the format aligns the data to 8 bytes
+        self._file = open(self.out / (self.names[self._shard] + ".tmp"), "wb")
+        self._file.write(struct.pack("<Q", len(raw)) + raw)
 
     def close(self) -> list[str]:
-        self._flush()
-        n = len(self.files)
-        names = []
-        for i, keys in enumerate(self.files):
-            name = SINGLE if n == 1 else f"model-{i + 1:05d}-of-{n:05d}.safetensors"
-            os.replace(self.out / f"shard-{i:05d}.tmp", self.out / name)
-            names.append(name)
-        if n > 1:
-            weight_map = {k: names[i] for i, keys in enumerate(self.files) for k in keys}
+        if self._next != len(self.order):
+            raise ValueError(f"ShardWriter: {len(self.order) - self._next} planned tensors were not written")
+        if self._file is not None:
+            self._file.close()
+        for name in self.names:
+            os.replace(self.out / (name + ".tmp"), self.out / name)
+        if len(self.names) > 1:
+            weight_map = {n: self.names[i] for i, shard in enumerate(self.shards) for n, _, _ in shard}
             (self.out / INDEX).write_text(json.dumps({"metadata": {"total_size": self.total},
                                                       "weight_map": dict(sorted(weight_map.items()))}, indent=2))
-        return names
+        return list(self.names)
+
+
+def _nbytes(dtype: torch.dtype, shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n * dtype.itemsize

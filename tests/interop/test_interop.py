@@ -280,3 +280,16 @@ def test_export_a_trained_checkpoint(megatron_single, tmp_path):
         want = ours(ids, torch.arange(20)[None], None)[..., :hf.config.vocab_size]
         got = hf(input_ids=ids).logits
     assert _rel(got, want) <= 1e-5
+
+
+def test_sizing_rules_agree_with_the_models():
+    from omni_mega.config import LLMConfig
+    from omni_mega.interop import arch
+    from omni_mega.models import llm as M
+
+    for v, tp in [(250, 1), (32000, 1), (151936, 8), (50257, 3)]:
+        assert arch.padded_vocab(v, tp) == M.padded_vocab_size(v, tp)
+    for kw in [dict(), dict(activation="gelu"), dict(ffn_hidden_size=100), dict(hidden_size=4096,
+                                                                             num_attention_heads=32)]:
+        c = LLMConfig(**kw)
+        assert arch._ffn(c) == M.ffn_size(c)
