@@ -38,7 +38,9 @@ class Source:
     group: str | None  # None: the whole model (a one-source init_from)
     spec: str  # as configured
     path: Path  # the dist checkpoint's step dir (a converted HF source: its cache dir)
-    entries: list[dict] = field(default_factory=list)  # per chunk: {state-dict name: sharded tensor with source key}
+    # per chunk: {parameter name: the source's checkpoint key}; the sharded tensors are rebuilt at load time, since
+    # megatron's DDP may move the parameters into its buffers between the check and the load
+    keys: list[dict[str, str]] = field(default_factory=list)
     names: list[str] = field(default_factory=list)  # parameter names loaded from it (this rank)
     kept: list[str] = field(default_factory=list)  # one-source only: parameters the checkpoint does not hold
 
@@ -134,7 +136,7 @@ def prepare(init_from, where: str, chunks: list, cfg: RunConfig, cache_root: Pat
             params = dict(chunk.named_parameters())
             chosen = ({id(p) for p in resolve([chunk], group)} if group is not None
                       else {id(p) for p in params.values()})
-            entries = {}
+            keys = {}
             for name, p in params.items():
                 if id(p) not in chosen:
                     continue
@@ -152,9 +154,9 @@ def prepare(init_from, where: str, chunks: list, cfg: RunConfig, cache_root: Pat
                 if tuple(want) != tuple(have):
                     raise ConfigError(f"{here} ({spec}): {name}: the source's {key} has shape {list(have)}, the "
                                       f"model's is {list(want)}")
-                entries[name] = dataclasses.replace(sh, key=key)
+                keys[name] = key
                 src.names.append(name)
-            src.entries.append(entries)
+            src.keys.append(keys)
         out.append(src)
     groups = [s for s in out if s.group is not None]
     if groups and not any(s.names for s in groups) and is_rank0:
@@ -167,10 +169,15 @@ def apply(sources: list[Source], chunks: list) -> list[str]:
     Returns log lines (rank-local counts)."""
     from megatron.core import dist_checkpointing
 
+    from omni_mega.training.checkpoint import CKPT_METADATA
+
     lines = []
     loaded: dict[str, str] = {}
+    sharded = [c.sharded_state_dict(metadata=CKPT_METADATA) for c in chunks]
     for src in sources:
-        state = dist_checkpointing.load({f"c{i}": e for i, e in enumerate(src.entries)}, str(src.path / "dist"))
+        request = {f"c{i}": {n: dataclasses.replace(sharded[i][n], key=k) for n, k in src.keys[i].items()}
+                   for i in range(len(chunks))}
+        state = dist_checkpointing.load(request, str(src.path / "dist"))
         for i, chunk in enumerate(chunks):
             part = state.get(f"c{i}", {})
             if part:

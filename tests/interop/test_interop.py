@@ -293,3 +293,24 @@ def test_sizing_rules_agree_with_the_models():
                                                                              num_attention_heads=32)]:
         c = LLMConfig(**kw)
         assert arch._ffn(c) == M.ffn_size(c)
+
+
+def test_rope_base_change_keeps_the_scaling(megatron_single):
+    """A long-context stage's new RoPE base (training.curriculum.set_rope_base) keeps llama3 / yarn scaling, and a
+    fractional base is not truncated."""
+    from omni_mega.config import LLMConfig, ParallelConfig, RopeScalingConfig
+    from omni_mega.models.llm import build_llm, rope_inv_freq
+    from omni_mega.training.curriculum import rotary_modules, set_rope_base
+
+    for scaling in (RopeScalingConfig(type="llama3", factor=8.0, original_max_position_embeddings=64),
+                    RopeScalingConfig(type="yarn", factor=4.0, original_max_position_embeddings=64), None):
+        cfg = LLMConfig(num_layers=1, hidden_size=64, num_attention_heads=4, rotary_base=12345.5,
+                        rope_scaling=scaling, vocab_size=128)
+        m = build_llm(cfg, ParallelConfig(), 128, 64, torch.float32)
+        (rot,) = rotary_modules([m])
+        assert torch.equal(rot.inv_freq, rope_inv_freq(16, 12345.5, scaling)[0])
+        set_rope_base([m], 500000.0)
+        want = rope_inv_freq(16, 500000.0, scaling)[0]
+        assert torch.equal(rot.inv_freq, want)
+        if scaling is not None:
+            assert not torch.equal(want, rope_inv_freq(16, 500000.0, None)[0])  # the scaling is really there
