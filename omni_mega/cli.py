@@ -159,7 +159,12 @@ def _generation_job(args) -> dict:
     if args.prompt and tokenizer is None:
         raise ValueError("--prompt needs a tokenizer: pass --tokenizer DIR (none is recorded in the checkpoint), or "
                          "use --prompt-ids")
-    prompts = [[int(x) for x in p.split(",") if x.strip()] for p in args.prompt_ids]
+    if args.image and cfg.vit is None:
+        raise ValueError("--image: this checkpoint has no vision tower")
+    try:
+        prompts = [[int(x) for x in p.split(",") if x.strip()] for p in args.prompt_ids]
+    except ValueError:
+        raise ValueError(f"--prompt-ids: expected comma-separated integers, got {args.prompt_ids}") from None
     prompts += [tokenizer.tokenize(p) for p in args.prompt]
     emb = ("llm." if cfg.vit is not None else "") + "embedding.word_embeddings.weight"
     padded = tensor_metadata(step / "dist")[emb][0][0]
@@ -179,8 +184,6 @@ def _generation_job(args) -> dict:
     ckpt_io.load_checkpoint(step, [model], None, with_optimizer=False)
     pixel_values = grid_thw = None
     if args.image:
-        if cfg.vit is None:
-            raise ValueError("--image: this checkpoint has no vision tower")
         pixel_values, grid_thw, image_ids = _images(args.image, cfg, hf)
         prompts = [image_ids + p for p in prompts]
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

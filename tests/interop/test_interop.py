@@ -314,3 +314,70 @@ def test_rope_base_change_keeps_the_scaling(megatron_single):
         assert torch.equal(rot.inv_freq, want)
         if scaling is not None:
             assert not torch.equal(want, rope_inv_freq(16, 500000.0, None)[0])  # the scaling is really there
+
+
+def _cli(*args, timeout=180):
+    import os
+    import subprocess
+    import sys
+
+    from tests.distributed.launch import ROOT
+
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE")}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run([sys.executable, "-m", "omni_mega", *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_generate_cli(imported, tmp_path, capsys):
+    """`omni-mega generate`: prompt ids and text (a tokenizer recorded at import), an image for the VLM, JSON lines,
+    and one-line errors."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    hf, hf_dir, ck = imported["Qwen2ForCausalLM"]
+    vocab = {f"w{i}": i for i in range(VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok_dir = tmp_path / "tok"
+    tok_dir.mkdir()
+    tok.save(str(tok_dir / "tokenizer.json"))
+    p = _cli("generate", ck, "--prompt-ids", "5,6,7", "--prompt", "w5 w6 w7", "--tokenizer", tok_dir,
+             "--max-new-tokens", "6", "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = [json.loads(line) for line in p.stdout.splitlines() if line.startswith("{")]
+    assert [r["prompt_ids"] for r in rows] == [[5, 6, 7], [5, 6, 7]]
+    with torch.no_grad():
+        want = hf.generate(input_ids=torch.tensor([[5, 6, 7]]), max_new_tokens=6, do_sample=False,
+                           eos_token_id=2)[0, 3:].tolist()
+    assert rows[0]["ids"] == rows[1]["ids"] == (want[:want.index(2)] if 2 in want else want)
+    assert rows[1]["text"] == " ".join(f"w{i}" for i in rows[1]["ids"])
+    # an image for the VLM
+    from PIL import Image
+
+    Image.new("RGB", (20, 12), (200, 30, 60)).save(tmp_path / "img.png")
+    vl = imported["Qwen2VLForConditionalGeneration"][2]
+    p = _cli("generate", vl, "--prompt-ids", "5,6", "--image", tmp_path / "img.png", "--max-new-tokens", "4", "--json")
+    assert p.returncode == 0, p.stderr[-3000:]
+    row = json.loads(p.stdout.splitlines()[-1])
+    assert row["prompt_ids"][0] == 242 and 240 in row["prompt_ids"] and row["prompt_ids"][-2:] == [5, 6]
+    assert len(row["ids"]) <= 4
+    # errors: one line, exit 2, before any model is built
+    from omni_mega.cli import main
+
+    for args, needle in (((ck, "--prompt", "hi"), "needs a tokenizer"),
+                         ((ck, "--prompt-ids", "1", "--image", tmp_path / "img.png"), "no vision tower"),
+                         ((ck, "--prompt-ids", "1,x"), "comma-separated integers"),
+                         ((tmp_path / "none", "--prompt-ids", "1"), "no such checkpoint")):
+        _fails(["generate", *map(str, args)], capsys, needle)
+
+
+def test_sampling_is_seeded_and_restricted_by_top_p(megatron_single, imported):
+    from omni_mega.inference import Generator, SamplingParams
+
+    _, model = _ours(imported["Qwen2ForCausalLM"][2])
+    g = Generator(model, VOCAB)
+    run = lambda seed, top_p=0.9: g.generate([5, 6, 7], SamplingParams(  # noqa: E731
+        max_new_tokens=8, temperature=1.5, top_p=top_p, seed=seed)).ids
+    assert run(3) == run(3) and run(3) != run(4)
+    greedy = g.generate([5, 6, 7], SamplingParams(max_new_tokens=8)).ids
+    assert run(3, top_p=1e-6) == greedy  # a tiny nucleus keeps only the argmax
