@@ -167,7 +167,10 @@ def _generation_job(args) -> dict:
         raise ValueError(f"--prompt-ids: expected comma-separated integers, got {args.prompt_ids}") from None
     prompts += [tokenizer.tokenize(p) for p in args.prompt]
     emb = ("llm." if cfg.vit is not None else "") + "embedding.word_embeddings.weight"
-    padded = tensor_metadata(step / "dist")[emb][0][0]
+    stored = tensor_metadata(step / "dist")
+    if emb not in stored:
+        raise ValueError(f"{step}: no language model in this checkpoint (a vision tower alone cannot generate)")
+    padded = stored[emb][0][0]
     vocab = cfg.llm.vocab_size or (tokenizer.vocab_size if tokenizer else padded)
     hf = meta.get("hf_config") or {}
     eos = args.eos_id if args.eos_id is not None else _as_list(hf.get("eos_token_id",

@@ -51,6 +51,9 @@ CASES = {
     # LLaVA-style projector with a SwiGLU RMSNorm ViT; Ovis-style visual head + VET with indicator rows
     "omni_mlp": ModelConfig(llm=_llm(), vit=_vit(activation="swiglu", normalization="RMSNorm", merge_size=1),
                             connector=ConnectorConfig(kind="mlp", projector_hidden_size=20)),
+    # SigLIP-style tower: patch bias, no 2D RoPE, tanh GELU
+    "omni_siglip_like": ModelConfig(llm=_llm(), vit=_vit(patch_bias=True, rope_layout="none", activation="gelu_tanh",
+                                                         merge_size=1), connector=ConnectorConfig(kind="mlp")),
     "omni_vet": ModelConfig(llm=_llm(), vit=_vit(pos_embed_grid=0, temporal_patch_size=1),
                             connector=ConnectorConfig(kind="vet", visual_vocab_size=150, num_indicators=3,
                                                       indicator_token_ids=[-301, -302])),

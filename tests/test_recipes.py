@@ -108,3 +108,18 @@ def test_recipes_start_from_hf_models(capsys, tmp_path):
 
     assert main(["train", str(CONFIGS / "ovis_5phase.yaml"), "--dry-run", "--set", src]) == 2
     assert "model.llm.num_layers: config 36, " in capsys.readouterr().err
+
+
+SIGLIP_SO400M = {"architectures": ["SiglipModel"], "model_type": "siglip",
+                 "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                                   "num_attention_heads": 16, "patch_size": 14, "image_size": 384,
+                                   "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}}
+
+
+def test_kimi_vit_starts_from_siglip(capsys, tmp_path):
+    import json
+
+    assert "init_from.vit: /models/siglip-so400m-patch14-384 not found here" in _plan("kimi_vl_style", capsys)
+    (tmp_path / "config.json").write_text(json.dumps(SIGLIP_SO400M))
+    out = _plan("kimi_vl_style", capsys, "--set", f"stages.0.init_from={{vit: 'hf:{tmp_path}'}}")
+    assert "config.json matches the model (vit)" in out

@@ -102,7 +102,7 @@ class LLMConfig:
         return self.kv_channels or self.hidden_size // self.num_attention_heads
 
 
-VIT_ACTIVATIONS = ("gelu", "quick_gelu", "swiglu")
+VIT_ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "swiglu")
 
 
 @dataclass
@@ -119,10 +119,12 @@ class ViTConfig:
     ffn_hidden_size: int | None = None  # MLP width; None = 4 * hidden_size
     normalization: str = "LayerNorm"  # LayerNorm | RMSNorm
     norm_epsilon: float = 1e-6  # epsilon of every norm (1e-6: Qwen2-VL, SigLIP; CLIP uses 1e-5)
-    activation: str = "gelu"  # gelu (exact) | quick_gelu (x * sigmoid(1.702 x): CLIP, Qwen2-VL) | swiglu
+    # gelu (exact) | gelu_tanh (tanh approximation: SigLIP) | quick_gelu (x * sigmoid(1.702 x): CLIP, Qwen2-VL) | swiglu
+    activation: str = "gelu"
     rope_theta: float = 10000.0  # 2D RoPE base (ops.rope_2d)
-    rope_layout: str = "half"  # half (Qwen2-VL, Ovis2.5) | interleaved (Kimi-VL)
+    rope_layout: str = "half"  # half (Qwen2-VL, Ovis2.5) | interleaved (Kimi-VL) | none (no 2D RoPE: SigLIP, CLIP)
     pos_embed_grid: int = 0  # side of a learned position table interpolated to each grid; 0 = none (RoPE only)
+    patch_bias: bool = False  # a bias on the patch embedding (SigLIP's conv has one, Qwen2-VL's not)
     init_method_std: float = 0.02  # normal init std
 
     def __post_init__(self) -> None:
@@ -139,8 +141,10 @@ class ViTConfig:
         _require(self.activation in VIT_ACTIVATIONS, f"{p}.activation",
                  f"must be one of {', '.join(VIT_ACTIVATIONS)}, got {self.activation!r}")
         _require(self.norm_epsilon > 0, f"{p}.norm_epsilon", f"must be > 0, got {self.norm_epsilon}")
-        _require(self.rope_layout in ("half", "interleaved"), f"{p}.rope_layout",
-                 f"must be half or interleaved, got {self.rope_layout!r}")
+        _require(self.rope_layout in ("half", "interleaved", "none"), f"{p}.rope_layout",
+                 f"must be half, interleaved or none, got {self.rope_layout!r}")
+        _require(self.rope_layout != "none" or self.pos_embed_grid > 0, f"{p}.rope_layout",
+                 "none leaves the ViT without positions: set pos_embed_grid")
         _require(self.pos_embed_grid >= 0, f"{p}.pos_embed_grid", f"must be >= 0, got {self.pos_embed_grid}")
 
 

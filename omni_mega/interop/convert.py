@@ -61,7 +61,7 @@ def _mappings(fam: A.Family, cfg: ModelConfig, padded: int, present: set[str] | 
     return out
 
 
-def _check(ck: HFCheckpoint, rows: list[A.Mapping], tied: bool) -> None:
+def _check(ck: HFCheckpoint, rows: list[A.Mapping], tied: bool, ignored: tuple[str, ...] = ()) -> None:
     """Config vs weights: every tensor the config implies exists with the implied shape, and nothing else is there."""
     used = set()
     for r in rows:
@@ -73,6 +73,7 @@ def _check(ck: HFCheckpoint, rows: list[A.Mapping], tied: bool) -> None:
                                    f"config implies {list(want)}")
             used.add(name)
     extra = sorted(n for n in ck.names() if n not in used and not n.endswith(IGNORED_SUFFIXES)
+                   and not n.startswith(ignored)
                    and not (tied and n == "lm_head.weight"))  # some tied checkpoints still store it
     if extra:
         raise InteropError(f"config.json and weights disagree: {len(extra)} tensor(s) the config does not describe, "
@@ -89,9 +90,9 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, config_out: str | Path | N
         cfg = fam.to_config(ck.config)
     except (ValueError, TypeError, KeyError) as e:
         raise InteropError(f"{ck.dir / 'config.json'}: {e}") from None
-    padded = _padded(cfg.llm.vocab_size)
+    padded = None if fam.vision_only else _padded(cfg.llm.vocab_size)
     rows = _mappings(fam, cfg, padded, set(ck.names()))
-    _check(ck, rows, tied=not cfg.llm.untie_embeddings)
+    _check(ck, rows, tied=not cfg.llm.untie_embeddings, ignored=fam.ignored_prefixes)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise InteropError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
@@ -178,12 +179,14 @@ def export_hf(ckpt: str | Path, out: str | Path, *, tokenizer: str | Path | None
     dist = step / "dist"
     reader = TensorReader(dist)
     fam = A.FAMILIES[meta["architecture"]] if meta.get("architecture") in A.FAMILIES else A.family_for(cfg)
-    emb_key = ("llm." if cfg.vit is not None else "") + "embedding.word_embeddings.weight"
-    if emb_key not in reader:
-        raise InteropError(f"{dist}: no {emb_key} (not a language-model checkpoint of this model config)")
-    padded = reader.meta[emb_key][0][0]
-    if cfg.llm.vocab_size is None:  # trained on a data-defined vocabulary: the padded rows are all we know
-        cfg.llm.vocab_size = padded
+    padded = None
+    if not fam.vision_only:
+        emb_key = ("llm." if cfg.vit is not None else "") + "embedding.word_embeddings.weight"
+        if emb_key not in reader:
+            raise InteropError(f"{dist}: no {emb_key} (not a language-model checkpoint of this model config)")
+        padded = reader.meta[emb_key][0][0]
+        if cfg.llm.vocab_size is None:  # trained on a data-defined vocabulary: the padded rows are all we know
+            cfg.llm.vocab_size = padded
     rows = _mappings(fam, cfg, padded, None)
     missing = [r.mcore for r in rows if r.mcore not in reader]
     if missing:

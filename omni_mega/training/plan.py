@@ -102,7 +102,8 @@ def leaves(cfg: RunConfig) -> dict[str, Leaf]:
         return out
     hv, ln = vit.hidden_size, vit.normalization == "LayerNorm"
     in_features = vit.in_channels * vit.temporal_patch_size * vit.patch_size ** 2
-    out["vit.patch_embed"] = Leaf(in_features * hv + vit.pos_embed_grid ** 2 * hv, 0)  # plain Linear + table
+    bias = hv if getattr(vit, "patch_bias", False) else 0
+    out["vit.patch_embed"] = Leaf(in_features * hv + bias + vit.pos_embed_grid ** 2 * hv, 0)  # plain Linear + table
     vlayer = _layer(hv, vit.num_attention_heads, vit.num_attention_heads, vit.ffn_hidden_size or 4 * hv,
                     vit.activation == "swiglu", True, ln)
     out.update({f"vit.layers.{i}": vlayer for i in range(vit.num_layers)})

@@ -80,3 +80,28 @@ def hf_vl_kwargs(ids: torch.Tensor, pv: torch.Tensor, grid: torch.Tensor) -> dic
     """transformers v5 Qwen2-VL inputs: the processor's mm_token_type_ids (1 at image tokens) drive its M-RoPE index."""
     return {"input_ids": ids, "pixel_values": pv, "image_grid_thw": grid,
             "mm_token_type_ids": (ids == IMAGE_TOKEN).int()}
+
+
+def build_siglip(out: Path):
+    """A tiny SiglipVisionModel (16x16 images, 4x4 patches), gains and biases re-drawn, saved; returns the model."""
+    import transformers as tf
+
+    torch.manual_seed(11)
+    cfg = tf.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                image_size=16, patch_size=4)
+    model = tf.SiglipVisionModel(cfg).eval()
+    g = torch.Generator().manual_seed(8)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0)
+                        + 0.2 * torch.randn(p.shape, generator=g))
+    model.save_pretrained(out)
+    return model
+
+
+def patches_row_major(image: torch.Tensor, p: int) -> torch.Tensor:
+    """[1, C, H, W] -> [H/p * W/p, C*p*p], patches row by row, each flattened in (C, p, p) order."""
+    _, c, h, w = image.shape
+    x = image[0].reshape(c, h // p, p, w // p, p).permute(1, 3, 0, 2, 4)
+    return x.reshape((h // p) * (w // p), c * p * p)

@@ -381,3 +381,43 @@ def test_sampling_is_seeded_and_restricted_by_top_p(megatron_single, imported):
     assert run(3) == run(3) and run(3) != run(4)
     greedy = g.generate([5, 6, 7], SamplingParams(max_new_tokens=8)).ids
     assert run(3, top_p=1e-6) == greedy  # a tiny nucleus keeps only the argmax
+
+
+def test_siglip_vision_tower_into_a_vit_group(megatron_single, tmp_path, capsys):
+    """SiglipVisionModel alone: imported, loaded as the `vit` group of a VLM by init_from (hf:), gives transformers'
+    features; export -> bit-identical, from_pretrained works; config/weights checks apply."""
+    from omni_mega.config import ConnectorConfig, LLMConfig, ModelConfig, ParallelConfig, RunConfig
+    from omni_mega.interop import export_hf, import_hf
+    from omni_mega.models.factory import build_model
+    from omni_mega.training import init_from
+    from tests.interop.hf_models import build_siglip, patches_row_major
+
+    hf = build_siglip(tmp_path / "sig")
+    r = import_hf(tmp_path / "sig", tmp_path / "sig.ckpt")
+    vit = r["config"].vit
+    assert (vit.rope_layout, vit.activation, vit.pos_embed_grid, vit.patch_bias) == ("none", "gelu_tanh", 4, True)
+    cfg = ModelConfig(llm=LLMConfig(num_layers=1, hidden_size=32, num_attention_heads=2, vocab_size=128),
+                      vit=vit, connector=ConnectorConfig(kind="mlp"))
+    model = build_model(cfg, ParallelConfig(), 128, 64, torch.float32).eval()
+    src = init_from.prepare({"vit": f"hf:{tmp_path / 'sig'}"}, "stages[s].init_from", [model], RunConfig(model=cfg),
+                            tmp_path / "cache", tp=1, is_rank0=True)
+    init_from.apply(src, [model])
+    image = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        want = hf(pixel_values=image).last_hidden_state[0]  # [16, 32], row-major patches
+        got = model.vit(patches_row_major(image, 4), torch.tensor([[1, 4, 4]]))  # merge 1: row-major too
+    err = _rel(got, want)
+    with capsys.disabled():
+        print(f"SiglipVisionModel: features max relative error {err:.2e}")
+    assert err <= 1e-5
+    export_hf(tmp_path / "sig.ckpt", tmp_path / "sig_out")
+    a, b = _tensors(tmp_path / "sig"), _tensors(tmp_path / "sig_out")
+    tower = {k for k in a if not k.startswith("head.")}  # the pooling head is not part of the tower
+    assert set(b) == tower and all(torch.equal(a[k], b[k]) for k in tower)
+    again = transformers.SiglipVisionModel.from_pretrained(tmp_path / "sig_out").eval()
+    with torch.no_grad():
+        assert torch.equal(again(pixel_values=image).last_hidden_state[0], want)
+    cfg_json = json.loads((tmp_path / "sig" / "config.json").read_text())
+    (tmp_path / "sig" / "config.json").write_text(json.dumps({**cfg_json, "intermediate_size": 48}))
+    capsys.readouterr()  # transformers' progress bars
+    _fails(["import-hf", str(tmp_path / "sig"), "--out", str(tmp_path / "x")], capsys, "disagree", "mlp.fc1.weight")

@@ -29,7 +29,14 @@ def vit_activation(name: str):
         from megatron.core.activations import quick_gelu
 
         return quick_gelu
+    if name == "gelu_tanh":
+        return gelu_tanh
     return F.silu if name == "swiglu" else F.gelu
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation (SigLIP's gelu_pytorch_tanh)."""
+    return F.gelu(x, approximate="tanh")
 
 
 def vit_transformer_config(cfg: ViTConfig, parallel: ParallelConfig, dtype: torch.dtype) -> TransformerConfig:
@@ -88,8 +95,10 @@ class VisionTransformer(MegatronModule):
         self.cfg, self.tp, self.sp = cfg, parallel.tp, parallel.sp
         self.in_features = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size ** 2
         # A linear over the flattened patch equals Qwen2-VL's Conv3d with kernel = stride = (tps, p, p).
-        self.patch_embed = torch.nn.Linear(self.in_features, cfg.hidden_size, bias=False, dtype=dtype)
+        self.patch_embed = torch.nn.Linear(self.in_features, cfg.hidden_size, bias=cfg.patch_bias, dtype=dtype)
         torch.nn.init.normal_(self.patch_embed.weight, std=cfg.init_method_std)
+        if self.patch_embed.bias is not None:
+            torch.nn.init.zeros_(self.patch_embed.bias)
         self.pos_embed = LearnedPositions(cfg.pos_embed_grid, cfg.hidden_size, dtype, cfg.init_method_std) \
             if cfg.pos_embed_grid else None
         self.block = TransformerBlock(config=config, spec=block_spec(config, causal=False), post_layer_norm=True,
@@ -132,7 +141,8 @@ class VisionTransformer(MegatronModule):
         lengths = cu[1:] - cu[:-1]
         params = VisionPackedSeqParams(
             qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=int(lengths.max()),
-            max_seqlen_kv=int(lengths.max()), pos=pos, rope_theta=self.cfg.rope_theta, rope_layout=self.cfg.rope_layout,
+            max_seqlen_kv=int(lengths.max()), pos=None if self.cfg.rope_layout == "none" else pos,
+            rope_theta=self.cfg.rope_theta, rope_layout=self.cfg.rope_layout,
         )
         h = x[:, None, :]  # [T, b=1, hidden]
         if self.sp:
