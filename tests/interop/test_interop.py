@@ -421,3 +421,38 @@ def test_siglip_vision_tower_into_a_vit_group(megatron_single, tmp_path, capsys)
     (tmp_path / "sig" / "config.json").write_text(json.dumps({**cfg_json, "intermediate_size": 48}))
     capsys.readouterr()  # transformers' progress bars
     _fails(["import-hf", str(tmp_path / "sig"), "--out", str(tmp_path / "x")], capsys, "disagree", "mlp.fc1.weight")
+
+
+def test_trainer_stage_starts_from_an_hf_llm(tmp_path):
+    """The trainer's path: `init_from: {llm: hf:...}` is converted into the run dir before step 1, logged and loaded;
+    with a vanishing LR the stage's checkpoint still holds transformers' weights."""
+    import math
+
+    from tests.interop.hf_models import _text
+
+    hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**_text(vocab_size=300))).eval()
+    hf.save_pretrained(tmp_path / "qwen2")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"""
+model:
+  llm: {{num_layers: 2, hidden_size: 64, num_attention_heads: 4, num_query_groups: 2, ffn_hidden_size: 96,
+        vocab_size: 300, add_qkv_bias: true, norm_epsilon: 1.0e-6, rotary_base: 1.0e6, max_position_embeddings: 64}}
+data: {{seq_length: 32, micro_batch_size: 1, global_batch_size: 2}}
+train: {{tensorboard: false}}
+stages:
+  - {{name: a, steps: 2, lr: 1.0e-9, min_lr: 0.0, init_from: {{llm: "hf:{tmp_path / 'qwen2'}"}}}}
+""")
+    p = _cli("train", cfg, "--run-dir", tmp_path / "run", timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = p.stdout + p.stderr
+    assert "init_from group llm <- hf:" in log and "converting" in log, log[-3000:]
+    assert any((tmp_path / "run" / "init_from").glob("qwen2-*/COMPLETE"))
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    from omni_mega.interop.dcp import TensorReader
+
+    ck = TensorReader(tmp_path / "run" / "ckpt" / "step_0000002" / "dist")
+    emb = ck.read("embedding.word_embeddings.weight")
+    assert torch.allclose(emb[:300], hf.model.embed_tokens.weight, atol=1e-6) and not emb[300:].any()
+    down = ck.read("decoder.layers.1.mlp.linear_fc2.weight")
+    assert torch.allclose(down, hf.model.layers[1].mlp.down_proj.weight, atol=1e-6)
