@@ -19,7 +19,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
 from omni_mega import objectives
-from omni_mega.config import ConfigError, RunConfig, to_dict
+from omni_mega.config import RunConfig, to_dict
 from omni_mega.config.plan import StagePlan, max_seq_length, plan_stages, stage_at
 from omni_mega.data import source as data_source
 from omni_mega.data.prefetch import Prefetcher
