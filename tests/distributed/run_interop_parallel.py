@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -31,8 +32,7 @@ def _build(ck, parallel: ParallelConfig):
 
     cfg, _ = read_checkpoint_info(ck)
     model = build_model(cfg, parallel, padded_vocab_size(cfg.llm.vocab_size, 1), 256, torch.float32)
-    if ck is not None:
-        load_checkpoint(ck, [model], None, with_optimizer=False)
+    load_checkpoint(ck, [model], None, with_optimizer=False)
     return cfg, model.eval()
 
 
@@ -71,8 +71,8 @@ def composed(refs: dict, work: str) -> dict:
     run = RunConfig(model=cfg, parallel=ParallelConfig(tp=2))
     from megatron.core import parallel_state as ps
 
-    sources = init_from.prepare(spec, "stages[s].init_from", [model], run, __import__("pathlib").Path(work) / "cache",
-                                tp=2, is_rank0=torch.distributed.get_rank() == 0)
+    sources = init_from.prepare(spec, "stages[s].init_from", [model], run, Path(work) / "cache", tp=2,
+                                is_rank0=torch.distributed.get_rank() == 0)
     lines = init_from.apply(sources, [model])
     _, ref_vl = _build(vl["ckpt"], ParallelConfig(tp=2))
     _, ref_text = _build(text["ckpt"], ParallelConfig(tp=2))

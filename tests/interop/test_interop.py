@@ -122,8 +122,15 @@ def test_model_yaml_and_cli(imported, tmp_path, capsys):
     assert "imported Qwen2ForCausalLM" in capsys.readouterr().out
     assert main(["import-hf", str(hf_dir), "--out", str(tmp_path / "ck")]) == 2  # exists: no silent overwrite
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["export-hf", str(tmp_path / "ck"), "--out", str(tmp_path / "back"), "--dtype", "bf16"]) == 0
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.json").write_text("{}")
+    (tok / "tokenizer_config.json").write_text("{}")
+    assert main(["export-hf", str(tmp_path / "ck"), "--out", str(tmp_path / "back"), "--dtype", "bf16",
+                 "--tokenizer", str(tok)]) == 0
     assert json.loads((tmp_path / "back" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert (tmp_path / "back" / "tokenizer.json").exists() and (tmp_path / "back" / "tokenizer_config.json").exists()
+    assert "tokenizer files tokenizer.json, tokenizer_config.json" in capsys.readouterr().out
 
 
 # ---- bad input ------------------------------------------------------------------------------------------------------
