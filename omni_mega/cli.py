@@ -94,6 +94,8 @@ def cmd_import_hf(args) -> int:
         return 2
     print(f"imported {r['architecture']} from {args.hf_dir}: {r['tensors']} tensors, {r['bytes'] / 2**20:.1f} MiB in "
           f"{r['seconds']:.1f} s -> {r['out']}" + (f" (model YAML: {args.config_out})" if args.config_out else ""))
+    for note in r["notes"]:
+        print(f"note: {note}")
     return 0
 
 

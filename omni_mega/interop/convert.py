@@ -124,8 +124,14 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, config_out: str | Path | N
     if config_out is not None:
         write_model_yaml(cfg, config_out, source=str(ck.dir), ckpt=str(out), tokenizer=tok)
     dt = time.perf_counter() - t0
+    notes = []
+    text = A._text(ck.config)
+    window = text.get("sliding_window") if text.get("use_sliding_window", True) else None
+    if window and cfg.llm.max_position_embeddings > int(window):
+        notes.append(f"sliding_window={window} is not modelled: attention is full, so sequences longer than "
+                     f"{window} tokens differ from the original")
     return {"architecture": fam.architecture, "tensors": len(specs), "bytes": nbytes, "seconds": dt,
-            "config": cfg, "out": str(out)}
+            "config": cfg, "out": str(out), "notes": notes}
 
 
 def write_model_yaml(cfg: ModelConfig, path: str | Path, *, source: str, ckpt: str, tokenizer: str | None) -> None:
