@@ -1,4 +1,5 @@
-"""`omni-mega` command line: train (with --resume), demo, report, verify-ckpt, --version. Also `python -m omni_mega`."""
+"""`omni-mega` command line: train (with --resume), demo, report, verify-ckpt, import-hf, export-hf, generate,
+--version. Also `python -m omni_mega`."""
 
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify-ckpt", help="check checkpoints against their manifests (exit 0 intact, 1 corrupt, "
                                                 "2 bad path)")
     verify.add_argument("dir", help="a checkpoint step dir, or a run dir / ckpt dir (all its step dirs, newest first)")
+    _add_interop_parsers(sub)
     return parser
 
 
@@ -62,6 +64,213 @@ def cmd_verify_ckpt(path: str) -> int:
         bad += bool(problems)
         print(f"{d}: " + ("OK" if not problems else "CORRUPT: " + "; ".join(problems)))
     return 1 if bad else 0
+
+
+def _add_interop_parsers(sub) -> None:
+    imp = sub.add_parser("import-hf", help="convert a Hugging Face model folder (config.json + safetensors) into an "
+                                           "omni_mega checkpoint that loads at any TP/PP")
+    imp.add_argument("hf_dir", help="a local Hugging Face model folder")
+    imp.add_argument("--out", required=True, help="the checkpoint dir to write")
+    imp.add_argument("--config-out", default=None, metavar="RUN.yaml", help="also write the matching model: YAML")
+    imp.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                     help="store the weights in this dtype (default: as in the safetensors files)")
+    imp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    exp = sub.add_parser("export-hf", help="write a Hugging Face folder (config.json + sharded safetensors) for an "
+                                           "omni_mega checkpoint, a step dir or a run dir")
+    exp.add_argument("ckpt", help="a checkpoint dir (import-hf output or a trainer step dir) or a run dir")
+    exp.add_argument("--out", required=True, help="the Hugging Face folder to write")
+    exp.add_argument("--tokenizer", default=None, help="copy the tokenizer files of this folder (default: the one "
+                                                       "recorded at import, if any)")
+    exp.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None,
+                     help="write the weights in this dtype (default: as stored)")
+    exp.add_argument("--max-shard-size", type=float, default=2.0, metavar="GB", help="safetensors shard size (GB)")
+    exp.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    gen = sub.add_parser("generate", help="generate text from a checkpoint (KV cache; torchrun for tensor "
+                                          "parallelism: TP = the number of processes)")
+    gen.add_argument("ckpt", help="a checkpoint dir (import-hf output or a trainer step dir) or a run dir")
+    gen.add_argument("--prompt", action="append", default=[], help="prompt text (repeatable; needs a tokenizer)")
+    gen.add_argument("--prompt-ids", action="append", default=[], metavar="1,2,3", help="prompt token ids (repeatable)")
+    gen.add_argument("--image", action="append", default=[], metavar="PATH",
+                     help="an image placed before the text of every prompt (repeatable; vision models)")
+    gen.add_argument("--tokenizer", default=None, help="a folder with tokenizer.json (default: the one recorded in "
+                                                       "the checkpoint)")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--eos-id", type=int, action="append", default=None,
+                     help="stop at this token (repeatable; default: the model config's eos_token_id)")
+    gen.add_argument("--json", action="store_true",
+                     help='one JSON line per prompt: {"prompt_ids", "ids" (generated only), "text"}')
+
+
+def cmd_import_hf(args) -> int:
+    from omni_mega.interop import InteropError, import_hf
+
+    try:
+        r = import_hf(args.hf_dir, args.out, config_out=args.config_out, dtype=args.dtype, overwrite=args.overwrite)
+    except InteropError as e:
+        print(f"omni-mega: import-hf: {e}", file=sys.stderr)
+        return 2
+    print(f"imported {r['architecture']} from {args.hf_dir}: {r['tensors']} tensors, {r['bytes'] / 2**20:.1f} MiB in "
+          f"{r['seconds']:.1f} s -> {r['out']}" + (f" (model YAML: {args.config_out})" if args.config_out else ""))
+    for note in r["notes"]:
+        print(f"note: {note}")
+    return 0
+
+
+def cmd_export_hf(args) -> int:
+    from omni_mega.interop import InteropError, export_hf
+
+    try:
+        r = export_hf(args.ckpt, args.out, tokenizer=args.tokenizer, dtype=args.dtype,
+                      max_shard_bytes=int(args.max_shard_size * 2**30), overwrite=args.overwrite)
+    except InteropError as e:
+        print(f"omni-mega: export-hf: {e}", file=sys.stderr)
+        return 2
+    print(f"exported {r['step_dir']} as {r['architecture']}: {len(r['files'])} safetensors file(s), "
+          f"{r['bytes'] / 2**20:.1f} MiB in {r['seconds']:.1f} s"
+          + (f", tokenizer files {', '.join(r['tokenizer_files'])}" if r["tokenizer_files"] else "") + f" -> {r['out']}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    """Generation from a checkpoint under any TP (the processes torchrun starts); rank 0 prints."""
+    from omni_mega.interop import InteropError
+
+    try:
+        job = _generation_job(args)
+    except (InteropError, ValueError, FileNotFoundError) as e:
+        print(f"omni-mega: generate: {e}", file=sys.stderr)
+        return 2
+    from omni_mega.inference import Generator
+    from omni_mega.runtime import shutdown
+
+    gen = Generator(job["model"], job["vocab"])
+    for ids in job["prompts"]:
+        res = gen.generate(ids, job["params"], pixel_values=job["pixel_values"], grid_thw=job["grid_thw"])
+        text = job["tokenizer"].detokenize(res.ids) if job["tokenizer"] is not None else None
+        if job["rank0"]:
+            if args.json:
+                print(json.dumps({"prompt_ids": res.prompt_ids, "ids": res.ids, "text": text}), flush=True)
+            else:
+                print(text if text is not None else " ".join(map(str, res.ids)), flush=True)
+    shutdown()
+    return 0
+
+
+def _generation_job(args) -> dict:
+    """Builds the model at TP = world size (pp = 1), loads the checkpoint, and prepares tokenizer, prompts, images."""
+    import torch
+
+    from omni_mega.config import ConnectorConfig, ParallelConfig
+    from omni_mega.interop.convert import read_checkpoint_info, resolve_step_dir
+    from omni_mega.interop.dcp import tensor_metadata
+    from omni_mega.inference import SamplingParams
+    from omni_mega.models.factory import build_model
+    from omni_mega.runtime import init_distributed
+    from omni_mega.runtime.env import detect
+    from omni_mega.training import checkpoint as ckpt_io
+
+    if not args.prompt and not args.prompt_ids:
+        raise ValueError("give --prompt TEXT or --prompt-ids 1,2,3")
+    step = resolve_step_dir(args.ckpt)
+    cfg, meta = read_checkpoint_info(step)
+    tok_dir = args.tokenizer or meta.get("tokenizer")
+    tokenizer = _Tokenizer(tok_dir) if tok_dir else None
+    if args.prompt and tokenizer is None:
+        raise ValueError("--prompt needs a tokenizer: pass --tokenizer DIR (none is recorded in the checkpoint), or "
+                         "use --prompt-ids")
+    if args.image and cfg.vit is None:
+        raise ValueError("--image: this checkpoint has no vision tower")
+    try:
+        prompts = [[int(x) for x in p.split(",") if x.strip()] for p in args.prompt_ids]
+    except ValueError:
+        raise ValueError(f"--prompt-ids: expected comma-separated integers, got {args.prompt_ids}") from None
+    prompts += [tokenizer.tokenize(p) for p in args.prompt]
+    emb = ("llm." if cfg.vit is not None else "") + "embedding.word_embeddings.weight"
+    stored = tensor_metadata(step / "dist")
+    if emb not in stored:
+        raise ValueError(f"{step}: no language model in this checkpoint (a vision tower alone cannot generate)")
+    padded = stored[emb][0][0]
+    vocab = cfg.llm.vocab_size or (tokenizer.vocab_size if tokenizer else padded)
+    hf = meta.get("hf_config") or {}
+    eos = args.eos_id if args.eos_id is not None else _as_list(hf.get("eos_token_id",
+                                                                      (hf.get("text_config") or {}).get("eos_token_id")))
+    world = detect().world_size
+    parallel = ParallelConfig(tp=world)
+    rt = init_distributed(parallel, seed=args.seed)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    model = build_model(cfg, parallel, padded, cfg.llm.max_position_embeddings, dtype).to(rt.device)
+    have, miss = ckpt_io.loaded_names([model], step)
+    if miss:
+        raise ValueError(f"{step}: the checkpoint lacks {len(miss)} parameter(s), e.g. {miss[0]} (a trainable_only "
+                         "checkpoint? use a full one)")
+    ckpt_io.load_checkpoint(step, [model], None, with_optimizer=False)
+    pixel_values = grid_thw = None
+    if args.image:
+        pixel_values, grid_thw, image_ids = _images(args.image, cfg, hf)
+        prompts = [image_ids + p for p in prompts]
+    params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                            seed=args.seed, eos_token_ids=eos)
+    return {"model": model, "vocab": vocab, "prompts": prompts, "params": params, "tokenizer": tokenizer,
+            "pixel_values": pixel_values, "grid_thw": grid_thw, "rank0": rt.is_rank0,
+            "image_token_id": (cfg.connector or ConnectorConfig()).image_token_id}
+
+
+class _Tokenizer:
+    """The `tokenizers` file of a folder (nothing downloaded): encode without special tokens, decode skipping them."""
+
+    def __init__(self, folder: str) -> None:
+        from tokenizers import Tokenizer
+
+        path = Path(folder) / "tokenizer.json"
+        if not path.is_file():
+            raise ValueError(f"tokenizer {folder}: no tokenizer.json there")
+        self._tok = Tokenizer.from_file(str(path))
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)
+
+    def tokenize(self, text: str) -> list[int]:
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self._tok.decode(ids, skip_special_tokens=True)
+
+
+def _as_list(v) -> list[int]:
+    return [] if v is None else [int(x) for x in (v if isinstance(v, list) else [v])]
+
+
+def _images(paths: list[str], cfg, hf: dict):
+    """Decoded, resized (Qwen2-VL's smart_resize) and packed images, and the prompt ids that stand for them:
+    per image its placeholders, wrapped in the vision start/end tokens when the model has them (Qwen2-VL)."""
+    import torch
+
+    from omni_mega.config import ConnectorConfig
+    from omni_mega.data.images import decode_images
+    from omni_mega.ops import pack_images
+
+    vit = cfg.vit
+    blobs = []
+    for p in paths:
+        try:
+            blobs.append(Path(p).read_bytes())
+        except OSError as e:
+            raise ValueError(f"--image {p}: {e.strerror}") from None
+    images, stats = decode_images(blobs, patch_size=vit.patch_size, merge_size=vit.merge_size, backend="pillow",
+                                  num_threads=1)
+    bad = [p for p, im in zip(paths, images) if im is None]
+    if bad:
+        raise ValueError(f"--image {bad[0]}: rejected ({stats.summary()})")
+    packed = pack_images(images, patch_size=vit.patch_size, merge_size=vit.merge_size,
+                         temporal_patch_size=vit.temporal_patch_size)
+    img = (cfg.connector or ConnectorConfig()).image_token_id
+    start, end = hf.get("vision_start_token_id"), hf.get("vision_end_token_id")
+    ids: list[int] = []
+    for t, h, w in packed.grid_thw.tolist():
+        n = t * h * w // vit.merge_size ** 2
+        ids += ([start] if start is not None else []) + [img] * n + ([end] if end is not None else [])
+    return packed.pixel_values, packed.grid_thw.to(torch.int64), ids
 
 
 def _plan(cfg, world_size: int) -> str:
@@ -90,7 +299,7 @@ def cmd_train(config: str, run_dir: str | None, overrides: list[str], dry_run: b
         if note:
             print(note)
         print(_plan(cfg, world))
-        return 0
+        return _check_hf_sources(cfg)
     from omni_mega.runtime import init_distributed, shutdown
 
     rt = init_distributed(cfg.parallel, seed=cfg.train.seed)
@@ -100,6 +309,22 @@ def cmd_train(config: str, run_dir: str | None, overrides: list[str], dry_run: b
         print(f"done: metrics in {out / 'metrics.jsonl'}")
     shutdown()
     return code
+
+
+def _check_hf_sources(cfg) -> int:
+    """`--dry-run`: every stage's `init_from: hf:PATH` checked against its config.json (skipped, and said so, when
+    the path is not on this machine)."""
+    from omni_mega.config import ConfigError
+    from omni_mega.training.init_from import validate_hf_sources
+
+    try:
+        for s in cfg.stages:
+            for note in validate_hf_sources(s.init_from, cfg.model, f"stages[{s.name}].init_from"):
+                print(note)
+    except ConfigError as e:
+        print(f"omni-mega: config error: {e}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _run(cfg, rt, out: Path, resume: str | None, overwrite: bool):
@@ -184,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
         png, md = write_report(Path(args.run_dir))
         print(f"wrote {png} and {md}")
         return 0
+    if args.command == "import-hf":
+        return cmd_import_hf(args)
+    if args.command == "export-hf":
+        return cmd_export_hf(args)
+    if args.command == "generate":
+        return cmd_generate(args)
     return 1
 
 

@@ -43,11 +43,17 @@ def _vit(**kw):
 CASES = {
     # text: GQA + SwiGLU + RMSNorm, untied; and MHA + GELU + LayerNorm, tied, ffn set explicitly
     "text_gqa_swiglu": ModelConfig(llm=_llm()),
+    # Qwen3-style: own head dim, q/k/v bias, per-head q/k norms, tied
+    "text_headdim_qkvbias_qknorm": ModelConfig(llm=_llm(kv_channels=12, add_qkv_bias=True, qk_layernorm=True,
+                                                       untie_embeddings=False)),
     "text_tied_gelu_ln": ModelConfig(llm=_llm(num_query_groups=None, activation="gelu", normalization="LayerNorm",
                                              untie_embeddings=False, ffn_hidden_size=72)),
     # LLaVA-style projector with a SwiGLU RMSNorm ViT; Ovis-style visual head + VET with indicator rows
     "omni_mlp": ModelConfig(llm=_llm(), vit=_vit(activation="swiglu", normalization="RMSNorm", merge_size=1),
                             connector=ConnectorConfig(kind="mlp", projector_hidden_size=20)),
+    # SigLIP-style tower: patch bias, no 2D RoPE, tanh GELU
+    "omni_siglip_like": ModelConfig(llm=_llm(), vit=_vit(patch_bias=True, rope_layout="none", activation="gelu_tanh",
+                                                         merge_size=1), connector=ConnectorConfig(kind="mlp")),
     "omni_vet": ModelConfig(llm=_llm(), vit=_vit(pos_embed_grid=0, temporal_patch_size=1),
                             connector=ConnectorConfig(kind="vet", visual_vocab_size=150, num_indicators=3,
                                                       indicator_token_ids=[-301, -302])),

@@ -83,3 +83,43 @@ def test_llava_unfreezes_in_order(capsys):
     sets = [m.group(1) for m in re.finditer(r"trainable [\d,]+ params: (.*)", out)]
     groups = [[g.rsplit(" ", 1)[0] for g in s.split(", ")] for s in sets]
     assert groups == [["projector"], ["projector", "vit"], ["projector", "vit", "llm"]]
+
+
+QWEN3_8B = {"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 4096,
+            "intermediate_size": 12288, "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "head_dim": 128, "vocab_size": 151936, "rms_norm_eps": 1e-6, "rope_theta": 1000000,
+            "max_position_embeddings": 40960, "tie_word_embeddings": False, "hidden_act": "silu"}
+
+
+def test_recipes_start_from_hf_models(capsys, tmp_path):
+    import json
+
+    out = _plan("llava_3stage", capsys)
+    assert "init_from.llm: /models/vicuna-7b-v1.5 not found here; its config.json was not checked" in out
+    out = _plan("ovis_5phase", capsys)
+    assert "init_from.llm: /models/Qwen3-8B not found here" in out
+    # With the folder present, --dry-run checks its config.json against model.llm (no weights are read).
+    (tmp_path / "config.json").write_text(json.dumps(QWEN3_8B))
+    src = f"stages.0.init_from={{llm: 'hf:{tmp_path}'}}"
+    out = _plan("ovis_5phase", capsys, "--set", src)
+    assert "config.json matches the model (llm)" in out
+    (tmp_path / "config.json").write_text(json.dumps({**QWEN3_8B, "num_hidden_layers": 28}))
+    from omni_mega.cli import main
+
+    assert main(["train", str(CONFIGS / "ovis_5phase.yaml"), "--dry-run", "--set", src]) == 2
+    assert "model.llm.num_layers: config 36, " in capsys.readouterr().err
+
+
+SIGLIP_SO400M = {"architectures": ["SiglipModel"], "model_type": "siglip",
+                 "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                                   "num_attention_heads": 16, "patch_size": 14, "image_size": 384,
+                                   "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}}
+
+
+def test_kimi_vit_starts_from_siglip(capsys, tmp_path):
+    import json
+
+    assert "init_from.vit: /models/siglip-so400m-patch14-384 not found here" in _plan("kimi_vl_style", capsys)
+    (tmp_path / "config.json").write_text(json.dumps(SIGLIP_SO400M))
+    out = _plan("kimi_vl_style", capsys, "--set", f"stages.0.init_from={{vit: 'hf:{tmp_path}'}}")
+    assert "config.json matches the model (vit)" in out

@@ -9,6 +9,7 @@ from omni_mega.config.schema import (
     ModelConfig,
     OptimConfig,
     ParallelConfig,
+    RopeScalingConfig,
     RunConfig,
     StageConfig,
     TrainConfig,
@@ -18,6 +19,6 @@ from omni_mega.config.validate import validate
 
 __all__ = [
     "ConfigError", "ConnectorConfig", "DataConfig", "LLMConfig", "ModelConfig", "OptimConfig", "ParallelConfig",
-    "RunConfig", "StageConfig", "TrainConfig", "ViTConfig", "apply_overrides", "from_dict", "load_config", "to_dict",
+    "RopeScalingConfig", "RunConfig", "StageConfig", "TrainConfig", "ViTConfig", "apply_overrides", "from_dict", "load_config", "to_dict",
     "validate",
 ]

@@ -39,6 +39,11 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
             raise ConfigError(f"{path}: expected a list, got {type(value).__name__} {value!r}")
         (item,) = typing.get_args(hint)
         return [_convert(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {type(value).__name__} {value!r}")
+        key_hint, value_hint = typing.get_args(hint)
+        return {_convert(k, key_hint, path): _convert(v, value_hint, f"{path}.{k}") for k, v in value.items()}
     if dataclasses.is_dataclass(hint):
         return from_dict(hint, value, path)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):

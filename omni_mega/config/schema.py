@@ -16,20 +16,55 @@ def _require(cond: bool, field_path: str, msg: str) -> None:
 
 
 @dataclass
+class RopeScalingConfig:
+    """RoPE frequency scaling for long context (Hugging Face `rope_scaling` / `rope_parameters`): `llama3` (Llama 3.1+:
+    low frequencies divided by `factor`, a smooth band between) or `yarn` (NTK-by-parts ramp between
+    `beta_fast` and `beta_slow` rotations, cos/sin scaled by `attention_factor`)."""
+
+    type: str = "llama3"  # llama3 | yarn
+    factor: float = 8.0  # context extension factor
+    original_max_position_embeddings: int = 8192  # the pre-training context the scaling is relative to
+    low_freq_factor: float = 1.0  # llama3
+    high_freq_factor: float = 4.0  # llama3
+    beta_fast: float = 32.0  # yarn
+    beta_slow: float = 1.0  # yarn
+    attention_factor: float | None = None  # yarn: None = from factor (and mscale / mscale_all_dim when both set)
+    mscale: float | None = None  # yarn
+    mscale_all_dim: float | None = None  # yarn
+    truncate: bool = True  # yarn: round the correction range to whole dimensions
+
+    def __post_init__(self) -> None:
+        p = "model.llm.rope_scaling"
+        _require(self.type in ("llama3", "yarn"), f"{p}.type", f"must be llama3 or yarn, got {self.type!r}")
+        _require(self.factor > 0, f"{p}.factor", f"must be > 0, got {self.factor}")
+        _require(self.original_max_position_embeddings >= 1, f"{p}.original_max_position_embeddings",
+                 f"must be >= 1, got {self.original_max_position_embeddings}")
+        if self.type == "llama3":
+            _require(self.high_freq_factor > self.low_freq_factor > 0, f"{p}.high_freq_factor",
+                     f"need high_freq_factor > low_freq_factor > 0, got {self.high_freq_factor} and "
+                     f"{self.low_freq_factor}")
+
+
+@dataclass
 class LLMConfig:
     num_layers: int = 2  # transformer layers
     hidden_size: int = 64  # model width
     num_attention_heads: int = 4  # query heads
     num_query_groups: int | None = None  # key/value heads for GQA; None = one per query head
+    kv_channels: int | None = None  # head dim; None = hidden_size / num_attention_heads (Qwen3 sets its own)
     ffn_hidden_size: int | None = None  # MLP width; None = 4 * hidden_size (8/3 * hidden for swiglu, rounded to 64)
     vocab_size: int | None = None  # None: taken from the tokenizer
     max_position_embeddings: int = 4096  # longest sequence any stage may use
     rotary_base: float = 10000.0  # RoPE theta (a long-context stage raises it)
+    rope_scaling: RopeScalingConfig | None = None  # Llama-3 / YaRN frequency scaling; null: plain RoPE
     # Qwen2-VL M-RoPE: rotary pairs per (temporal, height, width) axis, summing to head_dim / 2, e.g. [16, 24, 24]
     # for head_dim 128; image tokens then get 3D positions (models.mrope.get_rope_index). null: 1D RoPE.
     mrope_section: list[int] | None = None
     normalization: str = "RMSNorm"  # RMSNorm | LayerNorm
+    norm_epsilon: float = 1e-5  # epsilon of every norm (Hugging Face models mostly use 1e-6)
     activation: str = "swiglu"  # swiglu | gelu
+    add_qkv_bias: bool = False  # biases on the query/key/value projections only (Qwen2)
+    qk_layernorm: bool = False  # per-head norm of queries and keys before RoPE (Qwen3), same kind as `normalization`
     untie_embeddings: bool = True  # separate output layer (avoids the first/last pipeline stage embedding all-reduce)
     init_method_std: float = 0.02  # normal init std
     attention_dropout: float = 0.0
@@ -39,8 +74,14 @@ class LLMConfig:
         p = "model.llm"
         for name in ("num_layers", "hidden_size", "num_attention_heads"):
             _require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
-        _require(self.hidden_size % self.num_attention_heads == 0, f"{p}.hidden_size",
-                 f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
+        if self.kv_channels is None:
+            _require(self.hidden_size % self.num_attention_heads == 0, f"{p}.hidden_size",
+                     f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}; "
+                     "set kv_channels (the head dim) explicitly")
+        else:
+            _require(self.kv_channels >= 2 and self.kv_channels % 2 == 0, f"{p}.kv_channels",
+                     f"must be an even head dim >= 2 (RoPE rotates pairs), got {self.kv_channels}")
+        _require(self.norm_epsilon > 0, f"{p}.norm_epsilon", f"must be > 0, got {self.norm_epsilon}")
         if self.num_query_groups is not None:
             _require(self.num_attention_heads % self.num_query_groups == 0, f"{p}.num_query_groups",
                      f"num_attention_heads={self.num_attention_heads} is not divisible by {self.num_query_groups}")
@@ -49,11 +90,19 @@ class LLMConfig:
         _require(self.activation in ("swiglu", "gelu"), f"{p}.activation", f"must be swiglu or gelu, got {self.activation!r}")
         _require(self.rotary_base > 0, f"{p}.rotary_base", f"must be > 0, got {self.rotary_base}")
         if self.mrope_section is not None:
-            half = self.hidden_size // self.num_attention_heads // 2
+            half = self.head_dim // 2
             _require(len(self.mrope_section) == 3 and all(x >= 1 for x in self.mrope_section)
                      and sum(self.mrope_section) == half, f"{p}.mrope_section",
                      f"needs 3 positive entries (temporal, height, width) summing to head_dim / 2 = {half}, "
                      f"got {self.mrope_section}")
+            _require(self.rope_scaling is None, f"{p}.rope_scaling", "is not supported together with mrope_section")
+
+    @property
+    def head_dim(self) -> int:
+        return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+
+VIT_ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "swiglu")
 
 
 @dataclass
@@ -69,10 +118,13 @@ class ViTConfig:
     in_channels: int = 3
     ffn_hidden_size: int | None = None  # MLP width; None = 4 * hidden_size
     normalization: str = "LayerNorm"  # LayerNorm | RMSNorm
-    activation: str = "gelu"  # gelu | swiglu
+    norm_epsilon: float = 1e-6  # epsilon of every norm (1e-6: Qwen2-VL, SigLIP; CLIP uses 1e-5)
+    # gelu (exact) | gelu_tanh (tanh approximation: SigLIP) | quick_gelu (x * sigmoid(1.702 x): CLIP, Qwen2-VL) | swiglu
+    activation: str = "gelu"
     rope_theta: float = 10000.0  # 2D RoPE base (ops.rope_2d)
-    rope_layout: str = "half"  # half (Qwen2-VL, Ovis2.5) | interleaved (Kimi-VL)
+    rope_layout: str = "half"  # half (Qwen2-VL, Ovis2.5) | interleaved (Kimi-VL) | none (no 2D RoPE: SigLIP, CLIP)
     pos_embed_grid: int = 0  # side of a learned position table interpolated to each grid; 0 = none (RoPE only)
+    patch_bias: bool = False  # a bias on the patch embedding (SigLIP's conv has one, Qwen2-VL's not)
     init_method_std: float = 0.02  # normal init std
 
     def __post_init__(self) -> None:
@@ -86,9 +138,13 @@ class ViTConfig:
                  f"head dim {self.hidden_size // self.num_attention_heads} must be divisible by 4 for 2D RoPE")
         _require(self.normalization in ("RMSNorm", "LayerNorm"), f"{p}.normalization",
                  f"must be RMSNorm or LayerNorm, got {self.normalization!r}")
-        _require(self.activation in ("swiglu", "gelu"), f"{p}.activation", f"must be swiglu or gelu, got {self.activation!r}")
-        _require(self.rope_layout in ("half", "interleaved"), f"{p}.rope_layout",
-                 f"must be half or interleaved, got {self.rope_layout!r}")
+        _require(self.activation in VIT_ACTIVATIONS, f"{p}.activation",
+                 f"must be one of {', '.join(VIT_ACTIVATIONS)}, got {self.activation!r}")
+        _require(self.norm_epsilon > 0, f"{p}.norm_epsilon", f"must be > 0, got {self.norm_epsilon}")
+        _require(self.rope_layout in ("half", "interleaved", "none"), f"{p}.rope_layout",
+                 f"must be half, interleaved or none, got {self.rope_layout!r}")
+        _require(self.rope_layout != "none" or self.pos_embed_grid > 0, f"{p}.rope_layout",
+                 "none leaves the ViT without positions: set pos_embed_grid")
         _require(self.pos_embed_grid >= 0, f"{p}.pos_embed_grid", f"must be >= 0, got {self.pos_embed_grid}")
 
 
@@ -282,7 +338,9 @@ class StageConfig:
     global_batch_size: int | None = None
     ckpt_interval: int = 0  # steps between checkpoints inside the stage; 0 = only at the stage end
     save: str = "full"  # full | trainable_only (model part holds only this stage's trainable parameters)
-    init_from: str | None = None  # checkpoint dir (or run dir: its latest) loaded at stage start; may be partial
+    # Loaded at stage start: a checkpoint dir (or run dir: its latest; may be partial) or hf:PATH (a Hugging Face
+    # folder), or a map from module groups to such sources, e.g. {llm: hf:/models/Qwen3, vit: runs/p1}.
+    init_from: str | dict[str, str] | None = None
     # Share of LLM tokens (text + visual) from the image-text datasets of the mix, at the stage start; ramps linearly
     # to multimodal_ratio_end by the stage end when that is set. Needed when the mix holds both modalities.
     multimodal_ratio: float | None = None

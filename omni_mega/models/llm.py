@@ -10,7 +10,7 @@ from megatron.core import parallel_state as ps
 from megatron.core.models.gpt import GPTModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from omni_mega.config import ConfigError, LLMConfig, ParallelConfig
+from omni_mega.config import ConfigError, LLMConfig, ParallelConfig, RopeScalingConfig
 from omni_mega.runtime.capabilities import probe
 
 
@@ -31,18 +31,89 @@ def ffn_size(cfg: LLMConfig) -> int:
     return 4 * cfg.hidden_size
 
 
+def rope_inv_freq(head_dim: int, base: float, scaling: RopeScalingConfig | None = None) -> tuple[torch.Tensor, float]:
+    """(inv_freq float32 [head_dim / 2], attention factor) of RoPE with theta `base` and optional frequency scaling,
+    with Hugging Face's formulas (`modeling_rope_utils`): plain theta^(-2i/d); `llama3` divides the low frequencies
+    by `factor` and blends a band between; `yarn` ramps between interpolated and extrapolated frequencies and scales
+    cos/sin by the attention factor (applied as a softmax scale, see `transformer_config`)."""
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64).to(torch.float32) / head_dim
+    inv_freq = 1.0 / (float(base) ** exponent)
+    if scaling is None:
+        return inv_freq, 1.0
+    factor, old = scaling.factor, scaling.original_max_position_embeddings
+    if scaling.type == "llama3":
+        low_wavelen, high_wavelen = old / scaling.low_freq_factor, old / scaling.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+        smooth = (old / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = ~(wavelen < high_wavelen) * ~(wavelen > low_wavelen)
+        return torch.where(medium, smoothed, scaled), 1.0
+    # yarn
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    attn = scaling.attention_factor
+    if attn is None:
+        attn = (mscale(factor, scaling.mscale) / mscale(factor, scaling.mscale_all_dim)
+                if scaling.mscale and scaling.mscale_all_dim else mscale(factor))
+
+    def correction_dim(rotations: float) -> float:
+        return head_dim * math.log(old / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+    low, high = correction_dim(scaling.beta_fast), correction_dim(scaling.beta_slow)
+    if scaling.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    if low == high:
+        high += 0.001
+    ramp = torch.clamp((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low), 0, 1)
+    extrapolation = 1 - ramp
+    pos_freqs = float(base) ** (torch.arange(0, head_dim, 2).to(torch.float32) / head_dim)
+    inv = (1.0 / (factor * pos_freqs)) * (1 - extrapolation) + (1.0 / pos_freqs) * extrapolation
+    return inv, float(attn)
+
+
+def set_rotary(model, base: float) -> int:
+    """Writes RoPE frequencies for theta `base` into every rotary module of `model` (1D RoPE and M-RoPE), keeping
+    the frequency scaling the model was built with (`build_llm` records it on the module), and clears megatron's
+    cached embeddings. Returns the number of modules updated."""
+    from megatron.core.models.common.embeddings.rotary_pos_embedding import (MultimodalRotaryEmbedding,
+                                                                             RotaryEmbedding)
+
+    mods = [m for m in model.modules() if isinstance(m, (RotaryEmbedding, MultimodalRotaryEmbedding))]
+    for m in mods:
+        dim = 2 * m.inv_freq.numel()
+        inv, _ = rope_inv_freq(dim, base, getattr(m, "omni_rope_scaling", None))
+        with torch.no_grad():
+            m.inv_freq.copy_(inv.to(m.inv_freq.device))
+    for kind in {type(m) for m in mods}:  # RotaryEmbedding.forward is an lru_cache keyed by (module, seq len)
+        if hasattr(kind.forward, "cache_clear"):
+            kind.forward.cache_clear()
+    return len(mods)
+
+
 def transformer_config(cfg: LLMConfig, parallel: ParallelConfig, dtype: torch.dtype) -> TransformerConfig:
     # Sequence parallelism without TE: `llm_layer_spec` uses SP-capable norms (models.vision.norms.SPNorm).
     te = probe().te
     cuda = torch.cuda.is_available()
+    head_dim = cfg.head_dim
+    _, attn_factor = rope_inv_freq(head_dim, cfg.rotary_base, cfg.rope_scaling)
+    # YaRN scales cos and sin by the attention factor; RoPE is linear in q and k, so that equals multiplying the
+    # attention logits by factor^2: a softmax scale, honoured by our core attention and TE's alike.
+    softmax_scale = None if attn_factor == 1.0 else attn_factor ** 2 / math.sqrt(head_dim)
     return TransformerConfig(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
         num_attention_heads=cfg.num_attention_heads,
         num_query_groups=cfg.num_query_groups,
         ffn_hidden_size=ffn_size(cfg),
-        kv_channels=cfg.hidden_size // cfg.num_attention_heads,
+        kv_channels=head_dim,
         normalization=cfg.normalization,
+        layernorm_epsilon=cfg.norm_epsilon,
+        add_qkv_bias=cfg.add_qkv_bias,
+        qk_layernorm=cfg.qk_layernorm,
+        softmax_scale=softmax_scale,
         gated_linear_unit=cfg.activation == "swiglu",
         activation_func=F.silu if cfg.activation == "swiglu" else F.gelu,
         add_bias_linear=False,
@@ -79,10 +150,12 @@ def llm_layer_spec(cfg: LLMConfig, tcfg: TransformerConfig, vp_stage: int | None
     if probe().te:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-        return get_gpt_layer_with_transformer_engine_spec()
+        # TE fuses the input and pre-MLP norms into linear_qkv / linear_fc1 (layer_norm_weight); q/k norms are TENorm
+        # modules named q_layernorm / k_layernorm, as in the local spec, so checkpoints carry the same keys.
+        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=cfg.qk_layernorm)
     from omni_mega.models.vision.attention import block_spec
 
-    return block_spec(tcfg, causal=True, vp_stage=vp_stage)
+    return block_spec(tcfg, causal=True, vp_stage=vp_stage, qk_layernorm=cfg.qk_layernorm)
 
 
 def build_llm(cfg: LLMConfig, parallel: ParallelConfig, vocab_size: int, max_seq: int, dtype: torch.dtype,
@@ -93,11 +166,13 @@ def build_llm(cfg: LLMConfig, parallel: ParallelConfig, vocab_size: int, max_seq
     are then [3, b, s] (models.mrope.get_rope_index). None: plain 1D RoPE."""
     tcfg = transformer_config(cfg, parallel, dtype)
     if mrope_section is not None:
-        head_dim = cfg.hidden_size // cfg.num_attention_heads
+        head_dim = cfg.head_dim
         if sum(mrope_section) * 2 != head_dim:
             raise ConfigError(f"mrope_section {mrope_section} must sum to head_dim / 2 = {head_dim // 2}")
+        if cfg.rope_scaling is not None:
+            raise ConfigError("model.llm.rope_scaling is not supported together with M-RoPE (mrope_section)")
         tcfg.mrope_section = list(mrope_section)
-    return GPTModel(
+    model = GPTModel(
         config=tcfg,
         transformer_layer_spec=llm_layer_spec(cfg, tcfg, vp_stage),
         vocab_size=vocab_size,
@@ -105,7 +180,15 @@ def build_llm(cfg: LLMConfig, parallel: ParallelConfig, vocab_size: int, max_seq
         pre_process=ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage),
         post_process=ps.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage),
         share_embeddings_and_output_weights=not cfg.untie_embeddings,
-        rotary_base=int(cfg.rotary_base),
+        rotary_base=float(cfg.rotary_base),  # megatron's int annotation aside, a float theta (e.g. 5e5) works
         vp_stage=vp_stage,
         position_embedding_type="rope" if mrope_section is None else "mrope",
     )
+    # Frequencies with Hugging Face's formulas (and the optional llama3 / yarn scaling) replace megatron's, whose own
+    # scaling hard-codes Llama-3.1's band constants; the scaling stays on the module so a stage that changes the
+    # RoPE base (training.curriculum.set_rope_base) keeps it.
+    for m in model.modules():
+        if hasattr(m, "inv_freq") and isinstance(m.inv_freq, torch.Tensor):
+            m.omni_rope_scaling = cfg.rope_scaling
+    set_rotary(model, cfg.rotary_base)
+    return model

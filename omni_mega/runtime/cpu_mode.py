@@ -17,6 +17,7 @@ the same eval loss to 1e-6). `enable()` is idempotent and only ever entered when
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -146,3 +147,18 @@ def disable() -> None:
 
 def is_enabled() -> bool:
     return _mode is not None
+
+
+@contextlib.contextmanager
+def suspended():
+    """Runs a block without the device-rewriting function mode (the CUDA API stand-ins stay in place). For hot loops
+    whose torch calls name no CUDA device, such as token-by-token generation, where the mode's Python hook on every
+    torch call costs as much as the arithmetic of a small model. A no-op outside CPU mode."""
+    if _mode is None or torch._C._len_torch_function_stack() == 0:
+        yield
+        return
+    _mode.__exit__(None, None, None)
+    try:
+        yield
+    finally:
+        _mode.__enter__()

@@ -35,19 +35,11 @@ def rotary_modules(chunks: list) -> list:
 
 def set_rope_base(chunks: list, base: float) -> int:
     """Recomputes every RotaryEmbedding's `inv_freq` in place for theta=`base` (same tensor, same device; no
-    parameter is created) and clears megatron's cached rotary embeddings. Returns the number of modules updated."""
-    import torch
+    parameter is created), keeping the model's RoPE frequency scaling (llama3 / yarn), and clears megatron's cached
+    rotary embeddings. Returns the number of modules updated."""
+    from omni_mega.models.llm import set_rotary
 
-    mods = rotary_modules(chunks)
-    for m in mods:
-        dim = 2 * m.inv_freq.numel()
-        exponent = torch.arange(0, dim, 2, dtype=torch.float32, device=m.inv_freq.device) / dim
-        with torch.no_grad():
-            m.inv_freq.copy_(1.0 / (float(base) ** exponent))
-    for kind in {type(m) for m in mods}:  # RotaryEmbedding.forward is an lru_cache keyed by (module, seq len)
-        if hasattr(kind.forward, "cache_clear"):
-            kind.forward.cache_clear()
-    return len(mods)
+    return sum(set_rotary(c, base) for c in chunks)
 
 
 # ---- vocabulary ---------------------------------------------------------------------------------------------------

@@ -46,13 +46,16 @@ class Leaf:
         return self.split // tp + (self.total - self.split)
 
 
-def _layer(h: int, heads: int, groups: int, ffn: int, glu: bool, bias: bool, layernorm: bool) -> Leaf:
-    """One megatron TransformerLayer: norm, QKV (column-parallel), proj (row-parallel), norm, fc1, fc2."""
-    d = h // heads
+def _layer(h: int, heads: int, groups: int, ffn: int, glu: bool, bias: bool, layernorm: bool, *,
+           head_dim: int | None = None, qkv_bias: bool = False, qk_norm: bool = False) -> Leaf:
+    """One megatron TransformerLayer: norm, QKV (column-parallel), proj (row-parallel), norm, fc1, fc2; `bias`: every
+    linear has one, `qkv_bias`: only QKV; `qk_norm`: per-head query and key norms (head_dim wide, replicated)."""
+    d = head_dim or h // heads
     qkv = (heads + 2 * groups) * d
     fc1 = ffn * (2 if glu else 1)
-    split = h * qkv + heads * d * h + h * fc1 + ffn * h + (qkv + fc1 if bias else 0)
+    split = h * qkv + heads * d * h + h * fc1 + ffn * h + (qkv + fc1 if bias else qkv if qkv_bias else 0)
     replicated = (2 * h if bias else 0) + 2 * _norm(h, layernorm)  # row-parallel biases; the two norms
+    replicated += 2 * _norm(d, layernorm) if qk_norm else 0
     return Leaf(split + replicated, split)
 
 
@@ -89,7 +92,9 @@ def leaves(cfg: RunConfig) -> dict[str, Leaf]:
     h, v = llm.hidden_size, llm_vocab(cfg)
     out: dict[str, Leaf] = {"llm.embedding": Leaf(v * h, v * h)}
     layer = _layer(h, llm.num_attention_heads, llm.num_query_groups or llm.num_attention_heads, ffn_size(llm),
-                   llm.activation == "swiglu", False, llm.normalization == "LayerNorm")
+                   llm.activation == "swiglu", False, llm.normalization == "LayerNorm",
+                   head_dim=getattr(llm, "kv_channels", None), qkv_bias=getattr(llm, "add_qkv_bias", False),
+                   qk_norm=getattr(llm, "qk_layernorm", False))
     out.update({f"llm.layers.{i}": layer for i in range(llm.num_layers)})
     out["llm.final_norm"] = Leaf(_norm(h, llm.normalization == "LayerNorm"), 0)
     out["llm.output_layer"] = Leaf(v * h, v * h) if llm.untie_embeddings else Leaf(0, 0)  # tied: the embedding's
@@ -97,7 +102,8 @@ def leaves(cfg: RunConfig) -> dict[str, Leaf]:
         return out
     hv, ln = vit.hidden_size, vit.normalization == "LayerNorm"
     in_features = vit.in_channels * vit.temporal_patch_size * vit.patch_size ** 2
-    out["vit.patch_embed"] = Leaf(in_features * hv + vit.pos_embed_grid ** 2 * hv, 0)  # plain Linear + table
+    bias = hv if getattr(vit, "patch_bias", False) else 0
+    out["vit.patch_embed"] = Leaf(in_features * hv + bias + vit.pos_embed_grid ** 2 * hv, 0)  # plain Linear + table
     vlayer = _layer(hv, vit.num_attention_heads, vit.num_attention_heads, vit.ffn_hidden_size or 4 * hv,
                     vit.activation == "swiglu", True, ln)
     out.update({f"vit.layers.{i}": vlayer for i in range(vit.num_layers)})
@@ -179,14 +185,15 @@ def rank_params(cfg: RunConfig, lay: Layout, rank: int, subset: set[str] | None 
 
 # ---- activations (Korthikanti et al. 2022, selective recompute) ---------------------------------------------------
 def layer_activation_bytes(s: int, b: int, h: int, heads: int, groups: int, ffn: int, glu: bool, t: int,
-                           sp: bool) -> float:
+                           sp: bool, head_dim: int | None = None) -> float:
     """Bytes one transformer layer keeps for backward under selective recompute, 16-bit activations.
 
     Replicated across TP without SP (10*s*b*h): the two norm inputs (4), the QKV input (2), the MLP input (2), the
     two dropout masks (1 + 1). Split across TP: Q (2h) and K, V (2 * 2 * kv width), the projection input (2h), the fc1
     output (2f, x2 for SwiGLU) and the activation output (2f). For h = a*d, f = 4h, no GLU: 24*s*b*h/t."""
-    kv = groups * (h // heads)
-    split = 2 * h + 4 * kv + 2 * h + 2 * ffn * (2 if glu else 1) + 2 * ffn
+    d = head_dim or h // heads
+    kv = groups * d
+    split = 2 * heads * d + 4 * kv + 2 * heads * d + 2 * ffn * (2 if glu else 1) + 2 * ffn
     replicated = 10 * h
     return s * b * (replicated / (t if sp else 1) + split / t)
 
@@ -197,7 +204,7 @@ def activation_bytes(cfg: RunConfig, lay: Layout, seq: int, trainable: set[str],
     s = seq // lay.cp
     per_layer = layer_activation_bytes(s, b, llm.hidden_size, llm.num_attention_heads,
                                        llm.num_query_groups or llm.num_attention_heads, ffn_size(llm),
-                                       llm.activation == "swiglu", lay.tp, lay.sp)
+                                       llm.activation == "swiglu", lay.tp, lay.sp, llm.head_dim)
     inflight = min(lay.pp, n_micro)
     interleave = 1 + (lay.pp - 1) / (lay.pp * lay.vpp) if lay.vpp > 1 else 1.0
     layers_per_rank = llm.num_layers // lay.pp

@@ -1,9 +1,7 @@
 """Greedy captions from a trained OmniModel: the prompt is `[image_token_id] * n_vis + [SEP]` (the layout the packer
-trains on, `omni_mega.data.source`), then the argmax token is appended until EOD or `max_new_tokens`.
-
-No KV cache: each new token re-runs the whole (short) sequence, which at the demo's sizes (a few dozen visual
-tokens, captions under ~64 bytes) costs well under a second per caption on CPU. One process only (tp = pp = 1):
-the whole model must be in this rank's single chunk.
+trains on, `omni_mega.data.source`), then the argmax token is appended until EOD or `max_new_tokens`, by the same
+KV-cache generator as `omni-mega generate` (`omni_mega.inference`). One process only (tp = pp = 1): the whole model
+must be in this rank's single chunk.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ from pathlib import Path
 import torch
 
 from omni_mega.config import ConnectorConfig, RunConfig
+from omni_mega.inference import greedy_decode  # noqa: F401  (re-exported: callers import it from here)
 
 
 def check_layout(cfg: RunConfig) -> None:
@@ -25,38 +24,6 @@ def check_layout(cfg: RunConfig) -> None:
                          "checkpoint under that layout (dist checkpoints reshard) to caption.")
     if cfg.model.vit is None:
         raise ValueError("generate: model.vit is not set; captioning needs a vision model")
-
-
-@torch.no_grad()
-def greedy_decode(model, prompt: torch.Tensor, *, eod: int, vocab_size: int, max_new_tokens: int = 64,
-                  pixel_values: torch.Tensor | None = None, grid_thw: torch.Tensor | None = None) -> list[int]:
-    """Greedy continuation of `prompt`.
-
-    model: an OmniModel (or GPTModel) chunk holding the whole model (pre- and post-process), unwrapped.
-    prompt: int64 [L] token ids (image placeholders included); pixel_values float32 [T, C*tps*p*p] and grid_thw
-    int64 [N, 3] for its images (`ops.pack_images`), or None. vocab_size: the tokenizer's real vocabulary; logits of
-    the padding rows above it are never chosen. Returns the generated ids, without the EOD that stopped it.
-    """
-    if prompt.dim() != 1 or prompt.numel() == 0:
-        raise ValueError(f"greedy_decode: prompt must be a non-empty int64 [L] tensor, got shape {tuple(prompt.shape)}")
-    was_training = model.training
-    model.eval()
-    dev = next(model.parameters()).device
-    ids = prompt.to(dev, torch.int64)
-    kw = {} if pixel_values is None else {"pixel_values": pixel_values.to(dev), "grid_thw": grid_thw.to(dev)}
-    out: list[int] = []
-    try:
-        for _ in range(max_new_tokens):
-            x = ids.unsqueeze(0)
-            logits = model(x, torch.arange(x.shape[1], device=dev).unsqueeze(0), None, **kw)  # [1, s, V]
-            nxt = int(logits[0, -1, :vocab_size].float().argmax())
-            if nxt == eod:
-                break
-            out.append(nxt)
-            ids = torch.cat([ids, torch.tensor([nxt], device=dev)])
-    finally:
-        model.train(was_training)
-    return out
 
 
 def image_prompt(image: bytes, cfg: RunConfig, *, min_pixels: int, max_pixels: int, sep: int):

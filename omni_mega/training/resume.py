@@ -14,8 +14,8 @@ from omni_mega.training.state import TrainerState
 log = logging.getLogger(__name__)
 
 # Fields that change parameter shapes or names; rotary_base, dropout and init do not.
-SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
-                "vocab_size", "normalization", "activation", "untie_embeddings")
+SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels", "ffn_hidden_size",
+                "vocab_size", "normalization", "activation", "add_qkv_bias", "qk_layernorm", "untie_embeddings")
 
 
 def check_model_shape(saved: TrainerState, cfg: RunConfig, where: str) -> None:

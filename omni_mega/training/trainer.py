@@ -19,8 +19,8 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
 from omni_mega import objectives
+from omni_mega.config import RunConfig, to_dict
 from omni_mega.objectives.base import StageContext
-from omni_mega.config import ConfigError, RunConfig, to_dict
 from omni_mega.config.plan import StagePlan, max_seq_length, plan_stages, stage_at
 from omni_mega.data import source as data_source
 from omni_mega.data.prefetch import Prefetcher
@@ -30,6 +30,7 @@ from omni_mega.models.llm import padded_vocab_size
 from omni_mega.runtime import Runtime
 from omni_mega.runtime.collectives import all_true, any_true
 from omni_mega.training import checkpoint as ckpt_io
+from omni_mega.training import init_from
 from omni_mega.training import resume as resuming
 from omni_mega.training import run_dir as run_dirs
 from omni_mega.training.curriculum import LRPlan, banner, run_vocab_size, set_rope_base
@@ -126,16 +127,15 @@ class Trainer:
         return lock
 
     def _preflight(self) -> None:
-        """Errors a run would meet later, raised before step 1: groups that select nothing, init_from checkpoints
-        that are missing or of another model shape."""
+        """Errors a run would meet later, raised before step 1: groups that select nothing, init_from sources that
+        are missing, lack a group or hold other shapes (`training.init_from`; HF sources are converted here)."""
+        self.init_sources = {}
         for p in self.plans:
             apply_trainable(self.chunks, p.name, list(p.trainable))
             if p.cfg.init_from:
-                try:
-                    src = ckpt_io.resolve_ckpt(p.cfg.init_from)
-                except FileNotFoundError as e:
-                    raise ConfigError(f"stages[{p.name}].init_from: {e}") from None
-                resuming.check_model_shape(ckpt_io.read_state(src), self.cfg, f"stages[{p.name}].init_from ({src})")
+                self.init_sources[p.index] = init_from.prepare(
+                    p.cfg.init_from, f"stages[{p.name}].init_from", self.chunks, self.cfg, self.run_dir / "init_from",
+                    tp=self.cfg.parallel.tp, is_rank0=self.rt.is_rank0)
 
     def _enter_stage(self, plan: StagePlan, *, fresh: bool) -> None:
         """Applies a stage: trainable set, DDP + optimizer (carrying Adam state), RoPE base, objective, data source,
@@ -167,13 +167,10 @@ class Trainer:
                          carried + d_carried, fresh_n + d_fresh)
 
     def _init_from(self, plan: StagePlan) -> None:
-        src = ckpt_io.resolve_ckpt(plan.cfg.init_from)
-        have, miss = ckpt_io.loaded_names(self.model, src)
-        ckpt_io.load_checkpoint(src, self.model, self.optimizer, with_optimizer=False)
+        lines = init_from.apply(self.init_sources[plan.index], self.chunks)
         if self.rt.is_rank0:
-            log.info("  init_from %s: %d parameter tensors from the checkpoint, %d kept from the current model%s",
-                     src, len(have), len(miss), f" ({', '.join(miss[:6])}{', ...' if len(miss) > 6 else ''})"
-                     if miss else "")
+            for line in lines:
+                log.info("  %s", line)
 
     def _resume(self, candidates: list[Path]) -> None:
         """Sets up the stage the checkpoint was written in, then loads it (falling back to older ones if it fails)."""

@@ -134,10 +134,14 @@ class PackedCoreAttention(MegatronModule):
         return out.permute(2, 0, 1, 3).reshape(s, b, hq * d)
 
 
-def layer_spec(*, causal: bool) -> ModuleSpec:
+def layer_spec(*, causal: bool, qk_layernorm: bool = False) -> ModuleSpec:
     """A megatron TransformerLayer spec with local (CPU-capable) TP linears, SP-capable norms and packed attention.
 
-    causal=False for the ViT (full attention inside each image), True for a language model."""
+    causal=False for the ViT (full attention inside each image), True for a language model. qk_layernorm: a per-head
+    norm (config.normalization, over head_dim) of queries and keys before RoPE (Qwen3). Checkpoint keys follow
+    TransformerEngine's spec, where the input and pre-MLP norms live inside linear_qkv / linear_fc1
+    (`...linear_qkv.layer_norm_weight`), as megatron's own local spec maps them: a checkpoint written on CPU loads on
+    a TE cluster and back."""
     return ModuleSpec(
         module=TransformerLayer,
         submodules=TransformerLayerSubmodules(
@@ -147,7 +151,8 @@ def layer_spec(*, causal: bool) -> ModuleSpec:
                 params={"attn_mask_type": AttnMaskType.causal if causal else AttnMaskType.no_mask},
                 submodules=SelfAttentionSubmodules(
                     linear_qkv=ColumnParallelLinear, core_attention=PackedCoreAttention,
-                    linear_proj=RowParallelLinear, q_layernorm=IdentityOp, k_layernorm=IdentityOp,
+                    linear_proj=RowParallelLinear, q_layernorm=SPNorm if qk_layernorm else IdentityOp,
+                    k_layernorm=SPNorm if qk_layernorm else IdentityOp,
                 ),
             ),
             self_attn_bda=get_bias_dropout_add,
@@ -155,14 +160,16 @@ def layer_spec(*, causal: bool) -> ModuleSpec:
             mlp=ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=ColumnParallelLinear,
                                                                 linear_fc2=RowParallelLinear)),
             mlp_bda=get_bias_dropout_add,
+            sharded_state_dict_keys_map={"input_layernorm.": "self_attention.linear_qkv.layer_norm_",
+                                         "pre_mlp_layernorm.": "mlp.linear_fc1.layer_norm_"},
         ),
     )
 
 
-def block_spec(config, *, causal: bool, vp_stage: int | None = None):
+def block_spec(config, *, causal: bool, vp_stage: int | None = None, qk_layernorm: bool = False):
     """TransformerBlockSubmodules: `layer_spec` for this pipeline stage's layers and an SP-capable final norm
     (megatron's default final norm, LayerNormImpl, asserts under sequence parallelism without TE)."""
     from megatron.core.transformer.transformer_block import TransformerBlockSubmodules, get_num_layers_to_build
 
     n = get_num_layers_to_build(config, vp_stage=vp_stage)
-    return TransformerBlockSubmodules(layer_specs=[layer_spec(causal=causal)] * n, layer_norm=SPNorm)
+    return TransformerBlockSubmodules(layer_specs=[layer_spec(causal=causal, qk_layernorm=qk_layernorm)] * n, layer_norm=SPNorm)

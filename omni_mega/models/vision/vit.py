@@ -22,6 +22,23 @@ from omni_mega.models.vision.attention import VisionPackedSeqParams, block_spec
 from omni_mega.models.vision.merge import spatial_merge
 
 
+def vit_activation(name: str):
+    """The MLP activation: exact GELU, quick GELU (x * sigmoid(1.702 x), CLIP and Qwen2-VL's towers) or SiLU for
+    SwiGLU."""
+    if name == "quick_gelu":
+        from megatron.core.activations import quick_gelu
+
+        return quick_gelu
+    if name == "gelu_tanh":
+        return gelu_tanh
+    return F.silu if name == "swiglu" else F.gelu
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GELU with the tanh approximation (SigLIP's gelu_pytorch_tanh)."""
+    return F.gelu(x, approximate="tanh")
+
+
 def vit_transformer_config(cfg: ViTConfig, parallel: ParallelConfig, dtype: torch.dtype) -> TransformerConfig:
     """megatron TransformerConfig of the ViT: TP/SP from `parallel`, never pipeline-split (the whole ViT lives on
     the first pipeline stage), so pipeline_model_parallel_size is 1 here whatever the LLM uses."""
@@ -30,8 +47,8 @@ def vit_transformer_config(cfg: ViTConfig, parallel: ParallelConfig, dtype: torc
         num_layers=cfg.num_layers, hidden_size=cfg.hidden_size, num_attention_heads=cfg.num_attention_heads,
         ffn_hidden_size=cfg.ffn_hidden_size or 4 * cfg.hidden_size,
         kv_channels=cfg.hidden_size // cfg.num_attention_heads,
-        normalization=cfg.normalization, layernorm_epsilon=1e-6,
-        gated_linear_unit=cfg.activation == "swiglu", activation_func=F.silu if cfg.activation == "swiglu" else F.gelu,
+        normalization=cfg.normalization, layernorm_epsilon=cfg.norm_epsilon,
+        gated_linear_unit=cfg.activation == "swiglu", activation_func=vit_activation(cfg.activation),
         add_bias_linear=True, init_method_std=cfg.init_method_std, attention_dropout=0.0, hidden_dropout=0.0,
         tensor_model_parallel_size=parallel.tp, pipeline_model_parallel_size=1, sequence_parallel=parallel.sp,
         params_dtype=dtype, bf16=dtype == torch.bfloat16, use_cpu_initialization=not cuda,
@@ -78,8 +95,10 @@ class VisionTransformer(MegatronModule):
         self.cfg, self.tp, self.sp = cfg, parallel.tp, parallel.sp
         self.in_features = cfg.in_channels * cfg.temporal_patch_size * cfg.patch_size ** 2
         # A linear over the flattened patch equals Qwen2-VL's Conv3d with kernel = stride = (tps, p, p).
-        self.patch_embed = torch.nn.Linear(self.in_features, cfg.hidden_size, bias=False, dtype=dtype)
+        self.patch_embed = torch.nn.Linear(self.in_features, cfg.hidden_size, bias=cfg.patch_bias, dtype=dtype)
         torch.nn.init.normal_(self.patch_embed.weight, std=cfg.init_method_std)
+        if self.patch_embed.bias is not None:
+            torch.nn.init.zeros_(self.patch_embed.bias)
         self.pos_embed = LearnedPositions(cfg.pos_embed_grid, cfg.hidden_size, dtype, cfg.init_method_std) \
             if cfg.pos_embed_grid else None
         self.block = TransformerBlock(config=config, spec=block_spec(config, causal=False), post_layer_norm=True,
@@ -122,7 +141,8 @@ class VisionTransformer(MegatronModule):
         lengths = cu[1:] - cu[:-1]
         params = VisionPackedSeqParams(
             qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=int(lengths.max()),
-            max_seqlen_kv=int(lengths.max()), pos=pos, rope_theta=self.cfg.rope_theta, rope_layout=self.cfg.rope_layout,
+            max_seqlen_kv=int(lengths.max()), pos=None if self.cfg.rope_layout == "none" else pos,
+            rope_theta=self.cfg.rope_theta, rope_layout=self.cfg.rope_layout,
         )
         h = x[:, None, :]  # [T, b=1, hidden]
         if self.sp:
