@@ -100,6 +100,7 @@ class Trainer:
         self._stage_started = False
         self.state = TrainerState(model=to_dict(cfg.model), parallel=to_dict(cfg.parallel), world_size=rt.world_size)
         self.stop = StopRequest(self.run_dir, rt.device)
+        self.init_sources: dict[int, object] = {}  # stage index -> its prepared init_from sources (_preflight)
         self._preflight()
         candidates = resuming.pick(self.run_dir, resume, cfg, self.plans, announce=rt.is_rank0)
         if candidates:
@@ -129,7 +130,6 @@ class Trainer:
     def _preflight(self) -> None:
         """Errors a run would meet later, raised before step 1: groups that select nothing, init_from sources that
         are missing, lack a group or hold other shapes (`training.init_from`; HF sources are converted here)."""
-        self.init_sources = {}
         for p in self.plans:
             apply_trainable(self.chunks, p.name, list(p.trainable))
             if p.cfg.init_from:
