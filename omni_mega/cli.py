@@ -46,7 +46,60 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "2 bad path)")
     verify.add_argument("dir", help="a checkpoint step dir, or a run dir / ckpt dir (all its step dirs, newest first)")
     _add_interop_parsers(sub)
+    ev = sub.add_parser("eval", help="answer held-out conversations greedily and score exact match (eval.json and "
+                                     "eval.md)")
+    ev.add_argument("ckpt", help="a checkpoint dir (trainer step dir or import-hf output) or a run dir")
+    ev.add_argument("--data", required=True, help="conversations: a JSONL file (preprocessed on the fly with the "
+                                                  "chat template and tokenizer given) or a conversation shard dir")
+    ev.add_argument("--chat-template", default="chatml", choices=["chatml", "llama3", "jinja"])
+    ev.add_argument("--tokenizer-model", default=None, help="a tokenizer.json (or its folder) for a JSONL --data; "
+                                                            "default: the built-in byte tokenizer")
+    ev.add_argument("--samples", type=int, default=None, help="answer only the first N conversations")
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--min-pixels", type=int, default=56 * 56)
+    ev.add_argument("--max-pixels", type=int, default=28 * 28 * 1280)
+    ev.add_argument("--out", default=None, help="where eval.json / eval.md go (default: the checkpoint dir)")
     return parser
+
+
+def cmd_eval(args) -> int:
+    """Exact-match evaluation of a checkpoint on held-out conversations (`training.evaluate`)."""
+    import tempfile
+
+    from omni_mega.interop import InteropError
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(args.data)
+            if data.is_file():  # JSONL: the conversation tool renders it first
+                from omni_mega.data.conversations.preprocess import main as preprocess
+
+                extra = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", args.tokenizer_model] \
+                    if args.tokenizer_model else []
+                preprocess(["--input", str(data), "--output-dir", f"{tmp}/ds", "--chat-template",
+                            args.chat_template, "--log-interval", "1000000", *extra])
+                data = Path(tmp) / "ds"
+            from omni_mega.data.conversations.shards import ConvShardDataset
+            from omni_mega.training.evaluate import answer_dataset, write_eval
+            from omni_mega.training.serving import load_for_inference
+
+            ds = ConvShardDataset(data)
+            loaded = load_for_inference(args.ckpt)
+            n = len(ds) if args.samples is None else min(args.samples, len(ds))
+            rows = answer_dataset(loaded.model, loaded.cfg, ds, list(range(n)), min_pixels=args.min_pixels,
+                                  max_pixels=args.max_pixels, vocab_size=int(ds.tokenizer["vocab_size"]),
+                                  max_new_tokens=args.max_new_tokens)
+    except (InteropError, ValueError, FileNotFoundError) as e:
+        print(f"omni-mega: eval: {e}", file=sys.stderr)
+        return 2
+    if loaded.rank0:
+        js, md = write_eval(rows, Path(args.out or loaded.step_dir))
+        acc = sum(r["exact"] for r in rows) / max(len(rows), 1)
+        print(f"exact match {acc:.1%} of {len(rows)} conversations: {js}, {md}")
+    from omni_mega.runtime import shutdown
+
+    shutdown()
+    return 0
 
 
 def cmd_verify_ckpt(path: str) -> int:
@@ -174,8 +227,9 @@ def _generation_job(args) -> dict:
 
     if not args.prompt and not args.prompt_ids:
         raise ValueError("give --prompt TEXT or --prompt-ids 1,2,3")
-    step = resolve_step_dir(args.ckpt)
-    cfg, meta = read_checkpoint_info(step)
+    from omni_mega.interop.convert import read_checkpoint_info, resolve_step_dir
+
+    cfg, meta = read_checkpoint_info(resolve_step_dir(args.ckpt))
     tok_dir = args.tokenizer or meta.get("tokenizer")
     tokenizer = _Tokenizer(tok_dir) if tok_dir else None
     if args.prompt and tokenizer is None:
@@ -188,25 +242,14 @@ def _generation_job(args) -> dict:
     except ValueError:
         raise ValueError(f"--prompt-ids: expected comma-separated integers, got {args.prompt_ids}") from None
     prompts += [tokenizer.tokenize(p) for p in args.prompt]
-    emb = ("llm." if cfg.vit is not None else "") + "embedding.word_embeddings.weight"
-    stored = tensor_metadata(step / "dist")
-    if emb not in stored:
-        raise ValueError(f"{step}: no language model in this checkpoint (a vision tower alone cannot generate)")
-    padded = stored[emb][0][0]
+    from omni_mega.training.serving import load_for_inference
+
+    loaded = load_for_inference(args.ckpt, seed=args.seed)
+    model, padded = loaded.model, loaded.padded_vocab
     vocab = cfg.llm.vocab_size or (tokenizer.vocab_size if tokenizer else padded)
     hf = meta.get("hf_config") or {}
     eos = args.eos_id if args.eos_id is not None else _as_list(hf.get("eos_token_id",
                                                                       (hf.get("text_config") or {}).get("eos_token_id")))
-    world = detect().world_size
-    parallel = ParallelConfig(tp=world)
-    rt = init_distributed(parallel, seed=args.seed)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = build_model(cfg, parallel, padded, cfg.llm.max_position_embeddings, dtype).to(rt.device)
-    have, miss = ckpt_io.loaded_names([model], step)
-    if miss:
-        raise ValueError(f"{step}: the checkpoint lacks {len(miss)} parameter(s), e.g. {miss[0]} (a trainable_only "
-                         "checkpoint? use a full one)")
-    ckpt_io.load_checkpoint(step, [model], None, with_optimizer=False)
     pixel_values = grid_thw = None
     if args.image:
         pixel_values, grid_thw, image_ids = _images(args.image, cfg, hf)
@@ -214,7 +257,7 @@ def _generation_job(args) -> dict:
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed, eos_token_ids=eos)
     return {"model": model, "vocab": vocab, "prompts": prompts, "params": params, "tokenizer": tokenizer,
-            "pixel_values": pixel_values, "grid_thw": grid_thw, "rank0": rt.is_rank0,
+            "pixel_values": pixel_values, "grid_thw": grid_thw, "rank0": loaded.rank0,
             "image_token_id": (cfg.connector or ConnectorConfig()).image_token_id}
 
 
@@ -403,6 +446,8 @@ def main(argv: list[str] | None = None) -> int:
                         overwrite=args.overwrite)
     if args.command == "verify-ckpt":
         return cmd_verify_ckpt(args.dir)
+    if args.command == "eval":
+        return cmd_eval(args)
     if args.command == "report":
         from omni_mega.training.report import write_report
 

@@ -313,6 +313,22 @@ class DPOConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Held-out conversations answered greedily at the stage's end (exact match, in eval.jsonl and the report)."""
+
+    source: str = "demo_sft"  # demo_sft (the built-in held-out split) | conversations (a shard dir in `path`)
+    path: str | None = None
+    samples: int = 32  # the first N conversations
+    max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        _require(self.source in ("demo_sft", "conversations"), "eval.source",
+                 f"must be demo_sft or conversations, got {self.source!r}")
+        _require(self.source != "conversations" or bool(self.path), "eval.path", "conversations needs a path")
+        _require(self.samples >= 1, "eval.samples", f"must be >= 1, got {self.samples}")
+
+
+@dataclass
 class StageConfig:
     """One stage of the curriculum. Unset (null) fields inherit: LR fields from `optim`, sequence length and global
     batch from `data`, the RoPE base from the previous stage (the first from model.llm.rotary_base)."""
@@ -322,6 +338,7 @@ class StageConfig:
     # answers only, normalised per supervised token over the global batch) | dpo (preference pairs, see `dpo`)
     objective: str = "lm"
     dpo: DPOConfig = field(default_factory=DPOConfig)  # objective dpo only
+    eval: EvalConfig | None = None  # answer held-out conversations at the stage's end (needs pp = 1)
     steps: int | None = None  # optimizer steps in this stage (default 100 when `tokens` is unset too)
     tokens: int | None = None  # alternatively the stage length in tokens (rounded up to whole steps)
     data: list[DatasetConfig] = field(default_factory=list)  # weighted mix; empty = the `data` section's source

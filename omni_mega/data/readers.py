@@ -169,3 +169,14 @@ def special_ids(tokenizers: list[dict | None], names: list[str]) -> tuple[int | 
     if "sep" in t:
         return int(t["eod"]), int(t["sep"])
     return int(t["eod"]), BYTE_SEP if t.get("kind") == "byte" else None
+
+
+def open_eval_conversations(source: str, path: str | None, data_dir: Path):
+    """The held-out conversations of a stage's `eval`: the built-in demo's held-out split, or a shard dir."""
+    from omni_mega.data.conversations.shards import ConvShardDataset
+
+    if source == "demo_sft":
+        from omni_mega.data.demo.conversations import build_demo_conversations
+
+        return ConvShardDataset(build_demo_conversations(data_dir, "sft")["heldout"])
+    return ConvShardDataset(str(path))

@@ -6,6 +6,7 @@ source, losses in the objective, module groups in the model."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -109,6 +110,7 @@ class Trainer:
             self._enter_stage(self.plans[0], fresh=True)
         if rt.is_rank0:  # after the resume settled on a checkpoint (a fallback may be older than the newest)
             dropped = truncate_metrics(self.run_dir, self.state.step)
+            truncate_metrics(self.run_dir, self.state.step, "eval.jsonl")
             if dropped:
                 log.info("metrics.jsonl: %d record(s) after step %d dropped (they are trained again)", dropped,
                          self.state.step)
@@ -336,6 +338,8 @@ class Trainer:
                 saved = s.step == plan.end_step or bool(iv and s.step_in_stage % iv == 0)
                 if saved:
                     self.save()
+                if s.step == plan.end_step and plan.cfg.eval is not None:
+                    self._evaluate(plan)
                 if self.stop.requested():  # SLURM time limit ahead (see training/stop.py): checkpoint and leave
                     if not saved:
                         self.save()
@@ -364,6 +368,31 @@ class Trainer:
         if self.prefetch is not None:
             self.prefetch.close()
             self.prefetch = None
+
+    def _evaluate(self, plan: StagePlan) -> None:
+        """The stage's held-out conversations, answered greedily (`training.evaluate`); a line in eval.jsonl and
+        eval_<stage>.md. Generation needs the whole model in one chunk per rank: skipped (said) under pp > 1."""
+        from omni_mega.data.readers import open_eval_conversations
+        from omni_mega.training.evaluate import answer_dataset, write_eval
+
+        e = plan.cfg.eval
+        if len(self.chunks) > 1 or self.cfg.parallel.pp > 1:
+            if self.rt.is_rank0:
+                log.warning("stage %s: eval skipped (generation runs at pp = 1; evaluate the checkpoint with "
+                            "`omni-mega eval`)", plan.name)
+            return
+        ds = open_eval_conversations(e.source, e.path, self.data_dir)
+        rows = answer_dataset(self.chunks[0], self.cfg.model, ds, list(range(min(e.samples, len(ds)))),
+                              min_pixels=plan.min_pixels, max_pixels=plan.max_pixels,
+                              vocab_size=int(ds.tokenizer["vocab_size"]), max_new_tokens=e.max_new_tokens)
+        if self.rt.is_rank0:
+            acc = sum(r["exact"] for r in rows) / max(len(rows), 1)
+            write_eval(rows, self.run_dir / f"eval_{plan.name}", self.state.step)
+            with open(self.run_dir / "eval.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.state.step, "stage": plan.name, "exact_match": acc,
+                                    "n": len(rows)}) + "\n")
+            log.info("stage %s: held-out exact match %.1f%% of %d (eval_%s/eval.md)", plan.name, 100 * acc,
+                     len(rows), plan.name)
 
     def _log_progress(self, r: StepResult, first: int, start: float) -> None:
         s, plan, total = self.state, self.stage, self.cfg.total_steps

@@ -54,7 +54,7 @@ def shards(d: Path) -> dict[str, Path]:
     from omni_mega.data.conversations.preprocess import main
 
     files = write(d / "raw")
-    out = {}
+    out = {"heldout_jsonl": files["heldout"]}
     for name, path in files.items():
         out[name] = d / name
         main(["--input", str(path), "--output-dir", str(out[name]), "--kind",
