@@ -77,7 +77,12 @@ def test_ovis_phases(capsys):
     text = (CONFIGS / "ovis_5phase.yaml").read_text()
     assert "P4 DPO + auxiliary NLL" in text and "lr 1e-5 constant after 100 warm-up steps" in text
     objectives = re.findall(r"\] stage (\S+) \((\w+)\)", out)
-    assert objectives[2:] == [("p3_instruction_tuning", "sft"), ("p4_dpo", "dpo")]
+    assert objectives[2:] == [("p3_instruction_tuning", "sft"), ("p4_dpo", "dpo"), ("p5_grpo", "grpo")]
+    p5 = out.split("] stage p5_grpo (")[1]
+    assert "64 prompts x 8 samples of up to 4,096 new tokens" in p5
+    assert "trainable 8,190,735,360 params: llm 8,190,735,360\n" in p5   # the LLM only
+    assert "lr: new, step peak 5e-06 min 1e-07 warmup 0; 5e-06 -> 6.25e-07" in p5   # halved every 1K steps
+    assert "GRPO stages not counted" in out
 
 
 def test_llava_unfreezes_in_order(capsys):

@@ -235,7 +235,7 @@ class OptimConfig:
     lr: float = 1e-3  # peak learning rate
     min_lr: float = 1e-4  # floor of the decay
     warmup_steps: int = 10  # linear warm-up from 0 to lr
-    decay: str = "cosine"  # cosine | linear | constant | wsd (warmup-stable-decay)
+    decay: str = "cosine"  # cosine | linear | constant | wsd (warmup-stable-decay) | step (halving)
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -250,14 +250,14 @@ class OptimConfig:
         _require(self.decay in DECAYS, "optim.decay", f"must be one of {', '.join(DECAYS)}, got {self.decay!r}")
 
 
-DECAYS = ("cosine", "linear", "constant", "wsd")
+DECAYS = ("cosine", "linear", "constant", "wsd", "step")
 # Training objectives a stage may name; each is a module of omni_mega.objectives (a test holds the two lists equal).
-OBJECTIVES = ("lm", "sft", "dpo")
+OBJECTIVES = ("lm", "sft", "dpo", "grpo")
 TEXT_SOURCES = ("demo_text", "indexed")  # plain documents
 MM_SOURCES = ("demo_mm", "mm_shards")  # images with captions
 # Conversation shards (`tools/preprocess_conversations.py`: supervised conversations, preference pairs or prompts;
 # the kind is in their dataset.json) and the built-in demo conversations and preference pairs.
-CONV_SOURCES = ("conversations", "demo_sft", "demo_preference")
+CONV_SOURCES = ("conversations", "demo_sft", "demo_preference", "demo_prompts")
 SOURCES = TEXT_SOURCES + MM_SOURCES + CONV_SOURCES
 SCHEDULES = ("new", "resume", "rewarmup")
 
@@ -313,6 +313,48 @@ class DPOConfig:
 
 
 @dataclass
+class RewardConfig:
+    """One term of a GRPO reward: a built-in (answer, format, length) or a Python function by dotted path."""
+
+    name: str = "answer"  # answer | format | length | any label for a `function`
+    weight: float = 1.0
+    function: str | None = None  # "package.module:function" (or "package.module.function"): f(text, answer) -> float
+    max_length: int = 256  # length: generated tokens beyond which the penalty reaches -1 (linearly from 0)
+
+
+@dataclass
+class GRPOConfig:
+    """`objective: grpo`: group-relative advantages over `group_size` rollouts per prompt, clipped policy ratio,
+    optional KL to the stage's initial weights. Advantages use the population standard deviation of each group's
+    rewards, A = (r - mean) / (std + 1e-4) (libraries differ: TRL's GRPO uses the sample std)."""
+
+    group_size: int = 8  # rollouts per prompt
+    temperature: float = 1.0  # rollout sampling
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    clip_low: float = 0.2  # the ratio is clipped to [1 - clip_low, 1 + clip_high]
+    clip_high: float = 0.2
+    kl_beta: float = 0.0  # weight of the k3 KL estimate to a frozen copy of the stage's initial weights (0: no copy)
+    ppo_epochs: int = 1  # optimizer steps on each rollout batch (each its own trainer step; the prompts repeat)
+    rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
+
+    def __post_init__(self) -> None:
+        _require(self.group_size >= 2, "grpo.group_size", f"must be >= 2 (advantages compare a group), got "
+                                                          f"{self.group_size}")
+        _require(self.temperature > 0, "grpo.temperature", f"must be > 0, got {self.temperature}")
+        _require(0 < self.top_p <= 1, "grpo.top_p", f"must be in (0, 1], got {self.top_p}")
+        _require(self.max_new_tokens >= 1, "grpo.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        _require(0 <= self.clip_low < 1 and self.clip_high >= 0, "grpo.clip_low",
+                 f"need 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
+        _require(self.kl_beta >= 0, "grpo.kl_beta", f"must be >= 0, got {self.kl_beta}")
+        _require(self.ppo_epochs >= 1, "grpo.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
+        _require(len(self.rewards) >= 1, "grpo.rewards", "name at least one reward")
+        for r in self.rewards:
+            _require(r.function is not None or r.name in ("answer", "format", "length"), f"grpo.rewards[{r.name}]",
+                     "a reward other than answer, format or length needs a `function`")
+
+
+@dataclass
 class EvalConfig:
     """Held-out conversations answered greedily at the stage's end (exact match, in eval.jsonl and the report)."""
 
@@ -335,9 +377,12 @@ class StageConfig:
 
     name: str = "pretrain"  # shown in logs and metrics; unique
     # What the stage optimises: lm (next-token loss on text and image-text packs) | sft (conversations, loss on the
-    # answers only, normalised per supervised token over the global batch) | dpo (preference pairs, see `dpo`)
+    # answers only, normalised per supervised token over the global batch) | dpo (preference pairs, see `dpo`) |
+    # grpo (prompts with verifiable answers: rollouts from the training model, see `grpo`; the global batch counts
+    # prompts)
     objective: str = "lm"
     dpo: DPOConfig = field(default_factory=DPOConfig)  # objective dpo only
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)  # objective grpo only
     eval: EvalConfig | None = None  # answer held-out conversations at the stage's end (needs pp = 1)
     steps: int | None = None  # optimizer steps in this stage (default 100 when `tokens` is unset too)
     tokens: int | None = None  # alternatively the stage length in tokens (rounded up to whole steps)
@@ -348,8 +393,9 @@ class StageConfig:
     lr: float | None = None  # peak LR
     min_lr: float | None = None
     warmup_steps: int | None = None
-    decay: str | None = None  # cosine | linear | constant | wsd
-    decay_steps: int | None = None  # wsd: length of the final decay (default 20% of the schedule)
+    decay: str | None = None  # cosine | linear | constant | wsd | step
+    decay_steps: int | None = None  # wsd: length of the final decay (default 20% of the schedule); step: the LR
+    # halves every this many steps (default 1,000)
     seq_length: int | None = None
     rope_base: float | None = None  # RoPE theta from this stage on (frequencies recomputed, no new parameters)
     global_batch_size: int | None = None

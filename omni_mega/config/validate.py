@@ -76,6 +76,9 @@ def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:
                 check_group_name(g, known)
             except ValueError as e:
                 raise ConfigError(f"{p}.trainable: {e}") from None
+        if plan.objective == "grpo" and cfg.parallel.vpp is not None:
+            raise ConfigError(f"{p}.objective: grpo generates its rollouts with the training model, one model chunk "
+                              "per rank: drop parallel.vpp (tensor and pipeline parallelism work)")
         if plan.index == 0 and s.schedule == "resume":
             raise ConfigError(f"{p}.schedule: the first stage has no previous schedule to resume; use new")
         if s.schedule == "resume" and any(getattr(s, k) is not None for k in ("lr", "min_lr", "warmup_steps", "decay")):

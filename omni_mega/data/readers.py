@@ -9,7 +9,8 @@ Sample kinds give samples sized from their index. Image-text: the `multimodal.sh
 `tokenizer` dict): `demo_mm` (the built-in scenes, built on first use under the data dir) and `mm_shards` (a
 directory). Conversations: `conversations.shards.ConvShardDataset` (`meta(i)` -> (sequence lengths, image sizes),
 `ds[i]` -> ConvSample, `kind`: sft | preference | prompts): `conversations` (a directory written by
-`tools/preprocess_conversations.py`), `demo_sft` and `demo_preference` (built-in, about the demo scenes).
+`tools/preprocess_conversations.py`), `demo_sft`, `demo_preference` and `demo_prompts` (built-in, about the demo
+scenes).
 
 Imports stay light (NumPy and JSON): the dry-run reads the datasets' tokenizers through `tokenizer_of`.
 """
@@ -79,9 +80,9 @@ def _demo_conv(kind: str):
 
 
 def _byte_chat_tokenizer(d: DatasetConfig, data_dir: Path) -> dict:
-    from omni_mega.data.conversations.templates import ByteChatTokenizer
+    from omni_mega.data.conversations.templates import ByteChatTokenizer, chat_identity
 
-    return {**ByteChatTokenizer().identity, "template": "chatml"}
+    return chat_identity(ByteChatTokenizer(), "chatml")
 
 
 def _byte_tokenizer(d: DatasetConfig, data_dir: Path) -> dict:
@@ -106,6 +107,7 @@ READERS: dict[str, Reader] = {
     "conversations": Reader("samples", _open_conversations, _shards_tokenizer),
     "demo_sft": Reader("samples", _demo_conv("sft"), _byte_chat_tokenizer),
     "demo_preference": Reader("samples", _demo_conv("preference"), _byte_chat_tokenizer),
+    "demo_prompts": Reader("samples", _demo_conv("prompts"), _byte_chat_tokenizer),
 }
 
 

@@ -81,5 +81,13 @@ def build_source(plan: StagePlan, model: ModelConfig, data_dir: str | Path, cons
             if getattr(ds, "has_images", False):
                 raise ValueError(f"stage {plan.name!r}: dataset {d.name!r} holds images and the model has no vision "
                                  "tower (model.vit)")
+    if plan.objective == "grpo":  # prompts to answer, not packs to train on: the objective packs its rollouts
+        from omni_mega.data.prompt_source import PromptSource
+
+        if text:
+            raise ValueError(f"stage {plan.name!r}: objective grpo takes prompt datasets only, not text "
+                             f"{[d.name for d in text]}")
+        return PromptSource(spec, mm_sets, [d.weight for d in mm], consumed_samples,
+                            global_batch=plan.global_batch_size, ppo_epochs=plan.cfg.grpo.ppo_epochs)
     return PackedSource(spec, [open_text_dataset(d, eod, plan.seq_length) for d in text], [d.weight for d in text],
                         mm_sets, [d.weight for d in mm], consumed_samples, decode_threads=decode_threads)

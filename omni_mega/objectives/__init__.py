@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from omni_mega.objectives.base import Objective, StageContext
 from omni_mega.objectives.dpo import DPOObjective
+from omni_mega.objectives.grpo import GRPOObjective
 from omni_mega.objectives.lm import LMObjective
 from omni_mega.objectives.sft import SFTObjective
 
-OBJECTIVES: dict[str, type] = {"lm": LMObjective, "sft": SFTObjective, "dpo": DPOObjective}
+OBJECTIVES: dict[str, type] = {"lm": LMObjective, "sft": SFTObjective, "dpo": DPOObjective, "grpo": GRPOObjective}
 
 
 def build(plan) -> Objective:

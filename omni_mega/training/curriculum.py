@@ -93,7 +93,7 @@ def banner(plan: StagePlan, lr_plan: LRPlan, group_counts: dict[str, int], train
         f"  trainable: {trainable:,} of {total:,} parameters ("
         + ", ".join(f"{g}: {n:,}" + (f" x{mults[g]:g} lr" if g in mults else "") for g, n in group_counts.items()) + ")",
         f"  lr: schedule {s.schedule}, {seg.decay} peak {seg.peak:.3g} min {seg.min_lr:.3g} warmup {seg.warmup}"
-        + (f" decay_steps {seg.decay_steps}" if seg.decay == "wsd" else "")
+        + (f" decay_steps {seg.decay_steps}" if seg.decay in ("wsd", "step") else "")
         + f"; this stage {lr0:.3g} -> {lr1:.3g}",
         f"  sequence length {plan.seq_length}, micro-batch {plan.micro_batch_size}, global batch "
         f"{plan.global_batch_size} packs, RoPE base {plan.rope_base:g}",

@@ -279,10 +279,15 @@ def stage_lines(cfg: RunConfig, lay: Layout, plan: StagePlan, lr_plan, lv: dict[
     chosen = trainable_leaves(cfg, list(plan.trainable))
     union = {k for ks in chosen.values() for k in ks}
     seg = lr_plan.segment_of(plan.index)
-    lines = [f"  [{plan.index + 1}] stage {plan.name} ({plan.objective}): {plan.steps:,} steps x {plan.global_batch_size} x "
-             f"{plan.seq_length} = {tokens:,} tokens ({_tokens(tokens)})"
-             + (f", asked {_tokens(s.tokens)}" if s.tokens else "")
-             + f", RoPE base {plan.rope_base:,g}"]
+    if plan.objective == "grpo":
+        g = s.grpo
+        head = (f"{plan.steps:,} steps x {plan.global_batch_size} prompts x {g.group_size} samples of up to "
+                f"{g.max_new_tokens:,} new tokens (temperature {g.temperature:g}), packed into {plan.seq_length}-token "
+                "sequences")
+    else:
+        head = (f"{plan.steps:,} steps x {plan.global_batch_size} x {plan.seq_length} = {tokens:,} tokens "
+                f"({_tokens(tokens)})" + (f", asked {_tokens(s.tokens)}" if s.tokens else ""))
+    lines = [f"  [{plan.index + 1}] stage {plan.name} ({plan.objective}): {head}, RoPE base {plan.rope_base:,g}"]
     if plan.vision:
         if not any(d.structured for d in plan.mix):
             lines.append("      multimodal share 0 (text only)")
@@ -322,8 +327,11 @@ def format_plan(cfg: RunConfig, world_size: int) -> str:
     for p in plans:
         block, w = stage_lines(cfg, lay, p, lr_plan, lv)
         lines += block
-        worst, tokens = max(worst, w), tokens + p.steps * p.global_batch_size * p.seq_length
-    lines.append(f"total: {cfg.total_steps:,} steps, {tokens:,} tokens ({_tokens(tokens)}), "
+        worst = max(worst, w)
+        # GRPO's tokens depend on how long its responses are, so they are not in the total
+        tokens += 0 if p.objective == "grpo" else p.steps * p.global_batch_size * p.seq_length
+    lines.append(f"total: {cfg.total_steps:,} steps, {tokens:,} tokens ({_tokens(tokens)}"
+                 + (", GRPO stages not counted" if any(p.objective == "grpo" for p in plans) else "") + "), "
                  f"peak memory/GPU {_gib(worst)}")
     lines.append("memory model: bf16 weights, fp32 grads, fp32 master + Adam sharded over dp; activations by "
                  "Korthikanti et al. 2022 with selective recompute (see omni_mega/training/dry_run.py)")

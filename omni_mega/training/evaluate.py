@@ -18,6 +18,7 @@ import torch
 from omni_mega.config import ConnectorConfig, ModelConfig
 from omni_mega.data import packing as mp
 from omni_mega.data.conversations.shards import IMAGE_MARK
+from omni_mega.data.conversations.templates import tokenizer_decoder
 
 
 def split_last_answer(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -29,17 +30,6 @@ def split_last_answer(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np
     while start > 0 and mask[start - 1]:
         start -= 1
     return ids[:start], ids[start:sup[-1]], int(ids[sup[-1]])
-
-
-def tokenizer_decoder(identity: dict):
-    """text from ids for a dataset's recorded tokenizer."""
-    if identity.get("kind") == "byte":
-        from omni_mega.data.conversations.templates import ByteChatTokenizer
-
-        return ByteChatTokenizer().decode
-    from omni_mega.data.text.tokenizer import HuggingFaceTokenizer
-
-    return HuggingFaceTokenizer(identity["tokenizer_model"]).decode
 
 
 def greedy(model, prompt: torch.Tensor, *, stop: int, vocab_size: int, max_new_tokens: int, pixel_values=None,

@@ -20,7 +20,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
 from omni_mega import objectives
-from omni_mega.config import RunConfig, to_dict
+from omni_mega.config import ConnectorConfig, RunConfig, to_dict
 from omni_mega.objectives.base import StageContext
 from omni_mega.config.plan import StagePlan, max_seq_length, plan_stages, stage_at
 from omni_mega.data import source as data_source
@@ -192,6 +192,7 @@ class Trainer:
             if all_true(ok):
                 set_adam_step(self.optimizer, self.state.step)
                 self.source.load_state_dict(self.state.data)
+                self.objective.load_state_dict(self.state.objective)
                 if self.rt.is_rank0:
                     log.info("resumed from %s: step %d, stage %s step %d, %d samples consumed", cand,
                              self.state.step, plan.name, self.state.step_in_stage, self.state.consumed_samples)
@@ -213,7 +214,8 @@ class Trainer:
         """What the stage's objective may use (made for each call; see __init__)."""
         plan = self.stage
         return StageContext(
-            plan=plan, run_dir=self.run_dir, step_slice=self._step_slice(),
+            plan=plan, run_dir=self.run_dir, step_slice=self._step_slice(), step=self.state.step, model=self.model,
+            image_token_id=(self.cfg.model.connector or ConnectorConfig()).image_token_id,
             new_source=lambda consumed: self.build_source(plan, self.cfg.model, self.data_dir, consumed),
             forward_only=self._forward_only, reference_model=self._reference_model,
             dataset_sizes=[len(d) for d in getattr(self.source, "mm_sets", [])])
@@ -268,7 +270,10 @@ class Trainer:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
         batches, wait_ms = self.prefetch.next_step()
-        self.objective.before_step(self._stage_context(), batches)
+        # The ratio target is the one this step's packs were drawn for: read before `advance`.
+        data_values = self.source.step_metrics(step_stats(batches, ps.get_data_parallel_group()))
+        # An objective may train on micro-batches of its own making (GRPO: the rollouts of these prompts).
+        batches = self.objective.before_step(self._stage_context(), batches) or batches
         losses = get_forward_backward_func()(
             forward_step_func=self.objective.forward_step,
             data_iterator=schedule_iterator(to_device(batches, self.rt.device), len(self.model)),
@@ -283,8 +288,8 @@ class Trainer:
         else:  # no update from a non-finite step; Adam's shared step stays equal to the global step (resume)
             ok, grad_norm = False, float("nan")
             set_adam_step(self.optimizer, self.state.step + 1)
-        # The ratio target is the one this step's packs were drawn for: read before `advance`.
-        values.update(self.source.step_metrics(step_stats(batches, ps.get_data_parallel_group())))
+        values.update(data_values)
+        values.update(self.objective.step_metrics())
         self.source.advance(plan.global_batch_size)
         self.prefetch.step_done()
         s = self.state
@@ -307,6 +312,7 @@ class Trainer:
         s = self.state
         s.save, s.trainable = self.stage.cfg.save, list(self.stage.trainable)
         s.data = self.source.state_dict()
+        s.objective = self.objective.state_dict()
         return ckpt_io.save_checkpoint(self.run_dir, self.model, self.optimizer, s)
 
     def _record(self, r: StepResult, dt: float) -> dict:
