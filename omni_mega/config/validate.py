@@ -53,11 +53,12 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
 def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:
     """Per-stage rules, on the stage plan's effective values: group names, lengths vs schedules, sequence lengths,
     batch sizes and resolution bounds."""
-    from omni_mega.config.groups import check_group_name, known_groups
+    from omni_mega.config.groups import check_group_name, known_groups, part_groups
     from omni_mega.config.plan import plan_stages
 
     llm, data = cfg.model.llm, cfg.data
     known = known_groups(cfg.model.vit is not None, cfg.model.connector is not None)
+    known += part_groups(cfg.model)
     dp = cfg.parallel.data_parallel_size(world_size) if world_size else None
     for plan in plan_stages(cfg):
         s, p = plan.cfg, f"stages[{plan.name}]"
