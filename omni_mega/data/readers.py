@@ -78,6 +78,26 @@ def _demo_conv(kind: str):
     return open_
 
 
+def _open_audio_shards(d: DatasetConfig, data_dir: Path):
+    from omni_mega.data.audio.shards import AudioShardDataset
+
+    return AudioShardDataset(str(d.path))
+
+
+def _open_demo_audio(d: DatasetConfig, data_dir: Path):
+    from omni_mega.data.audio.shards import AudioShardDataset
+    from omni_mega.data.demo.speech import build_demo_speech
+
+    return AudioShardDataset(build_demo_speech(data_dir)["train"])
+
+
+def _open_demo_shapes(d: DatasetConfig, data_dir: Path):
+    from omni_mega.data.demo.shapes import build_demo_shapes
+    from omni_mega.data.multimodal.shards import MMShardDataset
+
+    return MMShardDataset(build_demo_shapes(data_dir)["train"])
+
+
 def _byte_chat_tokenizer(d: DatasetConfig, data_dir: Path) -> dict:
     from omni_mega.data.conversations.templates import ByteChatTokenizer
 
@@ -107,6 +127,13 @@ READERS: dict[str, Reader] = {
     "demo_sft": Reader("samples", _demo_conv("sft"), _byte_chat_tokenizer),
     "demo_preference": Reader("samples", _demo_conv("preference"), _byte_chat_tokenizer),
 }
+# Audio with transcripts (omni_mega.data.audio.shards: `meta(i)` -> (rate, samples, tokens), `ds[i]` ->
+# AudioTextRecord) and the built-in labelled shapes (image-text shards whose text is the label).
+READERS.update({
+    "audio_shards": Reader("samples", _open_audio_shards, _shards_tokenizer),
+    "demo_audio": Reader("samples", _open_demo_audio, _byte_tokenizer),
+    "demo_shapes": Reader("samples", _open_demo_shapes, _byte_tokenizer),
+})
 
 
 def reader(d: DatasetConfig) -> Reader:
