@@ -214,7 +214,8 @@ class Trainer:
             plan=plan, run_dir=self.run_dir, step_slice=self._step_slice(),
             new_source=lambda consumed: self.build_source(plan, self.cfg.model, self.data_dir, consumed),
             forward_only=self._forward_only, reference_model=self._reference_model,
-            dataset_sizes=[len(d) for d in getattr(self.source, "mm_sets", [])])
+            dataset_sizes=[len(d) for d in getattr(self.source, "mm_sets", [])],
+            step=self.state.step, model_config=self.cfg.model, data_dir=self.data_dir, chunks=self.chunks)
 
     def _forward_only(self, batches: list[dict], forward_step: Callable, chunks: list | None = None) -> list[dict]:
         """megatron's schedule without backward over this rank's micro-batches (the training model by default)."""
