@@ -181,6 +181,9 @@ class AudioConfig:
     ffn_hidden_size: int | None = None  # None = 4 * hidden_size
     n_mels: int = 80  # Whisper's 80 or 128 log-mel bins (ops.log_mel)
     pool: int = 4  # encoder frames per LLM audio token
+    # Positions inside a clip: rope (rotary on the time axis: ops.rope_2d with the row fixed, i.e. on half of each
+    # head's pairs), sinusoid (Whisper's table added to the input) or none (the convolutions' local context only).
+    positions: str = "rope"
     ctc_vocab_size: int = 257  # CTC classes before the blank: the transcripts' token ids (byte ids by default)
     audio_token_id: int = -300  # placeholder id in input_ids, one per pooled audio frame
     projector_hidden_size: int | None = None  # audio projector's hidden width; None = the LLM width
@@ -197,6 +200,10 @@ class AudioConfig:
         _require(self.hidden_size % 2 == 0, f"{p}.hidden_size", "must be even (sinusoidal positions)")
         _require(self.normalization in ("RMSNorm", "LayerNorm"), f"{p}.normalization",
                  f"must be RMSNorm or LayerNorm, got {self.normalization!r}")
+        _require(self.positions in ("rope", "sinusoid", "none"), f"{p}.positions",
+                 f"must be rope, sinusoid or none, got {self.positions!r}")
+        _require(self.positions != "rope" or (self.hidden_size // self.num_attention_heads) % 4 == 0,
+                 f"{p}.positions", "rope needs a head dim divisible by 4 (2D rotary layout)")
         _require(self.audio_token_id < 0, f"{p}.audio_token_id",
                  f"must be negative (never a vocabulary id), got {self.audio_token_id}")
 
@@ -421,17 +428,17 @@ class DPOConfig:
 
 
 @dataclass
-class CTCConfig:
-    """`objective: ctc`: CTC loss (blank = model.audio.ctc_vocab_size, zero_infinity) and greedy-decoding error
-    rates on a held-out split, every `eval_interval` steps."""
+class EvalConfig:
+    """Held-out scoring of the part-training objectives (ctc: greedy CTC decoding -> cer, wer; rvq: reconstruction
+    and codebook usage; talker: code cross entropy; classify: accuracy), every `eval_interval` steps."""
 
-    heldout: str | None = None  # an audio_shards dir; None = the demo's held-out split (demo_audio) or none
-    eval_samples: int = 32  # held-out clips scored (the first N)
-    eval_interval: int = 1  # steps between held-out scorings (metrics.jsonl: cer, wer; the others report the last)
+    heldout: str | None = None  # a dataset dir of the stage's kind; None = the built-in demo's held-out split
+    eval_samples: int = 32  # held-out items scored (the first N)
+    eval_interval: int = 1  # steps between scorings (metrics.jsonl reports the latest, with `eval_step`)
 
     def __post_init__(self) -> None:
-        _require(self.eval_samples >= 1, "ctc.eval_samples", f"must be >= 1, got {self.eval_samples}")
-        _require(self.eval_interval >= 1, "ctc.eval_interval", f"must be >= 1, got {self.eval_interval}")
+        _require(self.eval_samples >= 1, "eval.eval_samples", f"must be >= 1, got {self.eval_samples}")
+        _require(self.eval_interval >= 1, "eval.eval_interval", f"must be >= 1, got {self.eval_interval}")
 
 
 @dataclass
@@ -444,7 +451,7 @@ class StageConfig:
     # answers only, normalised per supervised token over the global batch) | dpo (preference pairs, see `dpo`)
     objective: str = "lm"
     dpo: DPOConfig = field(default_factory=DPOConfig)  # objective dpo only
-    ctc: CTCConfig = field(default_factory=lambda: CTCConfig())  # objective ctc only
+    eval: EvalConfig = field(default_factory=lambda: EvalConfig())  # objectives ctc, classify, rvq, talker
     # A stage graph (independent runs, e.g. the μOmni curriculum): stages with the same `job` form one run, in order;
     # `omni-mega train CONFIG --stage JOB` runs one job alone, `init_from: {group: job:NAME}` reads another job's run
     # dir (the sibling of this one) and makes this job depend on it. null: the config is one run (no graph).
