@@ -418,7 +418,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "report":
         from omni_mega.training.report import write_report
 
-        png, md = write_report(Path(args.run_dir))
+        root = Path(args.run_dir)
+        if not (root / "metrics.jsonl").exists() and any(root.glob("*/metrics.jsonl")):  # a stage graph's run dir
+            for job in sorted(p.parent for p in root.glob("*/metrics.jsonl")):
+                png, md = write_report(job)
+                print(f"wrote {png} and {md}")
+            return 0
+        png, md = write_report(root)
         print(f"wrote {png} and {md}")
         return 0
     if args.command == "import-hf":
@@ -446,6 +452,9 @@ def cmd_train_graph(cfg, run_dir: str | None, stage: str | None, dry_run: bool, 
     root = Path(run_dir or Path("runs") / cfg.name)
     try:
         graph.check(cfg)
+        if resume not in (None, "auto") and stage is None:
+            raise ConfigError(f"--resume {resume}: a checkpoint path resumes one job; add --stage JOB (or use "
+                              "--resume auto, which resumes every job from its own run dir)")
         order = graph.topo_order(cfg)
         names = [graph.find_job(cfg, stage)] if stage is not None else order
         world, configs, notes = detect().world_size, {}, {}

@@ -131,7 +131,7 @@ def _validate_parts(cfg: RunConfig) -> None:
         for d in s.data:
             if d.source == "audio_shards" and not d.path:
                 raise ConfigError(f"{p}.data[{d.name}].path: audio_shards datasets need a path")
-            if d.source in AUDIO_SOURCES and m.audio is None and s.objective not in ("rvq", "talker"):
+            if d.source in AUDIO_SOURCES and m.audio is None and s.objective not in PART_OBJECTIVES:
                 raise ConfigError(f"{p}.data[{d.name}]: audio datasets need an audio encoder; set model.audio")
         if s.objective not in PART_OBJECTIVES:
             if any(d.source == "demo_shapes" for d in s.data):
