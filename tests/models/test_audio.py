@@ -154,3 +154,22 @@ def test_part_groups(megatron_single):
     px = torch.randn(2 * 16, 3 * 2 * 2 * 2, dtype=torch.float64)
     logits = model(None, None, task="classify", pixel_values=px, grid_thw=torch.tensor([[1, 4, 4], [1, 4, 4]]))
     assert logits.shape == (2, 3)
+
+
+def test_dry_run_counts_the_parts_as_built(megatron_single):
+    """training.dry_run's parameter counts of the audio encoder, CTC head, audio projector, codec, Talker and
+    classifier equal the built modules' (the dry-run imports no torch, so it restates them)."""
+    from omni_mega.config import RunConfig
+    from omni_mega.training.dry_run import part_leaves
+
+    cfg = _cfg()
+    cfg.vit = ViTConfig(num_layers=1, hidden_size=16, num_attention_heads=2, patch_size=2)
+    cfg.classifier = ClassifierConfig(labels=["a", "b", "c"])
+    model = _build(cfg)
+    leaves = part_leaves(RunConfig(model=cfg))
+    count = lambda prefix: sum(v.total for k, v in leaves.items() if k == prefix or k.startswith(prefix + "."))  # noqa: E731
+    numel = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    for name, module in (("audio", model.audio), ("ctc_head", model.ctc_head),
+                         ("audio_projector", model.audio_projector), ("codec", model.codec),
+                         ("talker", model.talker), ("classifier", model.classifier)):
+        assert count(name) == numel(module), name
