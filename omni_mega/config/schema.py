@@ -168,11 +168,120 @@ class ConnectorConfig:
                  f"must not contain image_token_id={self.image_token_id}")
 
 
+# ---- audio and speech parts (omni_mega.models.audio, models.speech; the μOmni curriculum) ------------------------
+@dataclass
+class AudioConfig:
+    """Audio encoder: log-mel frames (100 Hz) -> conv k3 -> GELU -> conv k3 stride 2 -> GELU (50 Hz) -> sinusoidal
+    positions -> megatron TransformerBlock (non-causal, packed clips, TP/SP as the ViT) -> final norm. A CTC head reads
+    every 50 Hz state; the LLM sees the states averaged `pool` at a time (50 / 4 = 12.5 Hz) through a projector."""
+
+    num_layers: int = 4
+    hidden_size: int = 192
+    num_attention_heads: int = 3
+    ffn_hidden_size: int | None = None  # None = 4 * hidden_size
+    n_mels: int = 80  # Whisper's 80 or 128 log-mel bins (ops.log_mel)
+    pool: int = 4  # encoder frames per LLM audio token
+    # Positions inside a clip: rope (rotary on the time axis: ops.rope_2d with the row fixed, i.e. on half of each
+    # head's pairs), sinusoid (Whisper's table added to the input) or none (the convolutions' local context only).
+    positions: str = "rope"
+    ctc_vocab_size: int = 257  # CTC classes before the blank: the transcripts' token ids (byte ids by default)
+    audio_token_id: int = -300  # placeholder id in input_ids, one per pooled audio frame
+    projector_hidden_size: int | None = None  # audio projector's hidden width; None = the LLM width
+    normalization: str = "LayerNorm"
+    norm_epsilon: float = 1e-5
+    init_method_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        p = "model.audio"
+        for name in ("num_layers", "hidden_size", "num_attention_heads", "n_mels", "pool", "ctc_vocab_size"):
+            _require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _require(self.hidden_size % self.num_attention_heads == 0, f"{p}.hidden_size",
+                 f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
+        _require(self.hidden_size % 2 == 0, f"{p}.hidden_size", "must be even (sinusoidal positions)")
+        _require(self.normalization in ("RMSNorm", "LayerNorm"), f"{p}.normalization",
+                 f"must be RMSNorm or LayerNorm, got {self.normalization!r}")
+        _require(self.positions in ("rope", "sinusoid", "none"), f"{p}.positions",
+                 f"must be rope, sinusoid or none, got {self.positions!r}")
+        _require(self.positions != "rope" or (self.hidden_size // self.num_attention_heads) % 4 == 0,
+                 f"{p}.positions", "rope needs a head dim divisible by 4 (2D rotary layout)")
+        _require(self.audio_token_id < 0, f"{p}.audio_token_id",
+                 f"must be negative (never a vocabulary id), got {self.audio_token_id}")
+
+    def encoder_frames(self, mel_frames: int) -> int:
+        """Encoder states of a clip of `mel_frames` log-mel frames (the stride-2 convolution: ceil(mel / 2))."""
+        return (int(mel_frames) + 1) // 2
+
+    def llm_tokens(self, mel_frames: int) -> int:
+        """Audio placeholders a clip needs in the LLM sequence (encoder states pooled `pool` at a time)."""
+        return -(-self.encoder_frames(mel_frames) // self.pool)
+
+
+@dataclass
+class CodecConfig:
+    """RVQ codec over log-mel frames: `frame_stack` mel frames (80 ms) -> MLP -> `dim` -> `codebooks` residual
+    quantisers of `codebook_size` entries (straight-through) -> MLP -> the same mel frames."""
+
+    n_mels: int = 80
+    frame_stack: int = 8  # mel frames (10 ms each) per codec frame
+    dim: int = 64  # code vector size
+    codebooks: int = 2
+    codebook_size: int = 128
+    hidden_size: int = 256  # encoder / decoder MLP width
+    commitment: float = 0.25  # weight of the commitment loss |z - sg(q)|^2 (the codebook loss has weight 1)
+
+    def __post_init__(self) -> None:
+        for name in ("n_mels", "frame_stack", "dim", "codebooks", "codebook_size", "hidden_size"):
+            _require(getattr(self, name) >= 1, f"model.codec.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _require(self.commitment >= 0, "model.codec.commitment", f"must be >= 0, got {self.commitment}")
+
+    def frames(self, mel_frames: int) -> int:
+        """Codec frames of a clip (a trailing part of fewer than `frame_stack` mel frames is not coded)."""
+        return int(mel_frames) // self.frame_stack
+
+
+@dataclass
+class TalkerConfig:
+    """Talker: a small causal transformer (megatron TransformerBlock) over codec frames, conditioned on the text it
+    speaks (its own embedding of the text ids, read before the frames); a base head predicts each frame's first
+    codebook and a residual head the remaining ones."""
+
+    num_layers: int = 4
+    hidden_size: int = 192
+    num_attention_heads: int = 3
+    ffn_hidden_size: int | None = None
+    text_vocab_size: int = 257  # conditioning text ids (byte ids by default)
+    max_positions: int = 1024  # text + frames of one sample at most (learned position table)
+    init_method_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        p = "model.talker"
+        for name in ("num_layers", "hidden_size", "num_attention_heads", "text_vocab_size", "max_positions"):
+            _require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _require(self.hidden_size % self.num_attention_heads == 0, f"{p}.hidden_size",
+                 f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
+
+
+@dataclass
+class ClassifierConfig:
+    """Image classifier on the ViT (`objective: classify`): the merged ViT features of an image averaged -> a linear
+    layer over `labels` (an image-text dataset's text is its label)."""
+
+    labels: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(len(self.labels) >= 2, "model.classifier.labels", f"need at least 2 labels, got {self.labels}")
+        _require(len(set(self.labels)) == len(self.labels), "model.classifier.labels", "labels must be unique")
+
+
 @dataclass
 class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     vit: ViTConfig | None = None  # None: a text-only model
     connector: ConnectorConfig | None = None
+    audio: AudioConfig | None = None  # audio encoder + CTC head + audio projector (omni_mega.models.audio)
+    codec: CodecConfig | None = None  # RVQ codec over mel frames (omni_mega.models.speech)
+    talker: TalkerConfig | None = None  # codec-code talker (omni_mega.models.speech)
+    classifier: ClassifierConfig | None = None  # image classifier head on the ViT
 
 
 @dataclass
@@ -253,12 +362,20 @@ class OptimConfig:
 DECAYS = ("cosine", "linear", "constant", "wsd", "step")
 # Training objectives a stage may name; each is a module of omni_mega.objectives (a test holds the two lists equal).
 OBJECTIVES = ("lm", "sft", "dpo", "grpo")
+# Stages that train one part alone (the μOmni stages): ctc (audio encoder, speech recognition), classify (ViT), rvq
+# (codec), talker (codec codes).
+PART_OBJECTIVES = ("ctc", "classify", "rvq", "talker")
+OBJECTIVES += PART_OBJECTIVES
 TEXT_SOURCES = ("demo_text", "indexed")  # plain documents
 MM_SOURCES = ("demo_mm", "mm_shards")  # images with captions
 # Conversation shards (`tools/preprocess_conversations.py`: supervised conversations, preference pairs or prompts;
 # the kind is in their dataset.json) and the built-in demo conversations and preference pairs.
 CONV_SOURCES = ("conversations", "demo_sft", "demo_preference", "demo_prompts")
 SOURCES = TEXT_SOURCES + MM_SOURCES + CONV_SOURCES
+# Audio with transcripts (`tools/preprocess_audio.py`: `audio_shards`; the built-in synthetic speech: `demo_audio`)
+# and the built-in labelled shape images (`demo_shapes`, for `objective: classify`).
+AUDIO_SOURCES = ("demo_audio", "audio_shards")
+SOURCES += AUDIO_SOURCES + ("demo_shapes",)
 SCHEDULES = ("new", "resume", "rewarmup")
 
 
@@ -356,18 +473,22 @@ class GRPOConfig:
 
 @dataclass
 class EvalConfig:
-    """Held-out conversations answered greedily at the stage's end (exact match, in eval.jsonl and the report)."""
+    """Held-out scoring of a stage. Language stages (lm, sft, dpo, grpo): held-out conversations answered greedily at
+    the stage's end (exact match, in eval.jsonl and the report; off unless `eval` is set). Part stages (always on):
+    ctc greedy CTC decoding -> cer, wer; rvq reconstruction and codebook usage; talker code cross entropy; classify
+    accuracy, every `interval` steps (metrics.jsonl reports the latest, with `eval_step`)."""
 
-    source: str = "demo_sft"  # demo_sft (the built-in held-out split) | conversations (a shard dir in `path`)
-    path: str | None = None
-    samples: int = 32  # the first N conversations
-    max_new_tokens: int = 32
+    # A held-out dataset dir: conversation shards, or for a part stage shards of the stage's kind. None: the built-in
+    # demo's held-out split.
+    heldout: str | None = None
+    samples: int = 32  # held-out items scored (the first N)
+    max_new_tokens: int = 32  # language stages: the answer's length limit
+    interval: int = 1  # part stages: steps between scorings
 
     def __post_init__(self) -> None:
-        _require(self.source in ("demo_sft", "conversations"), "eval.source",
-                 f"must be demo_sft or conversations, got {self.source!r}")
-        _require(self.source != "conversations" or bool(self.path), "eval.path", "conversations needs a path")
         _require(self.samples >= 1, "eval.samples", f"must be >= 1, got {self.samples}")
+        _require(self.max_new_tokens >= 1, "eval.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        _require(self.interval >= 1, "eval.interval", f"must be >= 1, got {self.interval}")
 
 
 @dataclass
@@ -383,7 +504,13 @@ class StageConfig:
     objective: str = "lm"
     dpo: DPOConfig = field(default_factory=DPOConfig)  # objective dpo only
     grpo: GRPOConfig = field(default_factory=GRPOConfig)  # objective grpo only
-    eval: EvalConfig | None = None  # answer held-out conversations at the stage's end (needs pp = 1)
+    # Held-out scoring (see EvalConfig): language stages answer held-out conversations at the stage's end (needs
+    # pp = 1); part stages score every `interval` steps (default settings when unset).
+    eval: EvalConfig | None = None
+    # A stage graph (independent runs, e.g. the μOmni curriculum): stages with the same `job` form one run, in order;
+    # `omni-mega train CONFIG --stage JOB` runs one job alone, `init_from: {group: job:NAME}` reads another job's run
+    # dir (the sibling of this one) and makes this job depend on it. null: the config is one run (no graph).
+    job: str | None = None
     steps: int | None = None  # optimizer steps in this stage (default 100 when `tokens` is unset too)
     tokens: int | None = None  # alternatively the stage length in tokens (rounded up to whole steps)
     data: list[DatasetConfig] = field(default_factory=list)  # weighted mix; empty = the `data` section's source
@@ -413,6 +540,8 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         p = f"stages[{self.name}]"
+        if self.eval is None and self.objective in PART_OBJECTIVES:
+            self.eval = EvalConfig()
         _require(self.steps is None or self.tokens is None, f"{p}.tokens", "set steps or tokens, not both")
         if self.steps is None and self.tokens is None:
             self.steps = 100

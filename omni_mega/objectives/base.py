@@ -30,6 +30,9 @@ class StageContext:
     # dicts of the last pipeline stage (an empty list on other stages), megatron's schedule without backward
     reference_model: Callable[[], list]  # a frozen copy of the model chunks with the current weights
     dataset_sizes: list[int]  # items of each image-text/conversation dataset of the stage's mix (table sizes)
+    model_config: object = None  # the run's config.ModelConfig (held-out batches of part-training stages)
+    data_dir: Path | None = None  # where the built-in demo data is cached
+    chunks: list | None = None  # the (unwrapped) model chunks being trained, for objectives that maintain a part
 
 
 class Objective(Protocol):
@@ -75,10 +78,10 @@ def packed_seq_params(batch: dict):
 
 
 def model_inputs(batch: dict) -> dict:
-    """Keyword inputs of the model beyond tokens and positions: the packing, and images when the batch has them
-    (a text-only model never gets image keys, because its batches never hold images)."""
+    """Keyword inputs of the model beyond tokens and positions: the packing, and images and audio when the batch
+    has them (a text-only model never gets those keys, because its batches never hold images or clips)."""
     out = {"packed_seq_params": packed_seq_params(batch)}
-    for k in ("pixel_values", "grid_thw"):
+    for k in ("pixel_values", "grid_thw", "audio_features", "audio_cu_seqlens"):
         if batch.get(k) is not None:
             out[k] = batch[k]
     return out

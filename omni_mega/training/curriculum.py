@@ -8,6 +8,9 @@ from pathlib import Path
 
 from omni_mega.config import ConfigError, RunConfig
 from omni_mega.config.plan import StagePlan, plan_stages
+from omni_mega.config.schema import AUDIO_SOURCES
+
+PART_SOURCES = AUDIO_SOURCES + ("demo_shapes",)  # audio clips and labelled images: not conversations
 from omni_mega.training.schedules import Segment, build_segments, lr_for_step
 
 
@@ -62,7 +65,10 @@ def _mix_line(plan: StagePlan) -> str:
     parts = []
     for label, ds in (("text", [d for d in plan.mix if not d.structured]),
                       ("image-text", [d for d in plan.mix if d.multimodal]),
-                      ("conversations", [d for d in plan.mix if d.structured and not d.multimodal])):
+                      ("conversations", [d for d in plan.mix if d.structured and not d.multimodal
+                                         and d.source not in PART_SOURCES]),
+                      ("audio", [d for d in plan.mix if d.source in AUDIO_SOURCES]),
+                      ("labelled images", [d for d in plan.mix if d.source == "demo_shapes"])):
         w = sum(d.weight for d in ds)
         if ds:
             parts.append(f"{label}: " + ", ".join(f"{d.name} ({d.source}{':' + d.path if d.path else ''}) "

@@ -98,6 +98,7 @@ def leaves(cfg: RunConfig) -> dict[str, Leaf]:
     out.update({f"llm.layers.{i}": layer for i in range(llm.num_layers)})
     out["llm.final_norm"] = Leaf(_norm(h, llm.normalization == "LayerNorm"), 0)
     out["llm.output_layer"] = Leaf(v * h, v * h) if llm.untie_embeddings else Leaf(0, 0)  # tied: the embedding's
+    out.update(part_leaves(cfg))
     if vit is None:
         return out
     hv, ln = vit.hidden_size, vit.normalization == "LayerNorm"
@@ -121,14 +122,51 @@ def leaves(cfg: RunConfig) -> dict[str, Leaf]:
     return out
 
 
+PART_PREFIXES = ("audio.", "audio_projector", "ctc_head", "codec", "talker.", "classifier")
+
+
+def part_leaves(cfg: RunConfig) -> dict[str, Leaf]:
+    """Leaves of the audio encoder, CTC head, audio projector, codec, Talker and classifier (models.audio,
+    models.speech, models.vision.classifier), counted as those modules are built."""
+    m, out = cfg.model, {}
+    h = m.llm.hidden_size
+    if m.audio is not None:
+        a, d = m.audio, m.audio.hidden_size
+        ln = a.normalization == "LayerNorm"
+        out["audio.conv"] = Leaf(a.n_mels * d * 3 + d + d * d * 3 + d, 0)
+        layer = _layer(d, a.num_attention_heads, a.num_attention_heads, a.ffn_hidden_size or 4 * d, False, True, ln)
+        out.update({f"audio.layers.{i}": layer for i in range(a.num_layers)})
+        out["audio.final_norm"] = Leaf(_norm(d, ln), 0)
+        out["ctc_head"] = Leaf(d * (a.ctc_vocab_size + 1) + a.ctc_vocab_size + 1, 0)
+        hid = a.projector_hidden_size or h
+        out["audio_projector"] = Leaf(d * hid + hid + hid * h + h, d * hid + hid + hid * h)
+    if m.codec is not None:
+        c = m.codec
+        f, w = c.n_mels * c.frame_stack, c.hidden_size
+        mlp = lambda i, o: i * w + w + w * w + w + w * o + o  # noqa: E731
+        out["codec"] = Leaf(mlp(f, c.dim) + mlp(c.dim, f) + c.codebooks * c.codebook_size * c.dim, 0)
+    if m.talker is not None and m.codec is not None:
+        t, c, d = m.talker, m.codec, m.talker.hidden_size
+        out["talker.embed"] = Leaf((t.text_vocab_size + c.codebooks * c.codebook_size + 1 + t.max_positions) * d, 0)
+        layer = _layer(d, t.num_attention_heads, t.num_attention_heads, t.ffn_hidden_size or 4 * d, False, True, True)
+        out.update({f"talker.layers.{i}": layer for i in range(t.num_layers)})
+        res = max(c.codebooks - 1, 1) * c.codebook_size
+        out["talker.heads"] = Leaf(2 * d + d * (c.codebook_size + 1) + c.codebook_size + 1 + d * res + res, 0)
+    if m.classifier is not None and m.vit is not None:
+        d_in = m.vit.merge_size ** 2 * m.vit.hidden_size
+        n = len(m.classifier.labels)
+        out["classifier"] = Leaf(2 * d_in + d_in * n + n, 0)
+    return out
+
+
 def group_leaves(name: str, names: list[str], cfg: RunConfig) -> list[str]:
     """Leaves a module-group name (`llm`, `vit.layers[-1:]`, `vet`, ...) selects, following `OmniModel.named_groups`:
     `vit` is the whole tower (patch embedding, layers, final norm), `llm` the whole GPTModel."""
     ref = parse_group(name)
-    if ref.base in ("llm.layers", "vit.layers"):
-        n = cfg.model.llm.num_layers if ref.base == "llm.layers" else cfg.model.vit.num_layers
+    if ref.base in ("llm.layers", "vit.layers", "audio.layers", "talker.layers"):
+        n = getattr(cfg.model, ref.base.split(".")[0]).num_layers
         return [f"{ref.base}.{i}" for i in ref.select(n)]
-    if ref.base in ("llm", "vit"):
+    if ref.base in ("llm", "vit", "audio", "talker"):
         return [k for k in names if k.startswith(ref.base + ".")]
     return [k for k in names if k == ref.base]
 
@@ -317,12 +355,14 @@ def format_plan(cfg: RunConfig, world_size: int) -> str:
     lv = leaves(cfg)
     plans, lr_plan = plan_stages(cfg), LRPlan(cfg)
     total = sum(x.total for x in lv.values())
-    vision = sum(x.total for k, x in lv.items() if not k.startswith("llm."))
+    parts = sum(x.total for k, x in lv.items() if k.startswith(PART_PREFIXES))
+    vision = sum(x.total for k, x in lv.items() if not k.startswith("llm.")) - parts
     lines = [f"run {cfg.name}: {len(plans)} stages",
              f"layout: world {lay.world_size} = tp {lay.tp} x pp {lay.pp} x cp {lay.cp} x dp {lay.dp}"
              f" (vpp {cfg.parallel.vpp}, sequence parallel {lay.sp}), micro-batch {cfg.data.micro_batch_size}, "
              + ("distributed optimizer" if distributed_optimizer(cfg) else "optimizer not sharded"),
-             f"parameters: {total:,} (llm {total - vision:,}, vision {vision:,}; padded vocab {llm_vocab(cfg):,})"]
+             f"parameters: {total:,} (llm {total - vision - parts:,}, vision {vision:,}"
+             + (f", audio/speech/classifier {parts:,}" if parts else "") + f"; padded vocab {llm_vocab(cfg):,})"]
     worst, tokens = 0.0, 0
     for p in plans:
         block, w = stage_lines(cfg, lay, p, lr_plan, lv)

@@ -21,6 +21,7 @@ from torch.distributed.checkpoint.api import CheckpointException  # a BaseExcept
 
 from omni_mega import objectives
 from omni_mega.config import ConnectorConfig, RunConfig, to_dict
+from omni_mega.config.schema import PART_OBJECTIVES
 from omni_mega.objectives.base import StageContext
 from omni_mega.config.plan import StagePlan, max_seq_length, plan_stages, stage_at
 from omni_mega.data import source as data_source
@@ -218,7 +219,8 @@ class Trainer:
             image_token_id=(self.cfg.model.connector or ConnectorConfig()).image_token_id,
             new_source=lambda consumed: self.build_source(plan, self.cfg.model, self.data_dir, consumed),
             forward_only=self._forward_only, reference_model=self._reference_model,
-            dataset_sizes=[len(d) for d in getattr(self.source, "mm_sets", [])])
+            dataset_sizes=[len(d) for d in getattr(self.source, "mm_sets", [])],
+            model_config=self.cfg.model, data_dir=self.data_dir, chunks=self.chunks)
 
     def _forward_only(self, batches: list[dict], forward_step: Callable, chunks: list | None = None) -> list[dict]:
         """megatron's schedule without backward over this rank's micro-batches (the training model by default)."""
@@ -344,7 +346,7 @@ class Trainer:
                 saved = s.step == plan.end_step or bool(iv and s.step_in_stage % iv == 0)
                 if saved:
                     self.save()
-                if s.step == plan.end_step and plan.cfg.eval is not None:
+                if s.step == plan.end_step and plan.cfg.eval is not None and plan.objective not in PART_OBJECTIVES:
                     self._evaluate(plan)
                 if self.stop.requested():  # SLURM time limit ahead (see training/stop.py): checkpoint and leave
                     if not saved:
@@ -387,7 +389,7 @@ class Trainer:
                 log.warning("stage %s: eval skipped (generation runs at pp = 1; evaluate the checkpoint with "
                             "`omni-mega eval`)", plan.name)
             return
-        ds = open_eval_conversations(e.source, e.path, self.data_dir)
+        ds = open_eval_conversations(e.heldout, self.data_dir)
         rows = answer_dataset(self.chunks[0], self.cfg.model, ds, list(range(min(e.samples, len(ds)))),
                               min_pixels=plan.min_pixels, max_pixels=plan.max_pixels,
                               vocab_size=int(ds.tokenizer["vocab_size"]), max_new_tokens=e.max_new_tokens)
