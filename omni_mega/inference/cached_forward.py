@@ -31,8 +31,10 @@ class KVCache:
     def __init__(self, num_layers: int, max_len: int, groups: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device, rows: int = 1) -> None:
         shape = (max_len, rows, groups, head_dim)
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # Zeros, not empty: a decode step reads every row's keys up to the longest row, and a masked position still
+        # enters q.k and p.v, so garbage NaN/Inf in a shorter row's unwritten positions would turn its output to NaN.
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.max_len = max_len
 
 
