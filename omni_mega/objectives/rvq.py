@@ -15,7 +15,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from omni_mega.objectives.base import StageContext, metric
+from omni_mega.objectives.base import Objective, StageContext, metric
 from omni_mega.objectives.parts import HeldOut
 
 
@@ -31,7 +31,7 @@ def _forward(batch_loss, data_iterator, model):
     return out, partial(batch_loss, batch)
 
 
-class RVQObjective:
+class RVQObjective(Objective):
     name = "rvq"
     per_token_loss = False
 
