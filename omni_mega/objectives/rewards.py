@@ -6,7 +6,8 @@ Built in:
   `<answer>...</answer>`, else of the last `\\boxed{...}`, else the whole text; both sides are normalised
   (whitespace collapsed, case folded, a trailing period dropped) and compared as numbers when both parse as numbers
   (so "42.0" matches "42");
-- `format`: 1.0 when the text holds exactly one `<answer>...</answer>` and nothing after it, else 0.0;
+- `format`: 1.0 when the text holds exactly one `<answer>...</answer>`, not empty, and nothing after it, else 0.0
+  (an empty pair would pay for the tags alone: on the colour task GRPO learned to answer `<answer></answer>`);
 - `length`: 0.0 up to `max_length` / 2 generated tokens, falling linearly to -1.0 at `max_length`.
 A user reward is `function: "package.module:name"`, called as name(text, answer) -> float.
 """
@@ -51,7 +52,7 @@ def answer_reward(text: str, answer: str, n_tokens: int = 0) -> float:
 
 def format_reward(text: str, answer: str, n_tokens: int = 0) -> float:
     tags = ANSWER_TAG.findall(text)
-    return float(len(tags) == 1 and text.rstrip().endswith("</answer>"))
+    return float(len(tags) == 1 and bool(tags[0].strip()) and text.rstrip().endswith("</answer>"))
 
 
 def length_penalty(max_length: int) -> Callable[[str, str, int], float]:

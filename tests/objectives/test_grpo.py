@@ -55,6 +55,7 @@ def test_rewards():
     assert R.answer_reward("so \\boxed{7}", "7") == 1.0 and R.answer_reward("Red.", "red") == 1.0
     assert R.answer_reward("<answer>41</answer>", "42") == 0.0
     assert R.format_reward("x <answer>2</answer>", "") == 1.0 and R.format_reward("<answer>2</answer> extra", "") == 0.0
+    assert R.format_reward("<answer> </answer>", "") == 0.0  # empty tags do not pay
     pen = R.length_penalty(100)
     assert pen("", "", 40) == 0.0 and pen("", "", 75) == pytest.approx(-0.5) and pen("", "", 500) == -1.0
     rs = R.build_rewards([SimpleNamespace(name="mine", weight=2.0, function="operator:eq", max_length=1)])

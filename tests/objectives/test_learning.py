@@ -12,7 +12,7 @@ from omni_mega.config import load_config
 from tests.objectives import colour_task
 
 SFT_STEPS, DPO_STEPS = 100, 40
-GRPO_SFT_STEPS, GRPO_STEPS = 100, 20
+GRPO_SFT_STEPS, GRPO_STEPS = 100, 30
 
 
 def _config(data: dict, *, dpo_reference: str = "precompute", sft_steps: int = SFT_STEPS,
@@ -121,7 +121,7 @@ def test_grpo_raises_the_reward(rt, tagged_data, tmp_path):
     cfg = load_config(None, _config(tagged_data, sft_steps=GRPO_SFT_STEPS)[:-1] + [
         f"stages=[{{name: sft, steps: {GRPO_SFT_STEPS}, objective: sft, trainable: [llm, vit, projector], "
         f"data: [{{name: c, source: conversations, path: '{tagged_data['train']}'}}]}}, "
-        f"{{name: grpo, steps: {GRPO_STEPS}, objective: grpo, global_batch_size: 8, lr: 1.0e-3, min_lr: 1.0e-3, "
+        f"{{name: grpo, steps: {GRPO_STEPS}, objective: grpo, global_batch_size: 8, lr: 2.0e-3, min_lr: 2.0e-3, "
         f"decay: constant, warmup_steps: 0, trainable: [llm], grpo: {{group_size: 8, max_new_tokens: 24, "
         f"rewards: [{{name: answer}}, {{name: format}}]}}, "
         f"data: [{{name: p, source: conversations, path: '{tagged_data['prompts']}'}}]}}]"])
@@ -130,5 +130,8 @@ def test_grpo_raises_the_reward(rt, tagged_data, tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     g = [r for r in rows if r["stage"] == "grpo"]
     first, last = (sum(r["reward_mean"] for r in xs) / len(xs) for xs in (g[:5], g[-5:]))
-    # Measured (one CPU thread), mean reward of the first 5 -> last 5 GRPO steps: SEEDS_MEASURED.
+    # Measured (one CPU thread, seeds 1-3), mean reward of the first 5 -> last 5 GRPO steps: 0.43 -> 0.78, 0.47 ->
+    # 0.81, 0.58 -> 0.89 (rises 0.36, 0.34, 0.31). The rise is the format reward (0.17-0.19 -> 0.6-0.9); the answer
+    # reward falls (0.3 -> 0-0.1): at this size and LR the policy trades spelling the colour for the tags. Before the
+    # format reward required a non-empty answer it learned `<answer></answer>`. At lr 1e-3 the rises were 0.25-0.37.
     assert last - first >= 0.3, [round(r["reward_mean"], 2) for r in g]
