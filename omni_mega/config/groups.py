@@ -49,13 +49,33 @@ def parse_group(name: str) -> GroupRef:
     return GroupRef(base, slice(int(start) if start else None, int(stop) if stop else None))
 
 
-def known_groups(has_vision: bool, has_connector: bool) -> tuple[str, ...]:
+# A mixture-of-experts LLM's parts, over every MoE layer: routed experts, routers (gate weights and expert biases),
+# shared experts. Freeze sets name them like any group (`trainable: [llm.experts]` trains only the experts).
+MOE_GROUPS = ("llm.experts", "llm.router", "llm.shared_experts")
+# The contrastive pre-training towers (model.contrastive): the text encoder, the captioning decoder, and the image
+# side's attentional pooler with the learnable temperature and bias.
+CONTRASTIVE_GROUPS = ("text_tower", "caption_decoder", "image_pooler")
+
+
+def known_groups(has_vision: bool, has_connector: bool, *, moe: bool = False,
+                 contrastive: bool = False) -> tuple[str, ...]:
     groups = list(LLM_GROUPS)
+    if moe:
+        groups += MOE_GROUPS
     if has_vision:
         groups += ["vit", "vit.patch_embed", "vit.layers", "visual_head"]
     if has_connector:
         groups += ["vet", "projector"]
+    if contrastive:
+        groups += CONTRASTIVE_GROUPS
     return tuple(groups)
+
+
+def model_groups(model) -> tuple[str, ...]:
+    """`known_groups` of a ModelConfig."""
+    return known_groups(model.vit is not None, model.connector is not None or model.vit is not None,
+                        moe=model.llm.num_moe_experts is not None,
+                        contrastive=getattr(model, "contrastive", None) is not None)
 
 
 def check_group_name(name: str, known: tuple[str, ...]) -> GroupRef:

@@ -69,6 +69,25 @@ class LLMConfig:
     init_method_std: float = 0.02  # normal init std
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
+    # Mixture of experts (megatron-core's names; omni_mega.models.moe). null num_moe_experts: a dense MLP everywhere.
+    num_moe_experts: int | None = None  # routed experts per MoE layer
+    moe_router_topk: int = 2  # experts each token is sent to
+    moe_ffn_hidden_size: int | None = None  # one routed expert's MLP width; None = ffn_hidden_size
+    moe_shared_expert_intermediate_size: int | None = None  # all shared experts' width together (2 x 1408 = 2816)
+    # Which layers are MoE: an int N puts one every N layers (1: all), a list gives 1 (MoE) / 0 (dense) per layer,
+    # e.g. [0] + [1] * 26 for Moonlight's dense first layer (which uses ffn_hidden_size)
+    moe_layer_freq: int | list[int] = 1
+    moe_router_score_function: str = "softmax"  # softmax | sigmoid (DeepSeek-V3, Moonlight)
+    moe_router_enable_expert_bias: bool = False  # aux-loss-free balancing: a per-expert bias nudged every step
+    moe_aux_loss_coeff: float = 0.0  # weight of the load-balancing loss (0: none)
+    moe_token_dispatcher_type: str = "allgather"  # allgather | alltoall (alltoall needs CUDA streams: GPUs only)
+    # Multi-latent attention (DeepSeek-V2/V3, Moonlight; megatron-core's MLA names); off: standard GQA attention.
+    multi_latent_attention: bool = False
+    q_lora_rank: int | None = None  # query compression rank; None = a full query projection (Moonlight)
+    kv_lora_rank: int = 512  # compressed key/value width (the KV cache per token)
+    qk_head_dim: int = 128  # per-head query/key width without RoPE
+    qk_pos_emb_head_dim: int = 64  # per-head query/key width that carries RoPE
+    v_head_dim: int = 128  # per-head value width
 
     def __post_init__(self) -> None:
         p = "model.llm"
@@ -96,10 +115,48 @@ class LLMConfig:
                      f"needs 3 positive entries (temporal, height, width) summing to head_dim / 2 = {half}, "
                      f"got {self.mrope_section}")
             _require(self.rope_scaling is None, f"{p}.rope_scaling", "is not supported together with mrope_section")
+        self._check_moe(p)
+
+    def _check_moe(self, p: str) -> None:
+        if self.multi_latent_attention:
+            for name in ("kv_lora_rank", "qk_head_dim", "v_head_dim"):
+                _require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+            _require(self.qk_pos_emb_head_dim >= 2 and self.qk_pos_emb_head_dim % 2 == 0, f"{p}.qk_pos_emb_head_dim",
+                     f"must be an even width >= 2 (RoPE rotates pairs), got {self.qk_pos_emb_head_dim}")
+            _require(self.q_lora_rank is None or self.q_lora_rank >= 1, f"{p}.q_lora_rank",
+                     f"must be >= 1 or null, got {self.q_lora_rank}")
+            _require(self.mrope_section is None, f"{p}.mrope_section", "is not supported with multi_latent_attention")
+        if self.num_moe_experts is None:
+            return
+        _require(self.num_moe_experts >= 1, f"{p}.num_moe_experts", f"must be >= 1 or null, got {self.num_moe_experts}")
+        _require(1 <= self.moe_router_topk <= self.num_moe_experts, f"{p}.moe_router_topk",
+                 f"must be in [1, num_moe_experts={self.num_moe_experts}], got {self.moe_router_topk}")
+        for name in ("moe_ffn_hidden_size", "moe_shared_expert_intermediate_size"):
+            v = getattr(self, name)
+            _require(v is None or v >= 1, f"{p}.{name}", f"must be >= 1 or null, got {v}")
+        freq = self.moe_layer_freq
+        if isinstance(freq, int):
+            _require(freq >= 1, f"{p}.moe_layer_freq", f"must be >= 1 or a 0/1 list per layer, got {freq}")
+        else:
+            _require(len(freq) == self.num_layers and set(freq) <= {0, 1} and 1 in freq, f"{p}.moe_layer_freq",
+                     f"a list needs one 0 (dense) or 1 (MoE) per layer ({self.num_layers}) and at least one 1, "
+                     f"got {freq}")
+        _require(self.moe_router_score_function in ("softmax", "sigmoid"), f"{p}.moe_router_score_function",
+                 f"must be softmax or sigmoid, got {self.moe_router_score_function!r}")
+        _require(self.moe_aux_loss_coeff >= 0, f"{p}.moe_aux_loss_coeff", f"must be >= 0, got {self.moe_aux_loss_coeff}")
+        _require(self.moe_token_dispatcher_type in ("allgather", "alltoall"), f"{p}.moe_token_dispatcher_type",
+                 f"must be allgather or alltoall, got {self.moe_token_dispatcher_type!r}")
 
     @property
     def head_dim(self) -> int:
         return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    def moe_layers(self) -> list[bool]:
+        """Per layer (global order): True where the MLP is a mixture of experts (megatron's moe_layer_freq rule)."""
+        if self.num_moe_experts is None:
+            return [False] * self.num_layers
+        f = self.moe_layer_freq
+        return [i % f == 0 for i in range(self.num_layers)] if isinstance(f, int) else [bool(x) for x in f]
 
 
 VIT_ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "swiglu")
@@ -182,9 +239,10 @@ class ParallelConfig:
     vpp: int | None = None  # virtual pipeline chunks per rank (interleaved 1F1B); None = not interleaved
     cp: int = 1  # context-parallel size
     sp: bool = False  # sequence parallelism (needs tp > 1)
+    ep: int = 1  # expert-parallel size: a MoE layer's experts split over ep data-parallel ranks
 
     def __post_init__(self) -> None:
-        for name in ("tp", "pp", "cp"):
+        for name in ("tp", "pp", "cp", "ep"):
             _require(getattr(self, name) >= 1, f"parallel.{name}", f"must be >= 1, got {getattr(self, name)}")
         if self.vpp is not None:
             _require(self.vpp >= 2, "parallel.vpp", f"must be >= 2 or null, got {self.vpp}")

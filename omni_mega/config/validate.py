@@ -34,6 +34,7 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
         raise ConfigError(
             f"parallel.tp: tp={par.tp} does not divide model.vit.num_attention_heads={cfg.model.vit.num_attention_heads}"
         )
+    _validate_moe(cfg, world_size)
     _validate_stages(cfg, world_size)
     if world_size is not None:
         model_parallel = par.tp * par.pp * par.cp
@@ -42,6 +43,10 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
                 f"parallel: world size {world_size} is not divisible by tp x pp x cp = {par.tp} x {par.pp} x {par.cp} "
                 f"= {model_parallel}; use a multiple of {model_parallel} processes or change the layout"
             )
+        if world_size % (par.tp * par.ep * par.pp):
+            raise ConfigError(f"parallel.ep: world size {world_size} is not divisible by tp x ep x pp = {par.tp} x "
+                              f"{par.ep} x {par.pp} = {par.tp * par.ep * par.pp} (experts split over ep data-parallel "
+                              "ranks); change ep or the number of processes")
         dp = world_size // model_parallel
         if data.global_batch_size % (data.micro_batch_size * dp):
             raise ConfigError(
@@ -50,14 +55,46 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
             )
 
 
+def _validate_moe(cfg: RunConfig, world_size: int | None) -> None:
+    """Mixture of experts, expert parallelism and multi-latent attention against the layout."""
+    llm, par = cfg.model.llm, cfg.parallel
+    if llm.num_moe_experts is None:
+        if par.ep > 1:
+            raise ConfigError(f"parallel.ep: ep={par.ep} splits experts, but model.llm.num_moe_experts is null (a "
+                              "dense model); set ep: 1 or configure experts")
+    else:
+        if llm.num_moe_experts % par.ep:
+            raise ConfigError(f"parallel.ep: ep={par.ep} does not divide model.llm.num_moe_experts="
+                              f"{llm.num_moe_experts}; choose ep from {_divisors(llm.num_moe_experts)}")
+        if par.tp > 1 and not par.sp:
+            raise ConfigError(f"parallel.sp: megatron's MoE layers train with tp={par.tp} only under sequence "
+                              "parallelism; set sp: true")
+        if llm.moe_token_dispatcher_type == "alltoall" and not cuda_available():
+            raise ConfigError("model.llm.moe_token_dispatcher_type: alltoall needs CUDA streams; use allgather on CPU")
+    if llm.multi_latent_attention:
+        if llm.rope_scaling is not None:
+            raise ConfigError("model.llm.rope_scaling: not supported with multi_latent_attention (plain RoPE only)")
+        width = llm.kv_lora_rank + llm.qk_pos_emb_head_dim
+        if width % par.tp:
+            raise ConfigError(f"parallel.tp: tp={par.tp} does not divide kv_lora_rank + qk_pos_emb_head_dim = {width}")
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a GPU, without importing torch when it is not loaded yet (a dry-run plans for GPUs)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return True if torch is None else bool(torch.cuda.is_available())
+
+
 def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:
     """Per-stage rules, on the stage plan's effective values: group names, lengths vs schedules, sequence lengths,
     batch sizes and resolution bounds."""
-    from omni_mega.config.groups import check_group_name, known_groups
+    from omni_mega.config.groups import check_group_name, model_groups
     from omni_mega.config.plan import plan_stages
 
     llm, data = cfg.model.llm, cfg.data
-    known = known_groups(cfg.model.vit is not None, cfg.model.connector is not None)
+    known = model_groups(cfg.model)
     dp = cfg.parallel.data_parallel_size(world_size) if world_size else None
     for plan in plan_stages(cfg):
         s, p = plan.cfg, f"stages[{plan.name}]"

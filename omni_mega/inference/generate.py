@@ -65,6 +65,11 @@ class Generator:
         self.gpt = self.model.llm if hasattr(self.model, "llm") else self.model
         if not (self.gpt.pre_process and self.gpt.post_process):
             raise ValueError("generate: the model chunk must hold the whole model (pipeline parallel size 1)")
+        if getattr(self.gpt.config, "multi_latent_attention", False):
+            raise ValueError("generate: the KV cache holds query groups of standard attention; multi-latent attention "
+                             "(model.llm.multi_latent_attention) is not supported yet")
+        if getattr(self.gpt.config, "expert_model_parallel_size", 1) > 1:
+            raise ValueError("generate: run with parallel.ep 1 (each rank needs every expert)")
         self.vocab_size = vocab_size
         self.cfg = self.gpt.config
         self.mrope = getattr(self.gpt, "position_embedding_type", "rope") == "mrope"
