@@ -226,10 +226,38 @@ class ConnectorConfig:
 
 
 @dataclass
+class ContrastiveConfig:
+    """model.contrastive: the towers a contrastive pre-training stage of the ViT trains beside it (`objective:
+    contrastive`, SigLIP or CLIP + CoCa captioning; omni_mega.models.contrastive). Built only when this section is
+    set; saved in checkpoints; later stages leave them out of their trainable sets."""
+
+    embed_dim: int = 64  # the shared image/text embedding width
+    hidden_size: int = 64  # width of the text tower, the caption decoder and the image pooler
+    num_attention_heads: int = 4
+    text_layers: int = 2  # the text tower: a causal transformer over the caption, pooled at a CLS slot after it
+    decoder_layers: int = 2  # the caption decoder (CoCa): causal self-attention + cross-attention to image tokens
+    max_text_length: int = 64  # caption tokens kept (longer captions are cut)
+    vocab_size: int | None = None  # the towers' vocabulary; None = the LLM's (padded), whose tokenizer the data uses
+    init_logit_scale: float = 2.302585  # log of the initial temperature: ln 10 (SigLIP); CLIP uses ln(1/0.07)
+    init_logit_bias: float = -10.0  # initial logit bias (SigLIP's -10; the softmax loss ignores it)
+
+    def __post_init__(self) -> None:
+        p = "model.contrastive"
+        for name in ("embed_dim", "hidden_size", "num_attention_heads", "text_layers", "decoder_layers",
+                     "max_text_length"):
+            _require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _require(self.hidden_size % self.num_attention_heads == 0, f"{p}.hidden_size",
+                 f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
+        _require(self.vocab_size is None or self.vocab_size >= 2, f"{p}.vocab_size",
+                 f"must be >= 2 or null, got {self.vocab_size}")
+
+
+@dataclass
 class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     vit: ViTConfig | None = None  # None: a text-only model
     connector: ConnectorConfig | None = None
+    contrastive: ContrastiveConfig | None = None  # ViT pre-training towers (objective: contrastive); None: none
 
 
 @dataclass
@@ -310,7 +338,7 @@ class OptimConfig:
 
 DECAYS = ("cosine", "linear", "constant", "wsd")
 # Training objectives a stage may name; each is a module of omni_mega.objectives (a test holds the two lists equal).
-OBJECTIVES = ("lm", "sft", "dpo")
+OBJECTIVES = ("lm", "sft", "dpo", "contrastive")
 TEXT_SOURCES = ("demo_text", "indexed")  # plain documents
 MM_SOURCES = ("demo_mm", "mm_shards")  # images with captions
 # Conversation shards (`tools/preprocess_conversations.py`: supervised conversations, preference pairs or prompts;
@@ -370,6 +398,23 @@ class DPOConfig:
                  f"must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
 
 
+CONTRASTIVE_LOSSES = ("siglip", "clip")
+
+
+@dataclass
+class ContrastiveLossConfig:
+    """`objective: contrastive`: L = L_contrastive + caption_weight * L_caption (CoCa; MoonViT: L_siglip + 2 L_caption)
+    over micro-batches of whole image-text samples, negatives from every data-parallel rank's micro-batch."""
+
+    loss: str = "siglip"  # siglip (pairwise sigmoid) | clip (softmax cross entropy both ways)
+    caption_weight: float = 2.0  # weight of the captioning cross entropy; 0 = contrastive only
+
+    def __post_init__(self) -> None:
+        _require(self.loss in CONTRASTIVE_LOSSES, "contrastive.loss",
+                 f"must be one of {', '.join(CONTRASTIVE_LOSSES)}, got {self.loss!r}")
+        _require(self.caption_weight >= 0, "contrastive.caption_weight", f"must be >= 0, got {self.caption_weight}")
+
+
 @dataclass
 class StageConfig:
     """One stage of the curriculum. Unset (null) fields inherit: LR fields from `optim`, sequence length and global
@@ -380,6 +425,9 @@ class StageConfig:
     # answers only, normalised per supervised token over the global batch) | dpo (preference pairs, see `dpo`)
     objective: str = "lm"
     dpo: DPOConfig = field(default_factory=DPOConfig)  # objective dpo only
+    contrastive: ContrastiveLossConfig = field(default_factory=ContrastiveLossConfig)  # objective contrastive only
+    # packs per micro-batch per data-parallel rank (images for objective contrastive); None = data.micro_batch_size
+    micro_batch_size: int | None = None
     steps: int | None = None  # optimizer steps in this stage (default 100 when `tokens` is unset too)
     tokens: int | None = None  # alternatively the stage length in tokens (rounded up to whole steps)
     data: list[DatasetConfig] = field(default_factory=list)  # weighted mix; empty = the `data` section's source
@@ -423,6 +471,8 @@ class StageConfig:
         _require(len(self.trainable) >= 1, f"{p}.trainable", "nothing trainable: name at least one module group")
         _require(self.save in ("full", "trainable_only"), f"{p}.save", f"must be full or trainable_only, got {self.save!r}")
         _require(self.ckpt_interval >= 0, f"{p}.ckpt_interval", f"must be >= 0, got {self.ckpt_interval}")
+        _require(self.micro_batch_size is None or self.micro_batch_size >= 1, f"{p}.micro_batch_size",
+                 f"must be >= 1 or null, got {self.micro_batch_size}")
         for name in ("lr", "rope_base"):
             v = getattr(self, name)
             _require(v is None or v > 0, f"{p}.{name}", f"must be > 0, got {v}")

@@ -113,6 +113,7 @@ def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:
                 check_group_name(g, known)
             except ValueError as e:
                 raise ConfigError(f"{p}.trainable: {e}") from None
+        _validate_contrastive(cfg, plan, p)
         if plan.index == 0 and s.schedule == "resume":
             raise ConfigError(f"{p}.schedule: the first stage has no previous schedule to resume; use new")
         if s.schedule == "resume" and any(getattr(s, k) is not None for k in ("lr", "min_lr", "warmup_steps", "decay")):
@@ -139,6 +140,34 @@ def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:
         if dp and gbs % (mbs * dp):
             raise ConfigError(f"{p}.global_batch_size: {gbs} is not divisible by micro_batch_size x dp = "
                               f"{mbs} x {dp}")
+
+
+def _validate_contrastive(cfg: RunConfig, plan, p: str) -> None:
+    """A contrastive stage trains the ViT and its towers on image-text samples, on one pipeline stage; no other
+    objective uses the towers."""
+    from omni_mega.config.groups import CONTRASTIVE_GROUPS, parse_group
+
+    bases = [parse_group(g).base for g in plan.trainable]
+    if plan.objective != "contrastive":
+        towers = [g for g, b in zip(plan.trainable, bases) if b in CONTRASTIVE_GROUPS]
+        if towers:
+            raise ConfigError(f"{p}.trainable: {towers} are trained only by objective contrastive; objective "
+                              f"{plan.objective} never uses them")
+        return
+    if cfg.model.vit is None or cfg.model.contrastive is None:
+        raise ConfigError(f"{p}.objective: contrastive needs model.vit and model.contrastive (the text tower and "
+                          "caption decoder)")
+    if cfg.parallel.pp > 1:
+        raise ConfigError(f"{p}.objective: contrastive runs the ViT and its towers on one pipeline stage; use "
+                          f"parallel.pp 1 (got {cfg.parallel.pp})")
+    text = [d.name for d in plan.mix if not d.multimodal]
+    if text:
+        raise ConfigError(f"{p}.data: objective contrastive reads image-text samples; {text} are not image-text "
+                          "datasets")
+    unused = [g for g, b in zip(plan.trainable, bases) if not (b in CONTRASTIVE_GROUPS or b.startswith("vit"))]
+    if unused:
+        raise ConfigError(f"{p}.trainable: {unused} get no gradient from objective contrastive (it trains vit and "
+                          f"{', '.join(CONTRASTIVE_GROUPS)})")
 
 
 def _divisors(n: int) -> list[int]:

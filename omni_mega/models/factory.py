@@ -22,17 +22,22 @@ def build_model(cfg: ModelConfig, parallel: ParallelConfig, vocab_size: int, max
     mrope_section = cfg.llm.mrope_section if mrope_section is None else mrope_section
     llm = build_llm(cfg.llm, parallel, vocab_size, max_seq, dtype, vp_stage=vp_stage, mrope_section=mrope_section)
     if cfg.vit is None:
-        if cfg.connector is not None:
-            raise ConfigError("model.connector: a connector needs model.vit; set model.vit or drop the connector")
+        if cfg.connector is not None or cfg.contrastive is not None:
+            raise ConfigError("model.connector / model.contrastive: need model.vit; set model.vit or drop them")
         return llm
     from omni_mega.models.omni import OmniModel
 
     conn_cfg = cfg.connector or ConnectorConfig()
-    vit = connector = None
+    vit = connector = towers = None
     if ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage):
         vit, connector = _vision(cfg, conn_cfg, parallel, dtype)
+        if cfg.contrastive is not None:  # ViT pre-training towers (objective: contrastive)
+            from omni_mega.models.contrastive import ContrastiveTowers
+
+            towers = ContrastiveTowers(cfg.contrastive, vit.out_features, cfg.contrastive.vocab_size or vocab_size,
+                                       dtype)
     return OmniModel(llm, vit, connector, conn_cfg, cfg.vit.num_layers, cfg.vit.merge_size,
-                     mrope=mrope_section is not None)
+                     mrope=mrope_section is not None, towers=towers, contrastive=cfg.contrastive is not None)
 
 
 def build_chunks(cfg: ModelConfig, parallel: ParallelConfig, vocab_size: int, max_seq: int,

@@ -32,9 +32,12 @@ class OmniModel(MegatronModule):
 
     def __init__(self, llm: GPTModel, vit: VisionTransformer | None, connector: nn.Module | None,
                  connector_cfg: ConnectorConfig, vit_num_layers: int, merge_size: int = 2, *,
-                 mrope: bool = False) -> None:
+                 mrope: bool = False, towers: nn.Module | None = None, contrastive: bool = False) -> None:
         super().__init__(config=llm.config)
         self.llm, self.vit, self.connector = llm, vit, connector
+        # contrastive pre-training towers (models.contrastive): configured (`contrastive`), held on the first
+        # pipeline stage only
+        self.towers, self.contrastive = towers, contrastive or towers is not None
         self.pre_process, self.post_process = llm.pre_process, llm.post_process
         self.kind = connector_cfg.kind
         self.image_token_id = connector_cfg.image_token_id
@@ -82,12 +85,17 @@ class OmniModel(MegatronModule):
             "vet": ModuleGroup([conn.vet] if here and vet else []),
             "projector": ModuleGroup([conn] if here and not vet else []),
         })
+        if self.contrastive:  # configured (a later pipeline stage holds none of them)
+            t = self.towers
+            groups.update({name: ModuleGroup([getattr(t, name)] if t is not None else [])
+                           for name in ("image_pooler", "text_tower", "caption_decoder")})
         return groups
 
     # ---- forward ---------------------------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, attention_mask=None,
+    def forward(self, input_ids: torch.Tensor | None, position_ids: torch.Tensor | None, attention_mask=None,
                 labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
-                grid_thw: torch.Tensor | None = None, packed_seq_params: PackedSeqParams | None = None):
+                grid_thw: torch.Tensor | None = None, packed_seq_params: PackedSeqParams | None = None,
+                text: torch.Tensor | None = None, text_lengths: torch.Tensor | None = None):
         """Args:
             input_ids: int64 [b, s] with one `image_token_id` per merged visual token (b = 1 for packed THD).
             position_ids: int64 [b, s] (restarting per sample when packed), or [3, b, s] for M-RoPE, or None. With
@@ -97,10 +105,17 @@ class OmniModel(MegatronModule):
             pixel_values: [T, C*tps*p*p] packed patches (`ops.pack_images`) or None for a text-only micro-batch.
             grid_thw: int [N, 3] per image, with pixel_values.
             packed_seq_params: THD packing of the text (cu_seqlens over the s axis), or None.
+            text, text_lengths: a contrastive micro-batch's captions ([B, L + 1] = BOS then tokens, [B]) with one
+                image each (pixel_values, grid_thw): the ViT and the contrastive towers run, the LLM does not
+                (input_ids may be None); returns `models.contrastive.ContrastiveTowers.forward`'s dict.
         Returns:
             per-token loss [b, s] (float32) when labels are given on the last stage, logits [b, s, V/tp] otherwise
             on the last stage, hidden states [s, b, h] on other stages (GPTModel's contract).
         """
+        if text is not None:
+            if self.towers is None:
+                raise ValueError("a contrastive micro-batch needs model.contrastive (the text tower and decoder)")
+            return self.towers(self.vit(pixel_values, grid_thw), grid_thw, self.merge_size, text, text_lengths)
         if self.mrope and position_ids is not None and position_ids.dim() == 2:
             from omni_mega.models.mrope import packed_rope_index
 

@@ -7,11 +7,13 @@ never asks what it trains. A new objective is a new module here (and, where it n
 from __future__ import annotations
 
 from omni_mega.objectives.base import Objective, StageContext
+from omni_mega.objectives.contrastive import ContrastiveObjective
 from omni_mega.objectives.dpo import DPOObjective
 from omni_mega.objectives.lm import LMObjective
 from omni_mega.objectives.sft import SFTObjective
 
 OBJECTIVES: dict[str, type] = {"lm": LMObjective, "sft": SFTObjective, "dpo": DPOObjective}
+OBJECTIVES["contrastive"] = ContrastiveObjective  # ViT pre-training: SigLIP / CLIP + CoCa captioning
 
 
 def build(plan) -> Objective:

@@ -86,9 +86,10 @@ def caption(objects: list[tuple[str, str]]) -> str:
     return " and ".join(f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}" for colour, shape in objects)
 
 
-def shape_scene(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
-    """One or two coloured shapes left to right; returns (RGB image, [(colour, shape)] left to right)."""
-    n = rng.choice((1, 2))
+def shape_scene(rng: random.Random, n: int | None = None) -> tuple[Image.Image, list[tuple[str, str]]]:
+    """One or two coloured shapes left to right (`n` of them when given); returns (RGB image, [(colour, shape)] left
+    to right)."""
+    n = rng.choice((1, 2)) if n is None else n
     height = rng.choice((56, 84, 112))
     width = rng.choice([w for w in (56, 84, 112, 140, 168, 196, 224) if w >= n * height * 0.8])
     img = Image.new("RGB", (width, height), tuple(rng.randint(225, 255) for _ in range(3)))
