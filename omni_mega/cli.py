@@ -34,19 +34,78 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train from a YAML run config (launch with torchrun/srun for several ranks)")
     train.add_argument("config", help="path to a run config YAML (see examples/configs)")
     _add_train_args(train)
+    train.add_argument("--stage", default=None, metavar="JOB",
+                       help="a stage graph (stages with `job:`): run only this job (or the job of this stage) in "
+                            "<run dir>/JOB; without it every job runs in dependency order")
     layout = train.add_argument_group("--dry-run layout (plan for a cluster that is not this machine)")
     layout.add_argument("--world-size", type=int, default=None, metavar="N", help="GPUs in the job")
     layout.add_argument("--nodes", type=int, default=None, metavar="N", help="nodes (with --gpus-per-node)")
     layout.add_argument("--gpus-per-node", type=int, default=8, metavar="G", help="GPUs per node (default 8)")
     demo = sub.add_parser("demo", help="the embedded default run on the built-in data")
     _add_train_args(demo)
+    demo.add_argument("--audio", action="store_true",
+                      help="the μOmni curriculum instead (examples/configs/muomni_5stage.yaml: Thinker, ASR audio "
+                           "encoder, vision encoder, codec + Talker, then omni SFT) on built-in synthetic speech")
     report = sub.add_parser("report", help="write report.png (loss and LR, stage boundaries) and report.md of a run")
     report.add_argument("run_dir", help="a run dir with metrics.jsonl")
     verify = sub.add_parser("verify-ckpt", help="check checkpoints against their manifests (exit 0 intact, 1 corrupt, "
                                                 "2 bad path)")
     verify.add_argument("dir", help="a checkpoint step dir, or a run dir / ckpt dir (all its step dirs, newest first)")
     _add_interop_parsers(sub)
+    ev = sub.add_parser("eval", help="answer held-out conversations greedily and score exact match (eval.json and "
+                                     "eval.md)")
+    ev.add_argument("ckpt", help="a checkpoint dir (trainer step dir or import-hf output) or a run dir")
+    ev.add_argument("--data", required=True, help="conversations: a JSONL file (preprocessed on the fly with the "
+                                                  "chat template and tokenizer given) or a conversation shard dir")
+    ev.add_argument("--chat-template", default="chatml", choices=["chatml", "llama3", "jinja"])
+    ev.add_argument("--tokenizer-model", default=None, help="a tokenizer.json (or its folder) for a JSONL --data; "
+                                                            "default: the built-in byte tokenizer")
+    ev.add_argument("--samples", type=int, default=None, help="answer only the first N conversations")
+    ev.add_argument("--max-new-tokens", type=int, default=64)
+    ev.add_argument("--min-pixels", type=int, default=56 * 56)
+    ev.add_argument("--max-pixels", type=int, default=28 * 28 * 1280)
+    ev.add_argument("--out", default=None, help="where eval.json / eval.md go (default: the checkpoint dir)")
     return parser
+
+
+def cmd_eval(args) -> int:
+    """Exact-match evaluation of a checkpoint on held-out conversations (`training.evaluate`)."""
+    import tempfile
+
+    from omni_mega.interop import InteropError
+
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(args.data)
+            if data.is_file():  # JSONL: the conversation tool renders it first
+                from omni_mega.data.conversations.preprocess import main as preprocess
+
+                extra = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", args.tokenizer_model] \
+                    if args.tokenizer_model else []
+                preprocess(["--input", str(data), "--output-dir", f"{tmp}/ds", "--chat-template",
+                            args.chat_template, "--log-interval", "1000000", *extra])
+                data = Path(tmp) / "ds"
+            from omni_mega.data.conversations.shards import ConvShardDataset
+            from omni_mega.training.evaluate import answer_dataset, write_eval
+            from omni_mega.training.serving import load_for_inference
+
+            ds = ConvShardDataset(data)
+            loaded = load_for_inference(args.ckpt)
+            n = len(ds) if args.samples is None else min(args.samples, len(ds))
+            rows = answer_dataset(loaded.model, loaded.cfg, ds, list(range(n)), min_pixels=args.min_pixels,
+                                  max_pixels=args.max_pixels, vocab_size=int(ds.tokenizer["vocab_size"]),
+                                  max_new_tokens=args.max_new_tokens)
+    except (InteropError, ValueError, FileNotFoundError) as e:
+        print(f"omni-mega: eval: {e}", file=sys.stderr)
+        return 2
+    if loaded.rank0:
+        js, md = write_eval(rows, Path(args.out or loaded.step_dir))
+        acc = sum(r["exact"] for r in rows) / max(len(rows), 1)
+        print(f"exact match {acc:.1%} of {len(rows)} conversations: {js}, {md}")
+    from omni_mega.runtime import shutdown
+
+    shutdown()
+    return 0
 
 
 def cmd_verify_ckpt(path: str) -> int:
@@ -174,8 +233,9 @@ def _generation_job(args) -> dict:
 
     if not args.prompt and not args.prompt_ids:
         raise ValueError("give --prompt TEXT or --prompt-ids 1,2,3")
-    step = resolve_step_dir(args.ckpt)
-    cfg, meta = read_checkpoint_info(step)
+    from omni_mega.interop.convert import read_checkpoint_info, resolve_step_dir
+
+    cfg, meta = read_checkpoint_info(resolve_step_dir(args.ckpt))
     tok_dir = args.tokenizer or meta.get("tokenizer")
     tokenizer = _Tokenizer(tok_dir) if tok_dir else None
     if args.prompt and tokenizer is None:
@@ -188,25 +248,14 @@ def _generation_job(args) -> dict:
     except ValueError:
         raise ValueError(f"--prompt-ids: expected comma-separated integers, got {args.prompt_ids}") from None
     prompts += [tokenizer.tokenize(p) for p in args.prompt]
-    emb = ("llm." if cfg.vit is not None else "") + "embedding.word_embeddings.weight"
-    stored = tensor_metadata(step / "dist")
-    if emb not in stored:
-        raise ValueError(f"{step}: no language model in this checkpoint (a vision tower alone cannot generate)")
-    padded = stored[emb][0][0]
+    from omni_mega.training.serving import load_for_inference
+
+    loaded = load_for_inference(args.ckpt, seed=args.seed)
+    model, padded = loaded.model, loaded.padded_vocab
     vocab = cfg.llm.vocab_size or (tokenizer.vocab_size if tokenizer else padded)
     hf = meta.get("hf_config") or {}
     eos = args.eos_id if args.eos_id is not None else _as_list(hf.get("eos_token_id",
                                                                       (hf.get("text_config") or {}).get("eos_token_id")))
-    world = detect().world_size
-    parallel = ParallelConfig(tp=world)
-    rt = init_distributed(parallel, seed=args.seed)
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    model = build_model(cfg, parallel, padded, cfg.llm.max_position_embeddings, dtype).to(rt.device)
-    have, miss = ckpt_io.loaded_names([model], step)
-    if miss:
-        raise ValueError(f"{step}: the checkpoint lacks {len(miss)} parameter(s), e.g. {miss[0]} (a trainable_only "
-                         "checkpoint? use a full one)")
-    ckpt_io.load_checkpoint(step, [model], None, with_optimizer=False)
     pixel_values = grid_thw = None
     if args.image:
         pixel_values, grid_thw, image_ids = _images(args.image, cfg, hf)
@@ -214,7 +263,7 @@ def _generation_job(args) -> dict:
     params = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             seed=args.seed, eos_token_ids=eos)
     return {"model": model, "vocab": vocab, "prompts": prompts, "params": params, "tokenizer": tokenizer,
-            "pixel_values": pixel_values, "grid_thw": grid_thw, "rank0": rt.is_rank0,
+            "pixel_values": pixel_values, "grid_thw": grid_thw, "rank0": loaded.rank0,
             "image_token_id": (cfg.connector or ConnectorConfig()).image_token_id}
 
 
@@ -280,12 +329,15 @@ def _plan(cfg, world_size: int) -> str:
 
 
 def cmd_train(config: str, run_dir: str | None, overrides: list[str], dry_run: bool, resume: str | None = None,
-              plan_world_size: int | None = None, overwrite: bool = False) -> int:
+              plan_world_size: int | None = None, overwrite: bool = False, stage: str | None = None) -> int:
     from omni_mega.config import ConfigError, load_config, validate
+    from omni_mega.config.graph import is_graph
     from omni_mega.runtime.env import detect
 
     try:
         cfg = load_config(config, overrides)
+        if stage is not None or is_graph(cfg):  # a stage graph: jobs, each its own run (cmd_train_graph)
+            return cmd_train_graph(cfg, run_dir, stage, dry_run, resume, plan_world_size, overwrite)
         world, note = detect().world_size, None
         if dry_run:  # plan for the asked layout, or the smallest that fits this config
             from omni_mega.training.dry_run import planning_world_size
@@ -397,16 +449,27 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         world = args.world_size if args.nodes is None else args.nodes * args.gpus_per_node
         return cmd_train(args.config, args.run_dir, args.overrides, args.dry_run, args.resume, plan_world_size=world,
-                         overwrite=args.overwrite)
+                         overwrite=args.overwrite, stage=args.stage)
+    if args.command == "demo" and args.audio:
+        return cmd_demo_audio(args.run_dir or "runs/demo_audio", args.overrides, args.dry_run, args.resume,
+                              overwrite=args.overwrite)
     if args.command == "demo":
         return cmd_demo(args.run_dir or "runs/demo", args.overrides, args.dry_run, args.resume,
                         overwrite=args.overwrite)
     if args.command == "verify-ckpt":
         return cmd_verify_ckpt(args.dir)
+    if args.command == "eval":
+        return cmd_eval(args)
     if args.command == "report":
         from omni_mega.training.report import write_report
 
-        png, md = write_report(Path(args.run_dir))
+        root = Path(args.run_dir)
+        if not (root / "metrics.jsonl").exists() and any(root.glob("*/metrics.jsonl")):  # a stage graph's run dir
+            for job in sorted(p.parent for p in root.glob("*/metrics.jsonl")):
+                png, md = write_report(job)
+                print(f"wrote {png} and {md}")
+            return 0
+        png, md = write_report(root)
         print(f"wrote {png} and {md}")
         return 0
     if args.command == "import-hf":
@@ -416,6 +479,90 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "generate":
         return cmd_generate(args)
     return 1
+
+
+# ---- stage graphs (config.graph) and the μOmni demo ---------------------------------------------------------------
+AUDIO_DEMO_CONFIG = "muomni_5stage.yaml"
+
+
+def cmd_train_graph(cfg, run_dir: str | None, stage: str | None, dry_run: bool, resume: str | None,
+                    plan_world_size: int | None, overwrite: bool, *, after_job=None) -> int:
+    """A stage graph: `--stage JOB` runs one job in <run dir>/JOB, else every job in dependency order (each its own
+    Trainer, reseeded, so a job trains the same alone or in the graph). `--dry-run` prints the graph and each job's
+    plan. `after_job(name, trainer)` runs after each job (the demo's outputs). Errors exit 2 (config) or 3."""
+    from omni_mega.config import ConfigError, validate
+    from omni_mega.config import graph
+    from omni_mega.runtime.env import detect
+
+    root = Path(run_dir or Path("runs") / cfg.name)
+    try:
+        graph.check(cfg)
+        if resume not in (None, "auto") and stage is None:
+            raise ConfigError(f"--resume {resume}: a checkpoint path resumes one job; add --stage JOB (or use "
+                              "--resume auto, which resumes every job from its own run dir)")
+        order = graph.topo_order(cfg)
+        names = [graph.find_job(cfg, stage)] if stage is not None else order
+        world, configs, notes = detect().world_size, {}, {}
+        for j in (order if dry_run else names):
+            jc = graph.job_config(cfg, j, root)
+            w = world
+            if dry_run:
+                from omni_mega.training.dry_run import planning_world_size
+
+                w, notes[j] = planning_world_size(jc, plan_world_size, world)
+            validate(jc, world_size=w)
+            configs[j] = (jc, w)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"omni-mega: config error: {e}", file=sys.stderr)
+        return 2
+    if dry_run:
+        print(graph.format_graph(cfg))
+        for j, (jc, w) in configs.items():
+            print(f"\n==== job {j} (run dir {root / j}) ====")
+            if notes.get(j):
+                print(notes[j])
+            print(_plan(jc, w))
+        return _check_hf_sources(cfg)
+    from omni_mega.runtime import init_distributed, shutdown
+
+    for j in names:
+        jc = configs[j][0]
+        rt = init_distributed(jc.parallel, seed=jc.train.seed)  # reseeds: a job alone or in the graph is the same
+        if rt.is_rank0:
+            print(f"==== job {j}: {', '.join(s.name for s in jc.stages)} -> {root / j}", flush=True)
+        trainer, code = _run(jc, rt, root / j, resume, overwrite)
+        if code:
+            shutdown()
+            return code
+        if after_job is not None:
+            after_job(j, trainer, rt)
+    shutdown()
+    return 0
+
+
+def cmd_demo_audio(run_dir: str, overrides: list[str], dry_run: bool, resume: str | None = None,
+                   overwrite: bool = False) -> int:
+    """`omni-mega demo --audio`: μOmni's five stages on the built-in synthetic speech, shapes and scenes
+    (examples/configs/muomni_5stage.yaml, every job of its graph in order), then speech from the Talker
+    (speech/*.wav), held-out transcriptions and `report.md` with CER per step, the codec's reconstruction error and
+    the stage-E losses."""
+    from omni_mega.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(str(EXAMPLES / AUDIO_DEMO_CONFIG), overrides)
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"omni-mega: config error: {e}", file=sys.stderr)
+        return 2
+    from omni_mega.training.speech_demo import DemoOutputs
+
+    outputs = DemoOutputs(cfg, Path(run_dir))
+    code = cmd_train_graph(cfg, run_dir, None, dry_run, resume, None, overwrite,
+                           after_job=None if dry_run else outputs.after_job)
+    if code or dry_run:
+        return code
+    md = outputs.report()
+    print(f"done: {Path(run_dir)} (report {md})")
+    return 0
 
 
 if __name__ == "__main__":

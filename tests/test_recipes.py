@@ -19,7 +19,7 @@ PUBLISHED = {
                            ("joint_cooldown", 0.6e12, 50_000), ("long_context", 0.3e12, 800_000)]),
     # Ovis2.5 P1-P3 (lengths are the recipe's stated choices; the report gives none)
     "ovis_5phase": (32, [("p1_visual_pretrain", 100e9, 1e6), ("p2_multimodal_pretrain", 500e9, 1e6),
-                         ("p3_instruction_tuning", 100e9, 1e6)]),
+                         ("p3_instruction_tuning", 100e9, 1e6), ("p4_dpo", 2000 * 32 * 8192, 1e6)]),
     # LLaVA: 558K x ~595, 1.2M x ~700, 665K x ~1,100 tokens
     "llava_3stage": (4, [("align_projector", 332.01e6, 10_000), ("align_vit", 840e6, 10_000),
                          ("instruct", 731.5e6, 10_000)]),
@@ -75,7 +75,14 @@ def test_ovis_phases(capsys):
     assert [g.rsplit(" ", 1)[0] for g in trainable.split(", ")] == ["vit.layers[-1:]", "visual_head", "vet"]
     assert "llm " in re.search(r"trainable [\d,]+ params: (.*)", rest).group(1)
     text = (CONFIGS / "ovis_5phase.yaml").read_text()
-    assert "P4" in text and "P5" in text and "no preference or RL objective" in text
+    assert "P4 DPO + auxiliary NLL" in text and "lr 1e-5 constant after 100 warm-up steps" in text
+    objectives = re.findall(r"\] stage (\S+) \((\w+)\)", out)
+    assert objectives[2:] == [("p3_instruction_tuning", "sft"), ("p4_dpo", "dpo"), ("p5_grpo", "grpo")]
+    p5 = out.split("] stage p5_grpo (")[1]
+    assert "64 prompts x 8 samples of up to 4,096 new tokens" in p5
+    assert "trainable 8,190,735,360 params: llm 8,190,735,360\n" in p5   # the LLM only
+    assert "lr: new, step peak 5e-06 min 1e-07 warmup 0; 5e-06 -> 6.25e-07" in p5   # halved every 1K steps
+    assert "GRPO stages not counted" in out
 
 
 def test_llava_unfreezes_in_order(capsys):

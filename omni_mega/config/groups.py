@@ -17,6 +17,10 @@ _NAME = re.compile(r"^([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*)(?:\[(-?\d*)(:(-?
 # them through `named_groups()`).
 LLM_GROUPS = ("llm", "llm.embedding", "llm.layers", "llm.final_norm", "llm.output_layer")
 SLICEABLE = ("llm.layers", "vit.layers")
+SLICEABLE += ("audio.layers", "talker.layers")
+# Groups of the optional audio, speech and classifier parts (models register them through `named_groups()`).
+PART_GROUPS = {"audio": ("audio", "audio.conv", "audio.layers", "ctc_head", "audio_projector"),
+               "codec": ("codec",), "talker": ("talker", "talker.layers"), "classifier": ("classifier",)}
 
 
 @dataclass(frozen=True)
@@ -71,11 +75,17 @@ def known_groups(has_vision: bool, has_connector: bool, *, moe: bool = False,
     return tuple(groups)
 
 
+def part_groups(model) -> tuple[str, ...]:
+    """Groups of the optional audio, speech and classifier parts a model config (config.ModelConfig, read by
+    attribute) has; `known_groups` gives the text and vision ones."""
+    return tuple(g for part, names in PART_GROUPS.items() if getattr(model, part, None) is not None for g in names)
+
+
 def model_groups(model) -> tuple[str, ...]:
-    """`known_groups` of a ModelConfig."""
+    """Every group name a ModelConfig (read by attribute) has: `known_groups` plus `part_groups`."""
     return known_groups(model.vit is not None, model.connector is not None or model.vit is not None,
                         moe=model.llm.num_moe_experts is not None,
-                        contrastive=getattr(model, "contrastive", None) is not None)
+                        contrastive=getattr(model, "contrastive", None) is not None) + part_groups(model)
 
 
 def check_group_name(name: str, known: tuple[str, ...]) -> GroupRef:

@@ -225,6 +225,111 @@ class ConnectorConfig:
                  f"must not contain image_token_id={self.image_token_id}")
 
 
+# ---- audio and speech parts (omni_mega.models.audio, models.speech; the μOmni curriculum) ------------------------
+@dataclass
+class AudioConfig:
+    """Audio encoder: log-mel frames (100 Hz) -> conv k3 -> GELU -> conv k3 stride 2 -> GELU (50 Hz) -> sinusoidal
+    positions -> megatron TransformerBlock (non-causal, packed clips, TP/SP as the ViT) -> final norm. A CTC head reads
+    every 50 Hz state; the LLM sees the states averaged `pool` at a time (50 / 4 = 12.5 Hz) through a projector."""
+
+    num_layers: int = 4
+    hidden_size: int = 192
+    num_attention_heads: int = 3
+    ffn_hidden_size: int | None = None  # None = 4 * hidden_size
+    n_mels: int = 80  # Whisper's 80 or 128 log-mel bins (ops.log_mel)
+    pool: int = 4  # encoder frames per LLM audio token
+    # Positions inside a clip: rope (rotary on the time axis: ops.rope_2d with the row fixed, i.e. on half of each
+    # head's pairs), sinusoid (Whisper's table added to the input) or none (the convolutions' local context only).
+    positions: str = "rope"
+    ctc_vocab_size: int = 257  # CTC classes before the blank: the transcripts' token ids (byte ids by default)
+    audio_token_id: int = -300  # placeholder id in input_ids, one per pooled audio frame
+    projector_hidden_size: int | None = None  # audio projector's hidden width; None = the LLM width
+    normalization: str = "LayerNorm"
+    norm_epsilon: float = 1e-5
+    init_method_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        p = "model.audio"
+        for name in ("num_layers", "hidden_size", "num_attention_heads", "n_mels", "pool", "ctc_vocab_size"):
+            _require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _require(self.hidden_size % self.num_attention_heads == 0, f"{p}.hidden_size",
+                 f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
+        _require(self.hidden_size % 2 == 0, f"{p}.hidden_size", "must be even (sinusoidal positions)")
+        _require(self.normalization in ("RMSNorm", "LayerNorm"), f"{p}.normalization",
+                 f"must be RMSNorm or LayerNorm, got {self.normalization!r}")
+        _require(self.positions in ("rope", "sinusoid", "none"), f"{p}.positions",
+                 f"must be rope, sinusoid or none, got {self.positions!r}")
+        _require(self.positions != "rope" or (self.hidden_size // self.num_attention_heads) % 4 == 0,
+                 f"{p}.positions", "rope needs a head dim divisible by 4 (2D rotary layout)")
+        _require(self.audio_token_id < 0, f"{p}.audio_token_id",
+                 f"must be negative (never a vocabulary id), got {self.audio_token_id}")
+
+    def encoder_frames(self, mel_frames: int) -> int:
+        """Encoder states of a clip of `mel_frames` log-mel frames (the stride-2 convolution: ceil(mel / 2))."""
+        return (int(mel_frames) + 1) // 2
+
+    def llm_tokens(self, mel_frames: int) -> int:
+        """Audio placeholders a clip needs in the LLM sequence (encoder states pooled `pool` at a time)."""
+        return -(-self.encoder_frames(mel_frames) // self.pool)
+
+
+@dataclass
+class CodecConfig:
+    """RVQ codec over log-mel frames: `frame_stack` mel frames (80 ms) -> MLP -> `dim` -> `codebooks` residual
+    quantisers of `codebook_size` entries (straight-through) -> MLP -> the same mel frames."""
+
+    n_mels: int = 80
+    frame_stack: int = 8  # mel frames (10 ms each) per codec frame
+    dim: int = 64  # code vector size
+    codebooks: int = 2
+    codebook_size: int = 128
+    hidden_size: int = 256  # encoder / decoder MLP width
+    commitment: float = 0.25  # weight of the commitment loss |z - sg(q)|^2 (the codebook loss has weight 1)
+
+    def __post_init__(self) -> None:
+        for name in ("n_mels", "frame_stack", "dim", "codebooks", "codebook_size", "hidden_size"):
+            _require(getattr(self, name) >= 1, f"model.codec.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _require(self.commitment >= 0, "model.codec.commitment", f"must be >= 0, got {self.commitment}")
+
+    def frames(self, mel_frames: int) -> int:
+        """Codec frames of a clip (a trailing part of fewer than `frame_stack` mel frames is not coded)."""
+        return int(mel_frames) // self.frame_stack
+
+
+@dataclass
+class TalkerConfig:
+    """Talker: a small causal transformer (megatron TransformerBlock) over codec frames, conditioned on the text it
+    speaks (its own embedding of the text ids, read before the frames); a base head predicts each frame's first
+    codebook and a residual head the remaining ones."""
+
+    num_layers: int = 4
+    hidden_size: int = 192
+    num_attention_heads: int = 3
+    ffn_hidden_size: int | None = None
+    text_vocab_size: int = 257  # conditioning text ids (byte ids by default)
+    max_positions: int = 1024  # text + frames of one sample at most (learned position table)
+    init_method_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        p = "model.talker"
+        for name in ("num_layers", "hidden_size", "num_attention_heads", "text_vocab_size", "max_positions"):
+            _require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _require(self.hidden_size % self.num_attention_heads == 0, f"{p}.hidden_size",
+                 f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
+
+
+@dataclass
+class ClassifierConfig:
+    """Image classifier on the ViT (`objective: classify`): the merged ViT features of an image averaged -> a linear
+    layer over `labels` (an image-text dataset's text is its label)."""
+
+    labels: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(len(self.labels) >= 2, "model.classifier.labels", f"need at least 2 labels, got {self.labels}")
+        _require(len(set(self.labels)) == len(self.labels), "model.classifier.labels", "labels must be unique")
+
+
 @dataclass
 class ContrastiveConfig:
     """model.contrastive: the towers a contrastive pre-training stage of the ViT trains beside it (`objective:
@@ -258,6 +363,10 @@ class ModelConfig:
     vit: ViTConfig | None = None  # None: a text-only model
     connector: ConnectorConfig | None = None
     contrastive: ContrastiveConfig | None = None  # ViT pre-training towers (objective: contrastive); None: none
+    audio: AudioConfig | None = None  # audio encoder + CTC head + audio projector (omni_mega.models.audio)
+    codec: CodecConfig | None = None  # RVQ codec over mel frames (omni_mega.models.speech)
+    talker: TalkerConfig | None = None  # codec-code talker (omni_mega.models.speech)
+    classifier: ClassifierConfig | None = None  # image classifier head on the ViT
 
 
 @dataclass
@@ -321,7 +430,7 @@ class OptimConfig:
     lr: float = 1e-3  # peak learning rate
     min_lr: float = 1e-4  # floor of the decay
     warmup_steps: int = 10  # linear warm-up from 0 to lr
-    decay: str = "cosine"  # cosine | linear | constant | wsd (warmup-stable-decay)
+    decay: str = "cosine"  # cosine | linear | constant | wsd (warmup-stable-decay) | step (halving)
     weight_decay: float = 0.01
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -336,15 +445,23 @@ class OptimConfig:
         _require(self.decay in DECAYS, "optim.decay", f"must be one of {', '.join(DECAYS)}, got {self.decay!r}")
 
 
-DECAYS = ("cosine", "linear", "constant", "wsd")
+DECAYS = ("cosine", "linear", "constant", "wsd", "step")
 # Training objectives a stage may name; each is a module of omni_mega.objectives (a test holds the two lists equal).
-OBJECTIVES = ("lm", "sft", "dpo", "contrastive")
+OBJECTIVES = ("lm", "sft", "dpo", "grpo", "contrastive")
+# Stages that train one part alone (the μOmni stages): ctc (audio encoder, speech recognition), classify (ViT), rvq
+# (codec), talker (codec codes).
+PART_OBJECTIVES = ("ctc", "classify", "rvq", "talker")
+OBJECTIVES += PART_OBJECTIVES
 TEXT_SOURCES = ("demo_text", "indexed")  # plain documents
 MM_SOURCES = ("demo_mm", "mm_shards")  # images with captions
 # Conversation shards (`tools/preprocess_conversations.py`: supervised conversations, preference pairs or prompts;
 # the kind is in their dataset.json) and the built-in demo conversations and preference pairs.
-CONV_SOURCES = ("conversations", "demo_sft", "demo_preference")
+CONV_SOURCES = ("conversations", "demo_sft", "demo_preference", "demo_prompts")
 SOURCES = TEXT_SOURCES + MM_SOURCES + CONV_SOURCES
+# Audio with transcripts (`tools/preprocess_audio.py`: `audio_shards`; the built-in synthetic speech: `demo_audio`)
+# and the built-in labelled shape images (`demo_shapes`, for `objective: classify`).
+AUDIO_SOURCES = ("demo_audio", "audio_shards")
+SOURCES += AUDIO_SOURCES + ("demo_shapes",)
 SCHEDULES = ("new", "resume", "rewarmup")
 
 
@@ -416,16 +533,88 @@ class ContrastiveLossConfig:
 
 
 @dataclass
+class RewardConfig:
+    """One term of a GRPO reward: a built-in (answer, format, length) or a Python function by dotted path."""
+
+    name: str = "answer"  # answer | format | length | any label for a `function`
+    weight: float = 1.0
+    function: str | None = None  # "package.module:function" (or "package.module.function"): f(text, answer) -> float
+    max_length: int = 256  # length: generated tokens beyond which the penalty reaches -1 (linearly from 0)
+
+
+@dataclass
+class GRPOConfig:
+    """`objective: grpo`: group-relative advantages over `group_size` rollouts per prompt, clipped policy ratio,
+    optional KL to the stage's initial weights. Advantages use the population standard deviation of each group's
+    rewards, A = (r - mean) / (std + 1e-4) (libraries differ: TRL's GRPO uses the sample std)."""
+
+    group_size: int = 8  # rollouts per prompt
+    temperature: float = 1.0  # rollout sampling
+    top_p: float = 1.0
+    max_new_tokens: int = 64
+    clip_low: float = 0.2  # the ratio is clipped to [1 - clip_low, 1 + clip_high]
+    clip_high: float = 0.2
+    kl_beta: float = 0.0  # weight of the k3 KL estimate to a frozen copy of the stage's initial weights (0: no copy)
+    ppo_epochs: int = 1  # optimizer steps on each rollout batch (each its own trainer step; the prompts repeat)
+    rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
+
+    def __post_init__(self) -> None:
+        _require(self.group_size >= 2, "grpo.group_size", f"must be >= 2 (advantages compare a group), got "
+                                                          f"{self.group_size}")
+        _require(self.temperature > 0, "grpo.temperature", f"must be > 0, got {self.temperature}")
+        _require(0 < self.top_p <= 1, "grpo.top_p", f"must be in (0, 1], got {self.top_p}")
+        _require(self.max_new_tokens >= 1, "grpo.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        _require(0 <= self.clip_low < 1 and self.clip_high >= 0, "grpo.clip_low",
+                 f"need 0 <= clip_low < 1 and clip_high >= 0, got {self.clip_low}, {self.clip_high}")
+        _require(self.kl_beta >= 0, "grpo.kl_beta", f"must be >= 0, got {self.kl_beta}")
+        _require(self.ppo_epochs >= 1, "grpo.ppo_epochs", f"must be >= 1, got {self.ppo_epochs}")
+        _require(len(self.rewards) >= 1, "grpo.rewards", "name at least one reward")
+        for r in self.rewards:
+            _require(r.function is not None or r.name in ("answer", "format", "length"), f"grpo.rewards[{r.name}]",
+                     "a reward other than answer, format or length needs a `function`")
+
+
+@dataclass
+class EvalConfig:
+    """Held-out scoring of a stage. Language stages (lm, sft, dpo, grpo): held-out conversations answered greedily at
+    the stage's end (exact match, in eval.jsonl and the report; off unless `eval` is set). Part stages (always on):
+    ctc greedy CTC decoding -> cer, wer; rvq reconstruction and codebook usage; talker code cross entropy; classify
+    accuracy, every `interval` steps (metrics.jsonl reports the latest, with `eval_step`)."""
+
+    # A held-out dataset dir: conversation shards, or for a part stage shards of the stage's kind. None: the built-in
+    # demo's held-out split.
+    heldout: str | None = None
+    samples: int = 32  # held-out items scored (the first N)
+    max_new_tokens: int = 32  # language stages: the answer's length limit
+    interval: int = 1  # part stages: steps between scorings
+
+    def __post_init__(self) -> None:
+        _require(self.samples >= 1, "eval.samples", f"must be >= 1, got {self.samples}")
+        _require(self.max_new_tokens >= 1, "eval.max_new_tokens", f"must be >= 1, got {self.max_new_tokens}")
+        _require(self.interval >= 1, "eval.interval", f"must be >= 1, got {self.interval}")
+
+
+@dataclass
 class StageConfig:
     """One stage of the curriculum. Unset (null) fields inherit: LR fields from `optim`, sequence length and global
     batch from `data`, the RoPE base from the previous stage (the first from model.llm.rotary_base)."""
 
     name: str = "pretrain"  # shown in logs and metrics; unique
     # What the stage optimises: lm (next-token loss on text and image-text packs) | sft (conversations, loss on the
-    # answers only, normalised per supervised token over the global batch) | dpo (preference pairs, see `dpo`)
+    # answers only, normalised per supervised token over the global batch) | dpo (preference pairs, see `dpo`) |
+    # grpo (prompts with verifiable answers: rollouts from the training model, see `grpo`; the global batch counts
+    # prompts)
     objective: str = "lm"
     dpo: DPOConfig = field(default_factory=DPOConfig)  # objective dpo only
     contrastive: ContrastiveLossConfig = field(default_factory=ContrastiveLossConfig)  # objective contrastive only
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)  # objective grpo only
+    # Held-out scoring (see EvalConfig): language stages answer held-out conversations at the stage's end (needs
+    # pp = 1); part stages score every `interval` steps (default settings when unset).
+    eval: EvalConfig | None = None
+    # A stage graph (independent runs, e.g. the μOmni curriculum): stages with the same `job` form one run, in order;
+    # `omni-mega train CONFIG --stage JOB` runs one job alone, `init_from: {group: job:NAME}` reads another job's run
+    # dir (the sibling of this one) and makes this job depend on it. null: the config is one run (no graph).
+    job: str | None = None
     # packs per micro-batch per data-parallel rank (images for objective contrastive); None = data.micro_batch_size
     micro_batch_size: int | None = None
     steps: int | None = None  # optimizer steps in this stage (default 100 when `tokens` is unset too)
@@ -437,8 +626,9 @@ class StageConfig:
     lr: float | None = None  # peak LR
     min_lr: float | None = None
     warmup_steps: int | None = None
-    decay: str | None = None  # cosine | linear | constant | wsd
-    decay_steps: int | None = None  # wsd: length of the final decay (default 20% of the schedule)
+    decay: str | None = None  # cosine | linear | constant | wsd | step
+    decay_steps: int | None = None  # wsd: length of the final decay (default 20% of the schedule); step: the LR
+    # halves every this many steps (default 1,000)
     seq_length: int | None = None
     rope_base: float | None = None  # RoPE theta from this stage on (frequencies recomputed, no new parameters)
     global_batch_size: int | None = None
@@ -456,6 +646,8 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         p = f"stages[{self.name}]"
+        if self.eval is None and self.objective in PART_OBJECTIVES:
+            self.eval = EvalConfig()
         _require(self.steps is None or self.tokens is None, f"{p}.tokens", "set steps or tokens, not both")
         if self.steps is None and self.tokens is None:
             self.steps = 100

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from omni_mega.config.schema import ConfigError, RunConfig
+from omni_mega.config.schema import AUDIO_SOURCES, PART_OBJECTIVES, ConfigError, RunConfig
 
 
 def validate(cfg: RunConfig, world_size: int | None = None) -> None:
@@ -36,6 +36,7 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
         )
     _validate_moe(cfg, world_size)
     _validate_stages(cfg, world_size)
+    _validate_parts(cfg)
     if world_size is not None:
         model_parallel = par.tp * par.pp * par.cp
         if world_size % model_parallel:
@@ -114,6 +115,9 @@ def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:
             except ValueError as e:
                 raise ConfigError(f"{p}.trainable: {e}") from None
         _validate_contrastive(cfg, plan, p)
+        if plan.objective == "grpo" and cfg.parallel.vpp is not None:
+            raise ConfigError(f"{p}.objective: grpo generates its rollouts with the training model, one model chunk "
+                              "per rank: drop parallel.vpp (tensor and pipeline parallelism work)")
         if plan.index == 0 and s.schedule == "resume":
             raise ConfigError(f"{p}.schedule: the first stage has no previous schedule to resume; use new")
         if s.schedule == "resume" and any(getattr(s, k) is not None for k in ("lr", "min_lr", "warmup_steps", "decay")):
@@ -127,7 +131,7 @@ def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:
             raise ConfigError(f"{p}.warmup_steps: must be >= 0, got {s.warmup_steps}")
         if s.decay_steps is not None and s.decay_steps < 1:
             raise ConfigError(f"{p}.decay_steps: must be >= 1, got {s.decay_steps}")
-        if plan.seq_length > llm.max_position_embeddings:
+        if plan.seq_length > llm.max_position_embeddings and plan.objective not in PART_OBJECTIVES:  # LLM positions
             raise ConfigError(f"{p}.seq_length: {plan.seq_length} exceeds model.llm.max_position_embeddings="
                               f"{llm.max_position_embeddings}")
         if cfg.parallel.sp and plan.seq_length * plan.micro_batch_size % cfg.parallel.tp:
@@ -172,3 +176,44 @@ def _validate_contrastive(cfg: RunConfig, plan, p: str) -> None:
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+PARTS_TRAINED = {"ctc": ("audio",), "classify": ("vit", "classifier"), "rvq": ("codec",),
+                   "talker": ("codec", "talker")}
+PART_SOURCES = {"ctc": ("demo_audio", "audio_shards"), "rvq": ("demo_audio", "audio_shards"),
+                "talker": ("demo_audio", "audio_shards"), "classify": ("demo_shapes", "mm_shards")}
+
+
+def _validate_parts(cfg: RunConfig) -> None:
+    """Rules of the audio, speech and classifier parts and the stages that train them alone."""
+    m, par = cfg.model, cfg.parallel
+    for name in ("audio", "talker"):
+        part = getattr(m, name)
+        if part is not None and par.tp > 1 and part.num_attention_heads % par.tp:
+            raise ConfigError(f"parallel.tp: tp={par.tp} does not divide model.{name}.num_attention_heads="
+                              f"{part.num_attention_heads}")
+    for s in cfg.stages:
+        p = f"stages[{s.name}]"
+        for d in s.data:
+            if d.source == "audio_shards" and not d.path:
+                raise ConfigError(f"{p}.data[{d.name}].path: audio_shards datasets need a path")
+            if d.source in AUDIO_SOURCES and m.audio is None and s.objective not in PART_OBJECTIVES:
+                raise ConfigError(f"{p}.data[{d.name}]: audio datasets need an audio encoder; set model.audio")
+        if s.objective not in PART_OBJECTIVES:
+            if any(d.source == "demo_shapes" for d in s.data):
+                raise ConfigError(f"{p}.data: demo_shapes (labelled images) is for objective: classify")
+            continue
+        missing = [part for part in PARTS_TRAINED[s.objective] if getattr(m, part) is None]
+        if missing:
+            raise ConfigError(f"{p}.objective: {s.objective} trains model.{missing[0]}, which the config does not "
+                              f"have; set model.{missing[0]}")
+        if par.pp > 1 or par.vpp is not None or par.cp > 1:
+            raise ConfigError(f"{p}.objective: {s.objective} trains one part alone, which lives on one pipeline "
+                              f"stage: run it with pp=1 and cp=1 (a stage graph runs it as its own job)")
+        wrong = [d.name for d in s.data if d.source not in PART_SOURCES[s.objective]]
+        if wrong or not s.data:
+            raise ConfigError(f"{p}.data: objective {s.objective} reads {' or '.join(PART_SOURCES[s.objective])} "
+                              f"datasets, got {wrong or 'none (name them in the stage)'}")
+        if s.multimodal_ratio is not None:
+            raise ConfigError(f"{p}.multimodal_ratio: objective {s.objective} packs one kind of item; drop it")
+

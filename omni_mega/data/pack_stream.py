@@ -63,6 +63,7 @@ class PackingSpec:
     max_pixels: int
     no_loss_ids: tuple[int, ...] = ()  # more ids never predicted nor predicted from (e.g. VET indicator tokens)
     multimodal_metrics: bool = True  # report the image-text fields (mm_ratio, visual_tokens, ...) per step
+    n_mels: int = 80  # log-mel bins of audio samples (model.audio.n_mels)
 
     def ratio_at(self, progress: float) -> float:
         return ramp(self.ratio_start, self.ratio_end, progress)
@@ -129,6 +130,8 @@ class PackStream:
     def _draw_mm(self, sampler: BlendSampler, order: int) -> mp.SampleRef | str:
         name, idx = sampler.next()
         k = int(name[2:])
+        if hasattr(self.mm_sets[k], "sample_size"):  # sized by its dataset: audio clips, items of part stages
+            return self._draw_sized(k, idx, order)
         if getattr(self.mm_sets[k], "sequences_per_sample", None):  # conversations, pairs, prompts
             return self._draw_conv(k, idx, order)
         h, w, cap = self.mm_sets[k].meta(idx)
@@ -160,6 +163,15 @@ class PackStream:
                               f"{positions} positions with {visual} visual tokens; budget {sp.visual_budget}, pack "
                               f"{sp.seq_length}")
         return mp.SampleRef("conv", k, idx, positions, visual, order)
+
+    def _draw_sized(self, k: int, idx: int, order: int) -> mp.SampleRef | str:
+        """A sample whose dataset sizes it (`sample_size(i)` -> (positions, visual) or a skip reason, `sample_kind`,
+        `describe(i)`): audio-text samples in LLM packs, and the clips and images of stages that train one part."""
+        ds = self.mm_sets[k]
+        size = ds.sample_size(idx)
+        if isinstance(size, str):
+            return self._skip(size, k, idx, ds.describe(idx))
+        return mp.SampleRef(ds.sample_kind, k, idx, int(size[0]), int(size[1]), order)
 
     def _skip(self, reason: str, k: int, idx: int, detail: str) -> str:
         self.skipped[reason] += 1

@@ -113,12 +113,19 @@ class PackedSource:
             used = [r for _, r in parts for r in r]
             if used:
                 mb["pixel_values"], mb["grid_thw"] = _take_images(packed, used)
+            clips = [per_sample[id(s)][0].audio for pack in micro for s in pack if s.kind == "audio"]
+            if clips:  # the clips' log-mel frames, in placeholder order
+                from omni_mega.data.audio.features import clip_features
+
+                mb["audio_features"], mb["audio_cu_seqlens"] = clip_features(clips, self.spec.n_mels)
             out.append(mb)
         return out
 
     def _images(self, s: mp.SampleRef, rec) -> list[tuple[bytes, int]]:
         """The images a sample shows, in placeholder order, with the merged visual tokens each must give: a
         caption's one image; every image of a conversation once per sequence (each sequence is its own segment)."""
+        if s.kind == "audio":
+            return []
         if s.kind == "mm":
             return [(rec.image, s.visual)]
         per_image = _visual_per_image(s.visual, len(rec.sequences), rec, self.spec)
@@ -164,6 +171,10 @@ class PackedSource:
             used += rows
             if s.kind == "mm":
                 seqs.append(self._mm_tokens(s, rec)), lengths.append(s.positions), targets.append(None)
+                continue
+            if s.kind == "audio":  # [AUD] * n + SEP + transcript + EOD, as a caption after its image
+                seqs.append(self.mm_sets[s.dataset].llm_tokens(s, rec, sp)), lengths.append(s.positions)
+                targets.append(None)
                 continue
             if len(rec.sequences) == 2:
                 pairs.append([len(seqs), len(seqs) + 1])

@@ -9,7 +9,8 @@ Sample kinds give samples sized from their index. Image-text: the `multimodal.sh
 `tokenizer` dict): `demo_mm` (the built-in scenes, built on first use under the data dir) and `mm_shards` (a
 directory). Conversations: `conversations.shards.ConvShardDataset` (`meta(i)` -> (sequence lengths, image sizes),
 `ds[i]` -> ConvSample, `kind`: sft | preference | prompts): `conversations` (a directory written by
-`tools/preprocess_conversations.py`), `demo_sft` and `demo_preference` (built-in, about the demo scenes).
+`tools/preprocess_conversations.py`), `demo_sft`, `demo_preference` and `demo_prompts` (built-in, about the demo
+scenes).
 
 Imports stay light (NumPy and JSON): the dry-run reads the datasets' tokenizers through `tokenizer_of`.
 """
@@ -78,10 +79,30 @@ def _demo_conv(kind: str):
     return open_
 
 
-def _byte_chat_tokenizer(d: DatasetConfig, data_dir: Path) -> dict:
-    from omni_mega.data.conversations.templates import ByteChatTokenizer
+def _open_audio_shards(d: DatasetConfig, data_dir: Path):
+    from omni_mega.data.audio.shards import AudioShardDataset
 
-    return {**ByteChatTokenizer().identity, "template": "chatml"}
+    return AudioShardDataset(str(d.path))
+
+
+def _open_demo_audio(d: DatasetConfig, data_dir: Path):
+    from omni_mega.data.audio.shards import AudioShardDataset
+    from omni_mega.data.demo.speech import build_demo_speech
+
+    return AudioShardDataset(build_demo_speech(data_dir)["train"])
+
+
+def _open_demo_shapes(d: DatasetConfig, data_dir: Path):
+    from omni_mega.data.demo.shapes import build_demo_shapes
+    from omni_mega.data.multimodal.shards import MMShardDataset
+
+    return MMShardDataset(build_demo_shapes(data_dir)["train"])
+
+
+def _byte_chat_tokenizer(d: DatasetConfig, data_dir: Path) -> dict:
+    from omni_mega.data.conversations.templates import ByteChatTokenizer, chat_identity
+
+    return chat_identity(ByteChatTokenizer(), "chatml")
 
 
 def _byte_tokenizer(d: DatasetConfig, data_dir: Path) -> dict:
@@ -106,7 +127,15 @@ READERS: dict[str, Reader] = {
     "conversations": Reader("samples", _open_conversations, _shards_tokenizer),
     "demo_sft": Reader("samples", _demo_conv("sft"), _byte_chat_tokenizer),
     "demo_preference": Reader("samples", _demo_conv("preference"), _byte_chat_tokenizer),
+    "demo_prompts": Reader("samples", _demo_conv("prompts"), _byte_chat_tokenizer),
 }
+# Audio with transcripts (omni_mega.data.audio.shards: `meta(i)` -> (rate, samples, tokens), `ds[i]` ->
+# AudioTextRecord) and the built-in labelled shapes (image-text shards whose text is the label).
+READERS.update({
+    "audio_shards": Reader("samples", _open_audio_shards, _shards_tokenizer),
+    "demo_audio": Reader("samples", _open_demo_audio, _byte_tokenizer),
+    "demo_shapes": Reader("samples", _open_demo_shapes, _byte_tokenizer),
+})
 
 
 def reader(d: DatasetConfig) -> Reader:
@@ -169,3 +198,14 @@ def special_ids(tokenizers: list[dict | None], names: list[str]) -> tuple[int | 
     if "sep" in t:
         return int(t["eod"]), int(t["sep"])
     return int(t["eod"]), BYTE_SEP if t.get("kind") == "byte" else None
+
+
+def open_eval_conversations(path: str | None, data_dir: Path):
+    """The held-out conversations of a stage's `eval`: a shard dir, or (None) the built-in demo's held-out split."""
+    from omni_mega.data.conversations.shards import ConvShardDataset
+
+    if path is None:
+        from omni_mega.data.demo.conversations import build_demo_conversations
+
+        return ConvShardDataset(build_demo_conversations(data_dir, "sft")["heldout"])
+    return ConvShardDataset(str(path))

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 from omni_mega.config.plan import StagePlan
-from omni_mega.config.schema import ConnectorConfig, ModelConfig, ViTConfig
+from omni_mega.config.schema import PART_OBJECTIVES, ConnectorConfig, ModelConfig, ViTConfig
 from omni_mega.data.readers import open_mm_dataset, open_text_dataset, special_ids, tokenizer_of
 
 
@@ -71,6 +71,10 @@ def build_source(plan: StagePlan, model: ModelConfig, data_dir: str | Path, cons
         from omni_mega.data.image_text_source import build_image_text_source
 
         return build_image_text_source(plan, model, data_dir, consumed_samples, decode_threads=decode_threads)
+    if plan.objective in PART_OBJECTIVES:  # one part trained alone: its own micro-batches
+        from omni_mega.data.task_source import build_task_source
+
+        return build_task_source(plan, model, data_dir, consumed_samples, decode_threads=decode_threads)
     text = [d for d in plan.mix if not d.structured]
     mm = [d for d in plan.mix if d.structured]  # image-text and conversation samples
     if any(d.multimodal for d in mm) and model.vit is None:
@@ -85,11 +89,28 @@ def build_source(plan: StagePlan, model: ModelConfig, data_dir: str | Path, cons
         image_token_id=conn.image_token_id, no_loss_ids=tuple(conn.indicator_token_ids), eod=eod, sep=sep,
         patch_size=vit.patch_size, merge_size=vit.merge_size, temporal_patch_size=vit.temporal_patch_size,
         min_pixels=plan.min_pixels, max_pixels=plan.max_pixels, multimodal_metrics=plan.vision)
+    if model.audio is not None:  # audio placeholders carry no loss; clips' features at the model's mel bins
+        import dataclasses
+
+        spec = dataclasses.replace(spec, no_loss_ids=spec.no_loss_ids + (model.audio.audio_token_id,),
+                                   n_mels=model.audio.n_mels, multimodal_metrics=True)
     mm_sets = [open_mm_dataset(d, data_dir) for d in mm]
+    if any(getattr(ds, "modality", None) == "audio" for ds in mm_sets):
+        from omni_mega.data.task_source import wrap_audio
+
+        mm_sets = wrap_audio(mm_sets, model, plan)
     if model.vit is None:
         for d, ds in zip(mm, mm_sets):
             if getattr(ds, "has_images", False):
                 raise ValueError(f"stage {plan.name!r}: dataset {d.name!r} holds images and the model has no vision "
                                  "tower (model.vit)")
+    if plan.objective == "grpo":  # prompts to answer, not packs to train on: the objective packs its rollouts
+        from omni_mega.data.prompt_source import PromptSource
+
+        if text:
+            raise ValueError(f"stage {plan.name!r}: objective grpo takes prompt datasets only, not text "
+                             f"{[d.name for d in text]}")
+        return PromptSource(spec, mm_sets, [d.weight for d in mm], consumed_samples,
+                            global_batch=plan.global_batch_size, ppo_epochs=plan.cfg.grpo.ppo_epochs)
     return PackedSource(spec, [open_text_dataset(d, eod, plan.seq_length) for d in text], [d.weight for d in text],
                         mm_sets, [d.weight for d in mm], consumed_samples, decode_threads=decode_threads)

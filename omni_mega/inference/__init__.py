@@ -1,5 +1,6 @@
-"""Inference: autoregressive generation with a KV cache of our own (TP-aware, CPU and GPU)."""
+"""Inference: autoregressive generation with a KV cache of our own (TP- and PP-aware, CPU and GPU)."""
 
-from omni_mega.inference.generate import GenerationResult, Generator, KVCache, SamplingParams, greedy_decode
+from omni_mega.inference.generate import (GenerationResult, Generator, KVCache, Prompt, SamplingParams,
+                                          greedy_decode)
 
-__all__ = ["GenerationResult", "Generator", "KVCache", "SamplingParams", "greedy_decode"]
+__all__ = ["GenerationResult", "Generator", "KVCache", "Prompt", "SamplingParams", "greedy_decode"]

@@ -14,30 +14,74 @@ def build_model(cfg: ModelConfig, parallel: ParallelConfig, vocab_size: int, max
                 vp_stage: int | None = None, *, mrope_section: list[int] | None = None) -> GPTModel | "OmniModel":
     """This rank's model chunk (virtual stage `vp_stage` when interleaved).
 
-    Text-only configs (`cfg.vit is None`) give a plain GPTModel; otherwise an OmniModel whose vision tower and
-    connector exist only on the first pipeline stage (the first virtual chunk of pipeline rank 0).
+    Text-only configs (no vit, audio, codec, talker, classifier) give a plain GPTModel; otherwise an OmniModel whose
+    vision tower, connector and other parts exist only on the first pipeline stage (the first virtual chunk of
+    pipeline rank 0).
     vocab_size: the padded LLM vocabulary (`models.llm.padded_vocab_size`); max_seq: the longest sequence.
     mrope_section: overrides `cfg.llm.mrope_section` (Qwen2-VL M-RoPE in the LLM, see `models.mrope`).
     """
     mrope_section = cfg.llm.mrope_section if mrope_section is None else mrope_section
     llm = build_llm(cfg.llm, parallel, vocab_size, max_seq, dtype, vp_stage=vp_stage, mrope_section=mrope_section)
-    if cfg.vit is None:
-        if cfg.connector is not None or cfg.contrastive is not None:
-            raise ConfigError("model.connector / model.contrastive: need model.vit; set model.vit or drop them")
+    has_parts = any(getattr(cfg, p, None) is not None for p in PARTS)
+    if cfg.vit is None and not has_parts:
+        if cfg.connector is not None:
+            raise ConfigError("model.connector: a connector needs model.vit; set model.vit or drop the connector")
         return llm
     from omni_mega.models.omni import OmniModel
 
     conn_cfg = cfg.connector or ConnectorConfig()
-    vit = connector = towers = None
-    if ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage):
+    vit = connector = None
+    first = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+    if first and cfg.vit is not None:
         vit, connector = _vision(cfg, conn_cfg, parallel, dtype)
-        if cfg.contrastive is not None:  # ViT pre-training towers (objective: contrastive)
-            from omni_mega.models.contrastive import ContrastiveTowers
+    parts = _parts(cfg, parallel, dtype, vit, vocab_size) if first else {}
+    parts.update(audio_cfg=cfg.audio, talker_layers=cfg.talker.num_layers if cfg.talker is not None else 0,
+                 contrastive=cfg.contrastive is not None)
+    return OmniModel(llm, vit, connector, conn_cfg, cfg.vit.num_layers if cfg.vit is not None else 0,
+                     cfg.vit.merge_size if cfg.vit is not None else 2, mrope=mrope_section is not None, parts=parts)
 
-            towers = ContrastiveTowers(cfg.contrastive, vit.out_features, cfg.contrastive.vocab_size or vocab_size,
-                                       dtype)
-    return OmniModel(llm, vit, connector, conn_cfg, cfg.vit.num_layers, cfg.vit.merge_size,
-                     mrope=mrope_section is not None, towers=towers, contrastive=cfg.contrastive is not None)
+
+PARTS = ("audio", "codec", "talker", "classifier", "contrastive")  # optional parts beside the LLM and the vision tower
+
+
+def _parts(cfg: ModelConfig, parallel: ParallelConfig, dtype: torch.dtype, vit, vocab_size: int) -> dict:
+    """The audio, speech, classifier and contrastive modules the config asks for (first pipeline stage only)."""
+    out = {}
+    if cfg.audio is not None:
+        from omni_mega.models.audio.encoder import AudioEncoder
+        from omni_mega.models.vision.projector import Projector
+
+        a = cfg.audio
+        hidden = a.projector_hidden_size or cfg.llm.hidden_size
+        if hidden % parallel.tp:
+            raise ConfigError(f"model.audio.projector_hidden_size: {hidden} is not divisible by tp={parallel.tp}")
+        out["audio"] = AudioEncoder(a, parallel, dtype)
+        out["ctc_head"] = torch.nn.Linear(a.hidden_size, a.ctc_vocab_size + 1, dtype=dtype)  # + the blank
+        out["audio_projector"] = Projector(a.hidden_size, cfg.llm.hidden_size, hidden, parallel, dtype)
+    if cfg.classifier is not None:
+        if vit is None:
+            raise ConfigError("model.classifier: an image classifier needs model.vit")
+        from omni_mega.models.vision.classifier import ImageClassifier
+
+        out["classifier"] = ImageClassifier(vit.out_features, len(cfg.classifier.labels), dtype)
+    if cfg.contrastive is not None:  # the ViT's pre-training towers (objective: contrastive)
+        if vit is None:
+            raise ConfigError("model.contrastive: the contrastive towers pool the ViT's tokens; set model.vit")
+        from omni_mega.models.contrastive import ContrastiveTowers
+
+        out["towers"] = ContrastiveTowers(cfg.contrastive, vit.out_features, cfg.contrastive.vocab_size or vocab_size,
+                                          dtype)
+    if cfg.codec is not None:
+        from omni_mega.models.speech.codec import RVQCodec
+
+        out["codec"] = RVQCodec(cfg.codec, dtype)
+    if cfg.talker is not None:
+        if cfg.codec is None:
+            raise ConfigError("model.talker: the Talker speaks codec codes; set model.codec")
+        from omni_mega.models.speech.talker import Talker
+
+        out["talker"] = Talker(cfg.talker, cfg.codec, parallel, dtype)
+    return out
 
 
 def build_chunks(cfg: ModelConfig, parallel: ParallelConfig, vocab_size: int, max_seq: int,

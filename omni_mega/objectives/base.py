@@ -22,11 +22,17 @@ class StageContext:
     plan: object  # the stage's config.plan.StagePlan
     run_dir: Path
     step_slice: object  # this rank's data.source.StepSlice of a step
+    step: int  # optimizer steps of the run done (the step about to run is step + 1)
+    model: list  # the training model chunks (megatron DDP-wrapped)
+    image_token_id: int  # the placeholder id of a merged visual token
     new_source: Callable[[int], object]  # a fresh data source of this stage at a number of consumed samples
     forward_only: Callable[[list, Callable, list], list[dict]]  # (micro-batches, forward_step, chunks) -> the loss
     # dicts of the last pipeline stage (an empty list on other stages), megatron's schedule without backward
     reference_model: Callable[[], list]  # a frozen copy of the model chunks with the current weights
     dataset_sizes: list[int]  # items of each image-text/conversation dataset of the stage's mix (table sizes)
+    model_config: object = None  # the run's config.ModelConfig (held-out batches of part-training stages)
+    data_dir: Path | None = None  # where the built-in demo data is cached
+    chunks: list | None = None  # the (unwrapped) model chunks being trained, for objectives that maintain a part
 
 
 class Objective(Protocol):
@@ -43,8 +49,17 @@ class Objective(Protocol):
         """Called once the stage's model, optimizer and data source are set up (also on resume), before its first
         step: an objective that needs a pass over the stage's data first (reference log-probs) does it here."""
 
-    def before_step(self, ctx: StageContext, batches: list[dict]) -> None:
-        """Called with this rank's micro-batches of a step before its forward and backward passes."""
+    def before_step(self, ctx: StageContext, batches: list[dict]) -> list[dict] | None:
+        """Called with this rank's micro-batches of a step before its forward and backward passes; returns the
+        micro-batches to train on instead (GRPO: rollouts of the prompts it was given), or None to keep them."""
+
+    def step_metrics(self) -> dict:
+        """metrics.jsonl values the objective measured outside megatron's loss dicts this step (rewards, times)."""
+
+    def state_dict(self) -> dict:
+        """JSON the checkpoint keeps for a resume inside the stage ({} when nothing)."""
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 def metric(total: torch.Tensor, count: float | torch.Tensor = 1.0) -> torch.Tensor:
@@ -63,10 +78,10 @@ def packed_seq_params(batch: dict):
 
 
 def model_inputs(batch: dict) -> dict:
-    """Keyword inputs of the model beyond tokens and positions: the packing, and images when the batch has them
-    (a text-only model never gets image keys, because its batches never hold images)."""
+    """Keyword inputs of the model beyond tokens and positions: the packing, and images and audio when the batch
+    has them (a text-only model never gets those keys, because its batches never hold images or clips)."""
     out = {"packed_seq_params": packed_seq_params(batch)}
-    for k in ("pixel_values", "grid_thw"):
+    for k in ("pixel_values", "grid_thw", "audio_features", "audio_cu_seqlens"):
         if batch.get(k) is not None:
             out[k] = batch[k]
     return out

@@ -155,8 +155,8 @@ class ContrastiveObjective:
 
     def forward_step(self, data_iterator, model):
         batch = next(data_iterator)
-        out = model(None, None, pixel_values=batch["pixel_values"], grid_thw=batch["grid_thw"], text=batch["text"],
-                    text_lengths=batch["text_lengths"])
+        out = model(None, None, task="contrastive", pixel_values=batch["pixel_values"], grid_thw=batch["grid_thw"],
+                    text=batch["text"], text_lengths=batch["text_lengths"])
         return out, partial(contrastive_loss_func, self.kind, self.caption_weight, batch["sample_mask"],
                             batch.get("text_keys"))
 

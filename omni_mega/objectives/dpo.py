@@ -173,3 +173,12 @@ class DPOObjective:
     def before_step(self, ctx: StageContext, batches: list[dict]) -> None:
         if self.reference is not None:
             self._score_batches(ctx, batches, self.reference)
+
+    def step_metrics(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -8,6 +8,9 @@ from pathlib import Path
 
 from omni_mega.config import ConfigError, RunConfig
 from omni_mega.config.plan import StagePlan, plan_stages
+from omni_mega.config.schema import AUDIO_SOURCES
+
+PART_SOURCES = AUDIO_SOURCES + ("demo_shapes",)  # audio clips and labelled images: not conversations
 from omni_mega.training.schedules import Segment, build_segments, lr_for_step
 
 
@@ -62,7 +65,10 @@ def _mix_line(plan: StagePlan) -> str:
     parts = []
     for label, ds in (("text", [d for d in plan.mix if not d.structured]),
                       ("image-text", [d for d in plan.mix if d.multimodal]),
-                      ("conversations", [d for d in plan.mix if d.structured and not d.multimodal])):
+                      ("conversations", [d for d in plan.mix if d.structured and not d.multimodal
+                                         and d.source not in PART_SOURCES]),
+                      ("audio", [d for d in plan.mix if d.source in AUDIO_SOURCES]),
+                      ("labelled images", [d for d in plan.mix if d.source == "demo_shapes"])):
         w = sum(d.weight for d in ds)
         if ds:
             parts.append(f"{label}: " + ", ".join(f"{d.name} ({d.source}{':' + d.path if d.path else ''}) "
@@ -93,7 +99,7 @@ def banner(plan: StagePlan, lr_plan: LRPlan, group_counts: dict[str, int], train
         f"  trainable: {trainable:,} of {total:,} parameters ("
         + ", ".join(f"{g}: {n:,}" + (f" x{mults[g]:g} lr" if g in mults else "") for g, n in group_counts.items()) + ")",
         f"  lr: schedule {s.schedule}, {seg.decay} peak {seg.peak:.3g} min {seg.min_lr:.3g} warmup {seg.warmup}"
-        + (f" decay_steps {seg.decay_steps}" if seg.decay == "wsd" else "")
+        + (f" decay_steps {seg.decay_steps}" if seg.decay in ("wsd", "step") else "")
         + f"; this stage {lr0:.3g} -> {lr1:.3g}",
         f"  sequence length {plan.seq_length}, micro-batch {plan.micro_batch_size}, global batch "
         f"{plan.global_batch_size} packs, RoPE base {plan.rope_base:g}",

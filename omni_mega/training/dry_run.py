@@ -150,6 +150,7 @@ def leaves(cfg: RunConfig) -> dict[str, Leaf]:
         out.update({f"llm.layers.{i}" + (f".{k}" if k else ""): leaf for k, leaf in parts.items()})
     out["llm.final_norm"] = Leaf(_norm(h, llm.normalization == "LayerNorm"), 0)
     out["llm.output_layer"] = Leaf(v * h, v * h) if llm.untie_embeddings else Leaf(0, 0)  # tied: the embedding's
+    out.update(part_leaves(cfg))
     if vit is None:
         return out
     hv, ln = vit.hidden_size, vit.normalization == "LayerNorm"
@@ -173,18 +174,75 @@ def leaves(cfg: RunConfig) -> dict[str, Leaf]:
     return out
 
 
+PART_PREFIXES = ("audio.", "audio_projector", "ctc_head", "codec", "talker.", "classifier", "image_pooler",
+                 "text_tower", "caption_decoder")
+
+
+def part_leaves(cfg: RunConfig) -> dict[str, Leaf]:
+    """Leaves of the audio encoder, CTC head, audio projector, codec, Talker and classifier (models.audio,
+    models.speech, models.vision.classifier), counted as those modules are built."""
+    m, out = cfg.model, {}
+    h = m.llm.hidden_size
+    if m.audio is not None:
+        a, d = m.audio, m.audio.hidden_size
+        ln = a.normalization == "LayerNorm"
+        out["audio.conv"] = Leaf(a.n_mels * d * 3 + d + d * d * 3 + d, 0)
+        layer = _layer(d, a.num_attention_heads, a.num_attention_heads, a.ffn_hidden_size or 4 * d, False, True, ln)
+        out.update({f"audio.layers.{i}": layer for i in range(a.num_layers)})
+        out["audio.final_norm"] = Leaf(_norm(d, ln), 0)
+        out["ctc_head"] = Leaf(d * (a.ctc_vocab_size + 1) + a.ctc_vocab_size + 1, 0)
+        hid = a.projector_hidden_size or h
+        out["audio_projector"] = Leaf(d * hid + hid + hid * h + h, d * hid + hid + hid * h)
+    if m.codec is not None:
+        c = m.codec
+        f, w = c.n_mels * c.frame_stack, c.hidden_size
+        mlp = lambda i, o: i * w + w + w * w + w + w * o + o  # noqa: E731
+        out["codec"] = Leaf(mlp(f, c.dim) + mlp(c.dim, f) + c.codebooks * c.codebook_size * c.dim, 0)
+    if m.talker is not None and m.codec is not None:
+        t, c, d = m.talker, m.codec, m.talker.hidden_size
+        out["talker.embed"] = Leaf((t.text_vocab_size + c.codebooks * c.codebook_size + 1 + t.max_positions) * d, 0)
+        layer = _layer(d, t.num_attention_heads, t.num_attention_heads, t.ffn_hidden_size or 4 * d, False, True, True)
+        out.update({f"talker.layers.{i}": layer for i in range(t.num_layers)})
+        res = max(c.codebooks - 1, 1) * c.codebook_size
+        out["talker.heads"] = Leaf(2 * d + d * (c.codebook_size + 1) + c.codebook_size + 1 + d * res + res, 0)
+    if m.classifier is not None and m.vit is not None:
+        d_in = m.vit.merge_size ** 2 * m.vit.hidden_size
+        n = len(m.classifier.labels)
+        out["classifier"] = Leaf(2 * d_in + d_in * n + n, 0)
+    if m.contrastive is not None and m.vit is not None:
+        out.update(contrastive_leaves(cfg))
+    return out
+
+
+def contrastive_leaves(cfg: RunConfig) -> dict[str, Leaf]:
+    """The contrastive towers (models.contrastive), replicated on every TP rank: torch's pre-norm encoder layer
+    (self-attention, 4w MLP, two LayerNorms) is 12w^2 + 13w, the decoder layer (plus cross-attention and a third
+    norm) 16w^2 + 19w."""
+    m = cfg.model
+    c, w, d = m.contrastive, m.contrastive.hidden_size, m.contrastive.embed_dim
+    v = c.vocab_size or llm_vocab(cfg)
+    d_in = m.vit.merge_size ** 2 * m.vit.hidden_size
+    attn = 4 * w * w + 4 * w
+    return {
+        "image_pooler": Leaf(d_in * w + w + w + attn + 2 * w + w * d + 2, 0),
+        "text_tower": Leaf(v * w + (c.max_text_length + 2) * w + w + c.text_layers * (12 * w * w + 13 * w) + 2 * w
+                           + w * d, 0),
+        "caption_decoder": Leaf(c.decoder_layers * (16 * w * w + 19 * w) + 2 * w + w * v, 0),
+    }
+
+
 def group_leaves(name: str, names: list[str], cfg: RunConfig) -> list[str]:
     """Leaves a module-group name (`llm`, `vit.layers[-1:]`, `vet`, ...) selects, following `OmniModel.named_groups`:
     `vit` is the whole tower (patch embedding, layers, final norm), `llm` the whole GPTModel."""
     ref = parse_group(name)
-    if ref.base in ("llm.layers", "vit.layers"):
-        n = cfg.model.llm.num_layers if ref.base == "llm.layers" else cfg.model.vit.num_layers
+    if ref.base in ("llm.layers", "vit.layers", "audio.layers", "talker.layers"):
+        n = getattr(cfg.model, ref.base.split(".")[0]).num_layers
         picked = {f"{ref.base}.{i}" for i in ref.select(n)}
         return [k for k in names if k in picked or k.rsplit(".", 1)[0] in picked]
     if ref.base in ("llm.experts", "llm.router", "llm.shared_experts"):  # every MoE layer's part
         part = ref.base.split(".", 1)[1]
         return [k for k in names if k.startswith("llm.layers.") and k.endswith("." + part)]
-    if ref.base in ("llm", "vit"):
+    if ref.base in ("llm", "vit", "audio", "talker"):
         return [k for k in names if k.startswith(ref.base + ".")]
     return [k for k in names if k == ref.base]
 
@@ -375,10 +433,15 @@ def stage_lines(cfg: RunConfig, lay: Layout, plan: StagePlan, lr_plan, lv: dict[
     chosen = trainable_leaves(cfg, list(plan.trainable))
     union = {k for ks in chosen.values() for k in ks}
     seg = lr_plan.segment_of(plan.index)
-    lines = [f"  [{plan.index + 1}] stage {plan.name} ({plan.objective}): {plan.steps:,} steps x {plan.global_batch_size} x "
-             f"{plan.seq_length} = {tokens:,} tokens ({_tokens(tokens)})"
-             + (f", asked {_tokens(s.tokens)}" if s.tokens else "")
-             + f", RoPE base {plan.rope_base:,g}"]
+    if plan.objective == "grpo":
+        g = s.grpo
+        head = (f"{plan.steps:,} steps x {plan.global_batch_size} prompts x {g.group_size} samples of up to "
+                f"{g.max_new_tokens:,} new tokens (temperature {g.temperature:g}), packed into {plan.seq_length}-token "
+                "sequences")
+    else:
+        head = (f"{plan.steps:,} steps x {plan.global_batch_size} x {plan.seq_length} = {tokens:,} tokens "
+                f"({_tokens(tokens)})" + (f", asked {_tokens(s.tokens)}" if s.tokens else ""))
+    lines = [f"  [{plan.index + 1}] stage {plan.name} ({plan.objective}): {head}, RoPE base {plan.rope_base:,g}"]
     if plan.vision:
         if not any(d.structured for d in plan.mix):
             lines.append("      multimodal share 0 (text only)")
@@ -408,14 +471,17 @@ def format_plan(cfg: RunConfig, world_size: int) -> str:
     lv = leaves(cfg)
     plans, lr_plan = plan_stages(cfg), LRPlan(cfg)
     total = sum(x.total for x in lv.values())
-    vision = sum(x.total for k, x in lv.items() if not k.startswith("llm."))
+    parts = sum(x.total for k, x in lv.items() if k.startswith(PART_PREFIXES))
+    vision = sum(x.total for k, x in lv.items() if not k.startswith("llm.")) - parts
     lines = [f"run {cfg.name}: {len(plans)} stages",
              f"layout: world {lay.world_size} = tp {lay.tp} x pp {lay.pp} x cp {lay.cp} x dp {lay.dp}"
              f" (vpp {cfg.parallel.vpp}, sequence parallel {lay.sp}"
              + (f", experts over ep {lay.ep} x expert dp {lay.edp}" if lay.ep > 1 else "")
              + f"), micro-batch {cfg.data.micro_batch_size}, "
              + ("distributed optimizer" if distributed_optimizer(cfg) else "optimizer not sharded"),
-             f"parameters: {total:,} (llm {total - vision:,}, vision {vision:,}; padded vocab {llm_vocab(cfg):,})"]
+             f"parameters: {total:,} (llm {total - vision - parts:,}, vision {vision:,}"
+             + (f", audio/speech/classifier/contrastive {parts:,}" if parts else "")
+             + f"; padded vocab {llm_vocab(cfg):,})"]
     llm = cfg.model.llm
     if getattr(llm, "num_moe_experts", None):
         llm_leaves = {k: x for k, x in lv.items() if k.startswith("llm.")}
@@ -430,8 +496,11 @@ def format_plan(cfg: RunConfig, world_size: int) -> str:
     for p in plans:
         block, w = stage_lines(cfg, lay, p, lr_plan, lv)
         lines += block
-        worst, tokens = max(worst, w), tokens + p.steps * p.global_batch_size * p.seq_length
-    lines.append(f"total: {cfg.total_steps:,} steps, {tokens:,} tokens ({_tokens(tokens)}), "
+        worst = max(worst, w)
+        # GRPO's tokens depend on how long its responses are, so they are not in the total
+        tokens += 0 if p.objective == "grpo" else p.steps * p.global_batch_size * p.seq_length
+    lines.append(f"total: {cfg.total_steps:,} steps, {tokens:,} tokens ({_tokens(tokens)}"
+                 + (", GRPO stages not counted" if any(p.objective == "grpo" for p in plans) else "") + "), "
                  f"peak memory/GPU {_gib(worst)}")
     lines.append("memory model: bf16 weights, fp32 grads, fp32 master + Adam sharded over dp; activations by "
                  "Korthikanti et al. 2022 with selective recompute (see omni_mega/training/dry_run.py)")

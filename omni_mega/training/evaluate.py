@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omni_mega.config import ConnectorConfig, RunConfig
+from omni_mega.config import ConnectorConfig, ModelConfig
 from omni_mega.data import packing as mp
 from omni_mega.data.conversations.shards import IMAGE_MARK
+from omni_mega.data.conversations.templates import tokenizer_decoder
 
 
 def split_last_answer(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -31,42 +32,22 @@ def split_last_answer(ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np
     return ids[:start], ids[start:sup[-1]], int(ids[sup[-1]])
 
 
-def tokenizer_decoder(identity: dict):
-    """text from ids for a dataset's recorded tokenizer."""
-    if identity.get("kind") == "byte":
-        from omni_mega.data.conversations.templates import ByteChatTokenizer
-
-        return ByteChatTokenizer().decode
-    from omni_mega.data.text.tokenizer import HuggingFaceTokenizer
-
-    return HuggingFaceTokenizer(identity["tokenizer_model"]).decode
-
-
-@torch.no_grad()
 def greedy(model, prompt: torch.Tensor, *, stop: int, vocab_size: int, max_new_tokens: int, pixel_values=None,
            grid_thw=None) -> list[int]:
-    """Greedy continuation of int64 [L] `prompt` (one process, one model chunk); stops at `stop`."""
-    device = next(model.parameters()).device
-    ids = prompt.to(device)
-    out: list[int] = []
-    kw = {} if pixel_values is None else {"pixel_values": pixel_values.to(device), "grid_thw": grid_thw}
-    for _ in range(max_new_tokens):
-        logits = model(ids[None], torch.arange(ids.numel(), device=device)[None], None, **kw)
-        nxt = int(logits[0, -1, :vocab_size].argmax())
-        if nxt == stop:
-            break
-        out.append(nxt)
-        ids = torch.cat([ids, torch.tensor([nxt], device=device)])
-    return out
+    """Greedy continuation of int64 [L] `prompt` with the KV-cache generator; stops at `stop` (not returned)."""
+    from omni_mega.inference import Generator, SamplingParams
+
+    params = SamplingParams(max_new_tokens=max_new_tokens, eos_token_ids=[stop])
+    return Generator(model, vocab_size).generate(prompt, params, pixel_values=pixel_values, grid_thw=grid_thw).ids
 
 
-def answer_dataset(model, cfg: RunConfig, dataset, indices: list[int], *, min_pixels: int, max_pixels: int,
+def answer_dataset(model, cfg: ModelConfig, dataset, indices: list[int], *, min_pixels: int, max_pixels: int,
                    vocab_size: int, max_new_tokens: int = 32) -> list[dict]:
-    """[{"key", "reference", "answer", "exact"}] for `indices` of a conversation dataset."""
+    """[{"key", "reference", "answer", "exact"}] for `indices` of a conversation dataset; `cfg` is the model's."""
     from omni_mega.data.images import decode_and_pack
 
     decode = tokenizer_decoder(dataset.tokenizer)
-    conn, vit = cfg.model.connector or ConnectorConfig(), cfg.model.vit
+    conn, vit = cfg.connector or ConnectorConfig(), cfg.vit
     rows = []
     for i in indices:
         rec = dataset[i]

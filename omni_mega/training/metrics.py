@@ -47,11 +47,11 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def truncate_metrics(run_dir: Path, step: int) -> int:
+def truncate_metrics(run_dir: Path, step: int, name: str = "metrics.jsonl") -> int:
     """Drops the records after `step` in place (a resumed run rewrites the steps after its checkpoint, so each step
     appears once); the file is never replaced, only cut. Returns the number of records dropped. Rows are in step
     order: everything from the first record past `step` on goes, as does a torn last line."""
-    path = Path(run_dir) / "metrics.jsonl"
+    path = Path(run_dir) / name
     if not path.exists():
         return 0
     with open(path, "r+b") as f:

@@ -1,6 +1,8 @@
 """`omni-mega report RUN_DIR`: report.png (loss and LR over the whole run, stage boundaries marked; the multimodal
-token share per step when the run logged one) and report.md (throughput, a table per stage, packing efficiency and
-the greedy captions of `captions.json` when present) from metrics.jsonl."""
+token share per step when the run logged one; DPO's reward accuracy when a stage optimised it) and report.md
+(throughput, a table per stage, the objectives' own metrics per stage, held-out exact match after stages that
+evaluated (`eval.jsonl`), packing efficiency and the greedy captions of `captions.json` when present) from
+metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -54,8 +56,10 @@ def _plot(run_dir: Path, rows: list[dict], stages: list[dict]) -> Path:
     import matplotlib.pyplot as plt
 
     mm = any("mm_ratio" in r for r in rows)
+    dpo = any("reward_accuracy" in r for r in rows)
     steps = [r["step"] for r in rows]
-    fig, axes = plt.subplots(3 if mm else 2, 1, figsize=(9, 8.5 if mm else 6), sharex=True)
+    n = 2 + mm + dpo
+    fig, axes = plt.subplots(n, 1, figsize=(9, 3 * n), sharex=True)
     ax_loss, ax_lr = axes[0], axes[1]
     ax_loss.plot(steps, [r["loss"] for r in rows], lw=1)
     ax_loss.set_ylabel("loss")
@@ -68,6 +72,11 @@ def _plot(run_dir: Path, rows: list[dict], stages: list[dict]) -> Path:
         ax_mm.set_ylabel("multimodal token share")
         ax_mm.set_ylim(-0.02, 1.02)
         ax_mm.legend(loc="upper left", fontsize=8)
+    if dpo:
+        ax_r = axes[2 + mm]
+        ax_r.plot(steps, [r.get("reward_accuracy") for r in rows], lw=1, color="tab:red")
+        ax_r.set_ylabel("DPO reward accuracy")
+        ax_r.set_ylim(-0.02, 1.02)
     axes[-1].set_xlabel("step")
     for s in stages:
         for ax in axes:
@@ -94,6 +103,32 @@ def _stage_row(s: dict, mm: bool) -> str:
         pct = (lambda v: "-" if v is None else f"{v:.1%}")
         row += f" {target} | {pct(s['mm_ratio'])} | {s['images'] or 0:,} | {pct(s['packing'])} |"
     return row
+
+
+OBJECTIVE_METRICS = ("dpo_loss", "nll_loss", "reward_accuracy", "reward_margin", "supervised_tokens")
+
+
+def _objectives_md(rows: list[dict], run_dir: Path) -> list[str]:
+    """Per stage: its objective, the first and last 5 steps' means of the objective's own metrics, and the held-out
+    exact match after the stage when it evaluated."""
+    evals = {}
+    path = Path(run_dir) / "eval.jsonl"
+    if path.exists():
+        evals = {e["stage"]: e for e in (json.loads(x) for x in path.read_text().splitlines() if x.strip())}
+    stages: dict[str, list[dict]] = {}
+    for r in rows:
+        stages.setdefault(r["stage"], []).append(r)
+    lines = ["", "## Objectives", "", "| stage | objective | metrics (first 5 steps -> last 5 steps) | held-out exact "
+             "match |", "| --- | --- | --- | --- |"]
+    for name, rs in stages.items():
+        keys = [k for k in OBJECTIVE_METRICS if k in rs[0]]
+        mean = (lambda xs, k: _mean([x.get(k) for x in xs]))
+        fmt = (lambda v: f"{v:.3g}" if isinstance(v, float) else str(v))
+        cells = ", ".join(f"{k} {fmt(mean(rs[:5], k))} -> {fmt(mean(rs[-5:], k))}" for k in keys) or "-"
+        e = evals.get(name)
+        lines.append(f"| {name} | {rs[0].get('objective', 'lm')} | {cells} | "
+                     + (f"{e['exact_match']:.1%} of {e['n']} (step {e['step']})" if e else "-") + " |")
+    return lines
 
 
 def _captions_md(run_dir: Path) -> list[str]:
@@ -132,6 +167,7 @@ def write_report(run_dir: Path) -> tuple[Path, Path]:
         cols += ["mm share target", "mm share realized", "images", "packing"]
     lines += ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
     lines += [_stage_row(s, mm) for s in stages]
+    lines += _objectives_md(rows, run_dir)
     lines += _captions_md(run_dir)
     md.write_text("\n".join(lines) + "\n")
     return png, md

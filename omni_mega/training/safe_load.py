@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import collections
 import contextlib
+import pathlib
 import pickle
 from typing import Any, Iterator
 
@@ -43,6 +44,10 @@ def _allowed() -> dict[tuple[str, str], Any]:
     allowed.update({("builtins", n): getattr(builtins, n) for n in _BUILTINS})
     allowed[("collections", "OrderedDict")] = collections.OrderedDict
     allowed[("torch", "Size")] = torch.Size
+    # StorageMeta.checkpoint_id is the writer's path when torch's FileSystemWriter saved the checkpoint (import-hf
+    # does): a path object is built from strings and runs nothing.
+    allowed.update({("pathlib", n): getattr(pathlib, n) for n in ("PosixPath", "PurePosixPath", "WindowsPath",
+                                                                  "PureWindowsPath")})
     # A layout is pickled as torch.serialization._get_layout("torch.strided"): a lookup in a table of layouts.
     allowed[("torch.serialization", "_get_layout")] = torch.serialization._get_layout
     allowed.update({("torch", n): v for n, v in vars(torch).items() if isinstance(v, torch.dtype)})

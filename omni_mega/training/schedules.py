@@ -3,8 +3,8 @@
 A curriculum's LR plan is a list of *segments*. A stage with `schedule: new` or `rewarmup` opens a segment; each
 following `schedule: resume` stage extends it (one schedule spanning those stages). Inside a segment: linear warm-up
 (from 0 for `new`, from the LR the previous segment ended at for `rewarmup`) to the peak, then the decay:
-cosine/linear to `min_lr` at the segment's last step, constant, or WSD (warmup-stable-decay: the peak until the
-last `decay_steps`, then linear to `min_lr`).
+cosine/linear to `min_lr` at the segment's last step, constant, WSD (warmup-stable-decay: the peak until the
+last `decay_steps`, then linear to `min_lr`), or step (halved every `decay_steps` steps, floored at `min_lr`).
 """
 
 from __future__ import annotations
@@ -52,6 +52,8 @@ def segment_lr(seg: Segment, k: int, start_lr: float) -> float:
     span = seg.peak - seg.min_lr
     if seg.decay == "constant":
         return seg.peak
+    if seg.decay == "step":  # halved every decay_steps steps after the warm-up, never below min_lr
+        return max(seg.min_lr, seg.peak * 0.5 ** ((k - seg.warmup) // seg.decay_steps))
     if seg.decay == "wsd":
         first_decay = seg.length - seg.decay_steps
         if k < first_decay:
@@ -84,10 +86,15 @@ def build_segments(cfg: RunConfig) -> tuple[list[Segment], list[int]]:
         owner.append(len(segments) - 1)
         start += s.steps
     # WSD decay length is known once a segment's full length is: default 20% of it, never longer than the segment.
+    # Step decay: the halving interval (default 1,000 steps).
     out = []
     for seg, s_first in zip(segments, [cfg.stages[owner.index(i)] for i in range(len(segments))]):
-        d = s_first.decay_steps if s_first.decay_steps is not None else max(1, round(0.2 * seg.length))
-        out.append(Segment(**{**seg.__dict__, "decay_steps": min(d, seg.length)}))
+        if seg.decay == "step":
+            d = s_first.decay_steps if s_first.decay_steps is not None else 1000
+        else:
+            d = min(s_first.decay_steps if s_first.decay_steps is not None else max(1, round(0.2 * seg.length)),
+                    seg.length)
+        out.append(Segment(**{**seg.__dict__, "decay_steps": d}))
     return out, owner
 
 

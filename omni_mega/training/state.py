@@ -26,6 +26,7 @@ class TrainerState:
     skipped_steps: int = 0  # steps skipped for a non-finite loss or gradient (no update), over the run
     skipped_in_a_row: int = 0
     data: dict = field(default_factory=dict)  # BatchSource.state_dict()
+    objective: dict = field(default_factory=dict)  # the stage objective's state_dict() (JSON; e.g. GRPO's rollouts)
     lr: float = 0.0  # LR of the last step (informational: the schedule is a pure function of `step`)
     rope_base: float = 0.0
     save: str = "full"  # full | trainable_only

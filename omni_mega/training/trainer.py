@@ -6,6 +6,7 @@ source, losses in the objective, module groups in the model."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -19,7 +20,8 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from torch.distributed.checkpoint.api import CheckpointException  # a BaseException, not an Exception
 
 from omni_mega import objectives
-from omni_mega.config import RunConfig, to_dict
+from omni_mega.config import ConnectorConfig, RunConfig, to_dict
+from omni_mega.config.schema import PART_OBJECTIVES
 from omni_mega.objectives.base import StageContext
 from omni_mega.config.plan import StagePlan, max_seq_length, plan_stages, stage_at
 from omni_mega.data import source as data_source
@@ -110,6 +112,7 @@ class Trainer:
             self._enter_stage(self.plans[0], fresh=True)
         if rt.is_rank0:  # after the resume settled on a checkpoint (a fallback may be older than the newest)
             dropped = truncate_metrics(self.run_dir, self.state.step)
+            truncate_metrics(self.run_dir, self.state.step, "eval.jsonl")
             if dropped:
                 log.info("metrics.jsonl: %d record(s) after step %d dropped (they are trained again)", dropped,
                          self.state.step)
@@ -193,6 +196,7 @@ class Trainer:
             if all_true(ok):
                 set_adam_step(self.optimizer, self.state.step)
                 self.source.load_state_dict(self.state.data)
+                self.objective.load_state_dict(self.state.objective)
                 if self.rt.is_rank0:
                     log.info("resumed from %s: step %d, stage %s step %d, %d samples consumed", cand,
                              self.state.step, plan.name, self.state.step_in_stage, self.state.consumed_samples)
@@ -214,10 +218,12 @@ class Trainer:
         """What the stage's objective may use (made for each call; see __init__)."""
         plan = self.stage
         return StageContext(
-            plan=plan, run_dir=self.run_dir, step_slice=self._step_slice(),
+            plan=plan, run_dir=self.run_dir, step_slice=self._step_slice(), step=self.state.step, model=self.model,
+            image_token_id=(self.cfg.model.connector or ConnectorConfig()).image_token_id,
             new_source=lambda consumed: self.build_source(plan, self.cfg.model, self.data_dir, consumed),
             forward_only=self._forward_only, reference_model=self._reference_model,
-            dataset_sizes=[len(d) for d in getattr(self.source, "mm_sets", [])])
+            dataset_sizes=[len(d) for d in getattr(self.source, "mm_sets", [])],
+            model_config=self.cfg.model, data_dir=self.data_dir, chunks=self.chunks)
 
     def _forward_only(self, batches: list[dict], forward_step: Callable, chunks: list | None = None) -> list[dict]:
         """megatron's schedule without backward over this rank's micro-batches (the training model by default)."""
@@ -269,7 +275,10 @@ class Trainer:
             m.zero_grad_buffer()
         self.optimizer.zero_grad()
         batches, wait_ms = self.prefetch.next_step()
-        self.objective.before_step(self._stage_context(), batches)
+        # The ratio target is the one this step's packs were drawn for: read before `advance`.
+        data_values = self.source.step_metrics(step_stats(batches, ps.get_data_parallel_group()))
+        # An objective may train on micro-batches of its own making (GRPO: the rollouts of these prompts).
+        batches = self.objective.before_step(self._stage_context(), batches) or batches
         losses = get_forward_backward_func()(
             forward_step_func=self.objective.forward_step,
             data_iterator=schedule_iterator(to_device(batches, self.rt.device), len(self.model)),
@@ -285,8 +294,8 @@ class Trainer:
         else:  # no update from a non-finite step; Adam's shared step stays equal to the global step (resume)
             ok, grad_norm = False, float("nan")
             set_adam_step(self.optimizer, self.state.step + 1)
-        # The ratio target is the one this step's packs were drawn for: read before `advance`.
-        values.update(self.source.step_metrics(step_stats(batches, ps.get_data_parallel_group())))
+        values.update(data_values)
+        values.update(self.objective.step_metrics())
         self.source.advance(plan.global_batch_size)
         self.prefetch.step_done()
         s = self.state
@@ -309,6 +318,7 @@ class Trainer:
         s = self.state
         s.save, s.trainable = self.stage.cfg.save, list(self.stage.trainable)
         s.data = self.source.state_dict()
+        s.objective = self.objective.state_dict()
         return ckpt_io.save_checkpoint(self.run_dir, self.model, self.optimizer, s)
 
     def _record(self, r: StepResult, dt: float) -> dict:
@@ -340,6 +350,8 @@ class Trainer:
                 saved = s.step == plan.end_step or bool(iv and s.step_in_stage % iv == 0)
                 if saved:
                     self.save()
+                if s.step == plan.end_step and plan.cfg.eval is not None and plan.objective not in PART_OBJECTIVES:
+                    self._evaluate(plan)
                 if self.stop.requested():  # SLURM time limit ahead (see training/stop.py): checkpoint and leave
                     if not saved:
                         self.save()
@@ -368,6 +380,31 @@ class Trainer:
         if self.prefetch is not None:
             self.prefetch.close()
             self.prefetch = None
+
+    def _evaluate(self, plan: StagePlan) -> None:
+        """The stage's held-out conversations, answered greedily (`training.evaluate`); a line in eval.jsonl and
+        eval_<stage>.md. Generation needs the whole model in one chunk per rank: skipped (said) under pp > 1."""
+        from omni_mega.data.readers import open_eval_conversations
+        from omni_mega.training.evaluate import answer_dataset, write_eval
+
+        e = plan.cfg.eval
+        if len(self.chunks) > 1 or self.cfg.parallel.pp > 1:
+            if self.rt.is_rank0:
+                log.warning("stage %s: eval skipped (generation runs at pp = 1; evaluate the checkpoint with "
+                            "`omni-mega eval`)", plan.name)
+            return
+        ds = open_eval_conversations(e.heldout, self.data_dir)
+        rows = answer_dataset(self.chunks[0], self.cfg.model, ds, list(range(min(e.samples, len(ds)))),
+                              min_pixels=plan.min_pixels, max_pixels=plan.max_pixels,
+                              vocab_size=int(ds.tokenizer["vocab_size"]), max_new_tokens=e.max_new_tokens)
+        if self.rt.is_rank0:
+            acc = sum(r["exact"] for r in rows) / max(len(rows), 1)
+            write_eval(rows, self.run_dir / f"eval_{plan.name}", self.state.step)
+            with open(self.run_dir / "eval.jsonl", "a") as f:
+                f.write(json.dumps({"step": self.state.step, "stage": plan.name, "exact_match": acc,
+                                    "n": len(rows)}) + "\n")
+            log.info("stage %s: held-out exact match %.1f%% of %d (eval_%s/eval.md)", plan.name, 100 * acc,
+                     len(rows), plan.name)
 
     def _log_progress(self, r: StepResult, first: int, start: float) -> None:
         s, plan, total = self.state, self.stage, self.cfg.total_steps

@@ -21,8 +21,10 @@ def _image(d: Path, name: str, rng: random.Random, colour: str) -> str:
     return name
 
 
-def write(d: Path, n_train: int = 300, n_heldout: int = 50, n_pairs: int = 200, seed: int = 1) -> dict[str, Path]:
-    """JSONL files (sft train and heldout, preference) with their images under `d`."""
+def write(d: Path, n_train: int = 300, n_heldout: int = 50, n_pairs: int = 200, seed: int = 1,
+          tagged: float = 0.0) -> dict[str, Path]:
+    """JSONL files (sft train and heldout, preference, prompts) with their images under `d`. A `tagged` share of the
+    sft answers is written as `<answer>colour</answer>` (the format GRPO's `format` reward asks for)."""
     d.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     out = {}
@@ -31,9 +33,10 @@ def write(d: Path, n_train: int = 300, n_heldout: int = 50, n_pairs: int = 200, 
         for i in range(n):
             colour = rng.choice(sorted(COLOURS))
             img = _image(d, f"{split}{i}.png", rng, colour)
+            answer = f"<answer>{colour}</answer>" if tagged and split == "train" and rng.random() < tagged else colour
             lines.append({"messages": [{"role": "user", "content": [{"type": "image", "image": img},
                                                                     {"type": "text", "text": rng.choice(QUESTIONS)}]},
-                                       {"role": "assistant", "content": colour}]})
+                                       {"role": "assistant", "content": answer}]})
         out[split] = d / f"{split}.jsonl"
         out[split].write_text("".join(json.dumps(x) + "\n" for x in lines))
     lines = []
@@ -46,17 +49,26 @@ def write(d: Path, n_train: int = 300, n_heldout: int = 50, n_pairs: int = 200, 
                       "chosen": colour, "rejected": wrong})
     out["preference"] = d / "preference.jsonl"
     out["preference"].write_text("".join(json.dumps(x) + "\n" for x in lines))
+    lines = []
+    for i in range(n_pairs):
+        colour = rng.choice(sorted(COLOURS))
+        img = _image(d, f"prompt{i}.png", rng, colour)
+        lines.append({"messages": [{"role": "user", "content": [{"type": "image", "image": img},
+                                                               {"type": "text", "text": rng.choice(QUESTIONS)}]}],
+                      "answer": colour})
+    out["prompts"] = d / "prompts.jsonl"
+    out["prompts"].write_text("".join(json.dumps(x) + "\n" for x in lines))
     return out
 
 
-def shards(d: Path) -> dict[str, Path]:
-    """The task as conversation shard directories: {"train", "heldout", "preference"}."""
+def shards(d: Path, tagged: float = 0.0) -> dict[str, Path]:
+    """The task as conversation shard directories: {"train", "heldout", "preference", "prompts"}."""
     from omni_mega.data.conversations.preprocess import main
 
-    files = write(d / "raw")
-    out = {}
+    files = write(d / "raw", tagged=tagged)
+    out = {"heldout_jsonl": files["heldout"]}
     for name, path in files.items():
         out[name] = d / name
-        main(["--input", str(path), "--output-dir", str(out[name]), "--kind",
-              "preference" if name == "preference" else "sft", "--log-interval", "100000"])
+        kind = name if name in ("preference", "prompts") else "sft"
+        main(["--input", str(path), "--output-dir", str(out[name]), "--kind", kind, "--log-interval", "100000"])
     return out

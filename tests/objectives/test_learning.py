@@ -51,7 +51,7 @@ def _accuracy(tr, heldout) -> float:
     from omni_mega.training.evaluate import answer_dataset
 
     ds = ConvShardDataset(heldout)
-    rows = answer_dataset(tr.chunks[0], tr.cfg, ds, list(range(len(ds))), min_pixels=tr.plans[-1].min_pixels,
+    rows = answer_dataset(tr.chunks[0], tr.cfg.model, ds, list(range(len(ds))), min_pixels=tr.plans[-1].min_pixels,
                           max_pixels=tr.plans[-1].max_pixels, vocab_size=263)
     return sum(r["exact"] for r in rows) / len(rows)
 
@@ -78,6 +78,20 @@ def test_sft_learns_and_dpo_prefers_the_right_answer(rt, data, tmp_path):
     assert late >= 0.9, [r["reward_accuracy"] for r in dpo]
     assert accuracy[1] >= accuracy[0] - 0.02, accuracy  # at most one answer of 50 lost
     assert (tmp_path / "run" / "reference" / "stage_01_dpo.npz").is_file()
+    # The same through the command line: the run's last checkpoint on the held-out JSONL, rendered on the fly.
+    import subprocess
+    import sys
+
+    from tests.distributed.launch import ROOT, free_port
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_PORT": str(free_port()), "PYTHONPATH": str(ROOT)}
+    p = subprocess.run([sys.executable, "-m", "omni_mega", "eval", str(tmp_path / "run"), "--data",
+                        str(data["heldout_jsonl"]), "--samples", "20", "--max-pixels", "6272", "--out",
+                        str(tmp_path / "eval")], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert result["n"] == 20 and result["exact_match"] >= 0.9 and "| reference | answer |" in (
+        tmp_path / "eval" / "eval.md").read_text()
 
 
 def test_precomputed_and_copied_references_give_the_same_losses(rt, data, tmp_path):

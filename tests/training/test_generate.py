@@ -122,3 +122,47 @@ def test_layout_errors():
         gen.check_layout(load_config(None, []))
     with pytest.raises(ValueError, match="non-empty int64"):
         gen.greedy_decode(torch.nn.Linear(1, 1), torch.zeros(0, dtype=torch.int64), eod=0, vocab_size=1)
+
+
+def test_batched_sampling_matches_one_at_a_time(model):
+    """Generator.sample_batch decodes groups of continuations of several prompts (different lengths and images)
+    together, each prompt prefilled once; each row equals generate() with that row's seed: the same tokens, stop
+    and log-probs."""
+    from omni_mega.inference import Generator, Prompt, SamplingParams
+
+    cfg, m = model
+    with torch.no_grad():  # soften the sharpened head so samples at temperature 1 differ between seeds
+        m.llm.output_layer.weight.div_(8)
+    try:
+        prompts = [Prompt(*gen.image_prompt(_image(28, 56), cfg, min_pixels=784, max_pixels=25088, sep=10)),
+                   Prompt(*gen.image_prompt(_image(56, 56), cfg, min_pixels=784, max_pixels=25088, sep=11))]
+        assert len(prompts[0].ids) != len(prompts[1].ids)
+        g = Generator(m, VOCAB)
+        seeds = [[3, 11, 12], [40, 41]]
+
+        def one_by_one(params):
+            return [[g.generate(pr.ids, SamplingParams(**{**params.__dict__, "seed": s}), pixel_values=pr.pixel_values,
+                                grid_thw=pr.grid_thw) for s in ss] for pr, ss in zip(prompts, seeds)]
+
+        free = SamplingParams(max_new_tokens=6, temperature=1.0)
+        first = one_by_one(free)
+        assert len({tuple(r.ids) for rows in first for r in rows}) > 2, "degenerate: rows would not tell seeds apart"
+        stop = first[0][1].ids[2]  # a token some rows draw: those rows stop there, the others run on
+        params = SamplingParams(max_new_tokens=6, temperature=1.0, eos_token_ids=[stop])
+        want = one_by_one(params)
+        got = g.sample_batch(prompts, params, seeds)
+        flat = [r for rows in want for r in rows]
+        assert any(r.stopped_at_eos for r in flat) and not all(r.stopped_at_eos for r in flat)
+        assert [len(rows) for rows in got] == [3, 2]
+        for a, b in zip([r for rows in got for r in rows], flat):
+            assert (a.ids, a.stopped_at_eos, a.prompt_ids) == (b.ids, b.stopped_at_eos, b.prompt_ids)
+            assert len(a.logprobs) == len(b.logprobs) == len(b.ids) + b.stopped_at_eos
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+        single = g.sample(prompts[1].ids, params, seeds[1], pixel_values=prompts[1].pixel_values,
+                          grid_thw=prompts[1].grid_thw)
+        assert [r.ids for r in single] == [r.ids for r in want[1]]
+        with pytest.raises(ValueError, match="at least one seed"):
+            g.sample_batch(prompts, free, [[1], []])
+    finally:
+        with torch.no_grad():
+            m.llm.output_layer.weight.mul_(8)

@@ -74,3 +74,15 @@ def test_new_schedule_warms_from_zero_and_values_are_pure():
     again, _, _ = _lrs("{name: a, steps: 5, lr: 1.0, decay: constant, warmup_steps: 0}",
                        "{name: b, steps: 5, lr: 2.0, warmup_steps: 2, decay: constant}")
     assert again == lrs
+
+
+def test_step_decay_halves_every_interval_down_to_the_floor():
+    """Ovis2.5 P5's schedule: 5e-6 halved every 1K steps, never below 1e-7."""
+    from omni_mega.config import load_config
+    from omni_mega.training.curriculum import LRPlan
+
+    cfg = load_config(None, ["stages=[{name: p5, steps: 8000, lr: 5.0e-6, min_lr: 1.0e-7, warmup_steps: 0, "
+                             "decay: step, decay_steps: 1000}]"])
+    plan = LRPlan(cfg)
+    assert [plan.lr(k) for k in (0, 999, 1000, 2500, 5999)] == [5e-6, 5e-6, 2.5e-6, 1.25e-6, 5e-6 / 32]
+    assert plan.lr(7999) == 1e-7  # 5e-6 / 128 = 3.9e-8 is below the floor

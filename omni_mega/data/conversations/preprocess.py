@@ -30,7 +30,8 @@ from PIL import Image as PILImage
 
 from omni_mega.data.conversations import messages as M
 from omni_mega.data.conversations.shards import ConvShardWriter, Sequence
-from omni_mega.data.conversations.templates import TEMPLATES, ByteChatTokenizer, HFChatTokenizer, render
+from omni_mega.data.conversations.templates import (TEMPLATES, ByteChatTokenizer, HFChatTokenizer, chat_identity,
+                                                     render)
 from omni_mega.data.multimodal.preprocess import BadInput, _Progress
 from omni_mega.data.text import outputs
 
@@ -161,7 +162,7 @@ def _write(args, tok, chat_template, out_dir: str) -> dict:
     convert = Converter(args.kind, args.chat_template, tok, os.path.dirname(os.path.abspath(args.input)),
                         args.max_tokens, chat_template)
     bad, progress, stats = BadInput(), _Progress(args.log_interval), {"supervised_tokens": 0, "tokens": 0}
-    identity = {**tok.identity, "template": args.chat_template}
+    identity = chat_identity(tok, args.chat_template)
     with ConvShardWriter(out_dir, args.kind, identity, shard_size=args.shard_size) as writer, \
             ThreadPoolExecutor(max(1, args.workers)) as pool:
         records = read_records(args.input)

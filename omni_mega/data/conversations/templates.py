@@ -181,3 +181,22 @@ END_OF_TURN = {"chatml": "<|im_end|>", "llama3": "<|eot_id|>"}
 def end_of_turn(template: str, tok) -> int | None:
     """The id that closes an assistant turn (generation stops there); None for a Jinja template."""
     return tok.special(END_OF_TURN[template]) if template in END_OF_TURN else None
+
+
+def chat_identity(tok, template: str) -> dict:
+    """What a conversation dataset records about its tokens: the tokenizer, the template, and the id that closes an
+    assistant turn (where generation stops)."""
+    out = {**tok.identity, "template": template}
+    eot = end_of_turn(template, tok)
+    if eot is not None:
+        out["end_of_turn"] = eot
+    return out
+
+
+def tokenizer_decoder(identity: dict):
+    """text from ids, for a dataset's recorded tokenizer (the byte chat tokenizer or a tokenizer.json)."""
+    if identity.get("kind") == "byte":
+        return ByteChatTokenizer().decode
+    from omni_mega.data.text.tokenizer import HuggingFaceTokenizer
+
+    return HuggingFaceTokenizer(identity["tokenizer_model"]).decode

@@ -1,9 +1,12 @@
-"""Built-in conversations and preference pairs about the demo scenes (`scenes`): questions on colour, shape, count
-and the rendered text, with their answers, in ChatML over byte tokens (`conversations.templates.ByteChatTokenizer`).
+"""Built-in conversations, preference pairs and prompts about the demo scenes (`scenes`): questions on colour, shape,
+count and the rendered text, with their answers, in ChatML over byte tokens (`conversations.templates.ByteChatTokenizer`).
 
-- `sft`: one to three question-answer turns per image, sometimes after a system message;
+- `sft`: one to three question-answer turns per image, sometimes after a system message; some questions ask for the
+  answer in `<answer>...</answer>` tags (the format the GRPO prompts reward);
 - `preference`: one question per image, chosen = the right answer, rejected = a wrong one of the same form (another
-  colour, shape, count, or other words).
+  colour, shape, count, or other words);
+- `prompts`: a counting question per image (shapes in a scene, words on a line) with its number as the verifiable
+  answer, to be answered in `<answer>` tags.
 Splits `train` and `heldout` use different scene seeds. Built once under the data dir, like the image-text demo.
 """
 
@@ -18,11 +21,12 @@ from pathlib import Path
 
 from omni_mega.data.conversations.messages import Image, Message
 from omni_mega.data.conversations.shards import DATASET_JSON, ConvShardWriter, Sequence
-from omni_mega.data.conversations.templates import ByteChatTokenizer, render
+from omni_mega.data.conversations.templates import ByteChatTokenizer, chat_identity, render
 from omni_mega.data.demo import scenes
 
-VERSION = 1  # bump when the generated samples change, so cached copies are rebuilt
-SIZES = {"sft": (2000, 64), "preference": (1000, 64)}  # (train, heldout) samples
+VERSION = 2  # bump when the generated samples change, so cached copies are rebuilt
+SIZES = {"sft": (2000, 64), "preference": (1000, 64), "prompts": (600, 64)}  # (train, heldout) samples
+TAGGED = " Put the number in <answer></answer>."
 COUNTS = ("one", "two")
 SYSTEM = "You are a helpful assistant that describes pictures."
 
@@ -48,7 +52,9 @@ def questions(facts: dict, rng: random.Random) -> list[tuple[str, str, str]]:
         return [("What does the text say?", facts["text"], wrong if wrong != facts["text"] else wrong + "s"),
                 ("Read the text in the image.", facts["text"], wrong if wrong != facts["text"] else wrong + "s")]
     objects = facts["objects"]
-    out = [("How many shapes are there?", COUNTS[len(objects) - 1], COUNTS[2 - len(objects)]),
+    n = len(objects)
+    out = [("How many shapes are there?", COUNTS[n - 1], COUNTS[2 - n]),
+           ("How many shapes are there?" + TAGGED, f"<answer>{n}</answer>", f"<answer>{3 - n}</answer>"),
            ("Describe the picture.", scenes.caption(objects),
             scenes.caption([(rng.choice([c for c in scenes.COLOURS if c != col]), shp) for col, shp in objects]))]
     shapes = [s for _, s in objects]
@@ -57,6 +63,13 @@ def questions(facts: dict, rng: random.Random) -> list[tuple[str, str, str]]:
             other = rng.choice([c for c in sorted(scenes.COLOURS) if c != colour])
             out.append((f"What colour is the {shape}?", colour, other))
     return out
+
+
+def count_question(facts: dict) -> tuple[str, str]:
+    """A counting question about one image and its numeric answer."""
+    if "text" in facts:
+        return "How many words are written in the image?" + TAGGED, str(len(facts["text"].split()))
+    return "How many shapes are there?" + TAGGED, str(len(facts["objects"]))
 
 
 def _conversation(facts: dict, rng: random.Random) -> list[Message]:
@@ -71,12 +84,18 @@ def _conversation(facts: dict, rng: random.Random) -> list[Message]:
 def _write(out: Path, kind: str, split: str, n: int) -> None:
     tok = ByteChatTokenizer()
     rng = random.Random(f"demo-{kind}-{split}-{VERSION}")
-    with ConvShardWriter(out, kind, {**tok.identity, "template": "chatml"}) as writer:
+    with ConvShardWriter(out, kind, chat_identity(tok, "chatml")) as writer:
         for i in range(n):
             png, h, w, facts = _image(rng, "text_line" if i % 2 == 0 else "shape_scene")
             if kind == "sft":
                 r = render(_conversation(facts, rng), "chatml", tok)
                 writer.add([Sequence(r.ids, r.mask)], [(png, h, w)], {"source": f"demo {split} {i}"})
+                continue
+            if kind == "prompts":
+                q, answer = count_question(facts)
+                r = render([Message("user", [Image("0"), q])], "chatml", tok, generation_prompt=True)
+                writer.add([Sequence(r.ids, r.mask * 0)], [(png, h, w)], {"source": f"demo {split} {i}",
+                                                                           "answer": answer})
                 continue
             q, right, wrong = rng.choice(questions(facts, rng))
             prompt = [Message("user", [Image("0"), q])]
@@ -90,7 +109,7 @@ def _write(out: Path, kind: str, split: str, n: int) -> None:
 
 
 def build_demo_conversations(data_dir: str | Path, kind: str = "sft") -> dict[str, Path]:
-    """Builds the demo `kind` ("sft" | "preference") conversations under `data_dir` once and returns {"train": dir,
+    """Builds the demo `kind` ("sft" | "preference" | "prompts") conversations under `data_dir` once and returns {"train": dir,
     "heldout": dir} (ConvShardDataset directories); later calls return the cached copy."""
     name = f"demo_{kind}_v{VERSION}"
     root = Path(data_dir) / name
