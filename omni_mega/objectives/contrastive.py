@@ -110,18 +110,21 @@ def dp_group():
 def contrastive_terms(out: dict, mask: torch.Tensor, kind: str, group=None, keys: torch.Tensor | None = None) -> dict:
     """The contrastive loss of one micro-batch on this rank from the model's outputs (see the module docstring):
     {"loss": mean over this rank's valid samples, "hits", "images"}; keys: int64 [b] caption hashes (equal captions
-    are positives of each other; None: only the own caption). Collective over `group`."""
+    are positives of each other; None: only the own caption). Collective over `group` (None: no gather, this rank's
+    micro-batch is the whole batch)."""
     img, txt = out["image"], out["text"]
-    rank = torch.distributed.get_rank(group) if group is not None and torch.distributed.is_initialized() else 0
+    if group is None:  # one rank holds the whole batch (all_gather_with_grad would read None as the world)
+        rank, gather = 0, (lambda t: t)
+    else:
+        rank, gather = torch.distributed.get_rank(group), (lambda t: all_gather_with_grad(t, group))
     offset = rank * img.size(0)
-    txt_all = all_gather_with_grad(txt, group)
-    mask_all = all_gather_with_grad(mask, group)
-    pos = positives(img.size(0), offset, keys, all_gather_with_grad(keys, group) if keys is not None else None,
-                    img.device)
+    txt_all = gather(txt)
+    mask_all = gather(mask)
+    pos = positives(img.size(0), offset, keys, gather(keys) if keys is not None else None, img.device)
     if kind == "siglip":
         total, count = siglip_loss(img, txt_all, out["logit_scale"], out["logit_bias"], offset, mask, mask_all, pos)
     else:
-        img_all = all_gather_with_grad(img, group)
+        img_all = gather(img)
         total, count = clip_loss(img, txt, img_all, txt_all, out["logit_scale"], offset, mask, mask_all, pos)
     with torch.no_grad():  # the best-scoring caption is a correct one
         scores = (img @ txt_all.t()).masked_fill(mask_all[None, :] == 0, float("-inf"))

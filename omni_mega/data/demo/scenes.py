@@ -134,6 +134,23 @@ def _write_split(out_dir: Path, split: str, n: int) -> None:
                       bad_input={"counts": {}, "first": {}})
 
 
+def write_shape_scenes(out_dir: str | Path, n: int, *, seed: int, objects: int | None = None) -> Path:
+    """An `MMShardDataset` directory of `n` shape scenes alone (byte-tokenized captions; `objects` shapes each, or
+    one or two): the image-text data of the contrastive objective's learning test."""
+    rng = random.Random(seed)
+    with MMShardWriter(Path(out_dir), dict(BYTE_TOKENIZER), shard_size=SHARD_SIZE) as writer:
+        for _ in range(n):
+            img, objs = shape_scene(rng, objects)
+            buf = io.BytesIO()
+            img.save(buf, "PNG")
+            text = caption(objs)
+            writer.add(buf.getvalue(), list(text.encode("utf-8")), height=img.height, width=img.width, text=text,
+                       meta={"kind": "shape_scene"})
+        writer.finish(source=f"omni_mega.data.demo.scenes shape scenes (seed {seed})", kinds={"shape_scene": n},
+                      bad_input={"counts": {}, "first": {}})
+    return Path(out_dir)
+
+
 def _complete(root: Path) -> bool:
     return all((root / split / DATASET_JSON).is_file() for split in ("train", "heldout"))
 
