@@ -168,3 +168,12 @@ class ContrastiveObjective:
 
     def before_step(self, ctx, batches) -> None:
         """Nothing to prepare."""
+
+    def step_metrics(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

@@ -438,6 +438,10 @@ def stage_lines(cfg: RunConfig, lay: Layout, plan: StagePlan, lr_plan, lv: dict[
         head = (f"{plan.steps:,} steps x {plan.global_batch_size} prompts x {g.group_size} samples of up to "
                 f"{g.max_new_tokens:,} new tokens (temperature {g.temperature:g}), packed into {plan.seq_length}-token "
                 "sequences")
+    elif plan.objective == "contrastive":
+        b = plan.micro_batch_size
+        head = (f"{plan.steps:,} steps x {plan.global_batch_size} image-text pairs ({b} per micro-batch per rank; "
+                f"each micro-batch scored against {b * lay.dp:,} gathered texts)")
     else:
         head = (f"{plan.steps:,} steps x {plan.global_batch_size} x {plan.seq_length} = {tokens:,} tokens "
                 f"({_tokens(tokens)})" + (f", asked {_tokens(s.tokens)}" if s.tokens else ""))
@@ -497,10 +501,13 @@ def format_plan(cfg: RunConfig, world_size: int) -> str:
         block, w = stage_lines(cfg, lay, p, lr_plan, lv)
         lines += block
         worst = max(worst, w)
-        # GRPO's tokens depend on how long its responses are, so they are not in the total
-        tokens += 0 if p.objective == "grpo" else p.steps * p.global_batch_size * p.seq_length
+        # GRPO's tokens depend on how long its responses are, a contrastive stage counts image-text pairs: neither
+        # is in the total
+        tokens += 0 if p.objective in ("grpo", "contrastive") else p.steps * p.global_batch_size * p.seq_length
+    skipped = sorted({p.objective for p in plans if p.objective in ("grpo", "contrastive")})
     lines.append(f"total: {cfg.total_steps:,} steps, {tokens:,} tokens ({_tokens(tokens)}"
-                 + (", GRPO stages not counted" if any(p.objective == "grpo" for p in plans) else "") + "), "
+                 + (f", {' and '.join(o.upper() if o == 'grpo' else o for o in skipped)} stages not counted"
+                    if skipped else "") + "), "
                  f"peak memory/GPU {_gib(worst)}")
     lines.append("memory model: bf16 weights, fp32 grads, fp32 master + Adam sharded over dp; activations by "
                  "Korthikanti et al. 2022 with selective recompute (see omni_mega/training/dry_run.py)")
