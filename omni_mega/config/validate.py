@@ -70,22 +70,12 @@ def _validate_moe(cfg: RunConfig, world_size: int | None) -> None:
         if par.tp > 1 and not par.sp:
             raise ConfigError(f"parallel.sp: megatron's MoE layers train with tp={par.tp} only under sequence "
                               "parallelism; set sp: true")
-        if llm.moe_token_dispatcher_type == "alltoall" and not cuda_available():
-            raise ConfigError("model.llm.moe_token_dispatcher_type: alltoall needs CUDA streams; use allgather on CPU")
     if llm.multi_latent_attention:
         if llm.rope_scaling is not None:
             raise ConfigError("model.llm.rope_scaling: not supported with multi_latent_attention (plain RoPE only)")
         width = llm.kv_lora_rank + llm.qk_pos_emb_head_dim
         if width % par.tp:
             raise ConfigError(f"parallel.tp: tp={par.tp} does not divide kv_lora_rank + qk_pos_emb_head_dim = {width}")
-
-
-def cuda_available() -> bool:
-    """Whether torch sees a GPU, without importing torch when it is not loaded yet (a dry-run plans for GPUs)."""
-    import sys
-
-    torch = sys.modules.get("torch")
-    return True if torch is None else bool(torch.cuda.is_available())
 
 
 def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:

@@ -47,6 +47,9 @@ def moe_config_kwargs(cfg: LLMConfig, parallel: ParallelConfig) -> dict:
     out = {"expert_model_parallel_size": parallel.ep}
     if cfg.num_moe_experts is None:
         return out
+    # checked here, when a model is built, not in config validation: a GPU recipe still plans (--dry-run) on a CPU
+    if cfg.moe_token_dispatcher_type == "alltoall" and not torch.cuda.is_available():
+        raise ValueError("model.llm.moe_token_dispatcher_type: alltoall needs CUDA streams; use allgather on CPU")
     out.update(
         num_moe_experts=cfg.num_moe_experts, moe_router_topk=cfg.moe_router_topk,
         moe_ffn_hidden_size=cfg.moe_ffn_hidden_size or _dense_ffn(cfg),
