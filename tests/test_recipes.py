@@ -139,7 +139,8 @@ def test_kimi_moonlight_moe_and_the_coca_job(capsys):
     validate(cfg, world_size=64 * 8)
     llm = cfg.model.llm
     assert (llm.num_layers, llm.hidden_size, llm.num_moe_experts, llm.moe_router_topk) == (27, 2048, 64, 6)
-    assert (llm.ffn_hidden_size, llm.moe_ffn_hidden_size, llm.moe_shared_expert_intermediate_size) == (11264, 1408, 2816)
+    widths = (llm.ffn_hidden_size, llm.moe_ffn_hidden_size, llm.moe_shared_expert_intermediate_size)
+    assert widths == (11264, 1408, 2816)
     assert llm.moe_layer_freq == [0] + [1] * 26 and llm.moe_router_score_function == "sigmoid"
     assert llm.moe_router_enable_expert_bias and llm.multi_latent_attention and llm.kv_lora_rank == 512
     assert (llm.vocab_size, llm.rotary_base, cfg.parallel.ep) == (163840, 50000, 8)

@@ -74,7 +74,8 @@ class ImageTextSource:
         self.skipped: Counter = Counter()
         self.cursor = 0  # samples of this stage consumed
         self.sampler = self._new_sampler()  # state at the cursor
-        self.ahead: list[tuple[tuple[int, int, int], dict]] = []  # drawn after the cursor: ((dataset, item, visual), state after)
+        # drawn after the cursor: ((dataset, item, merged visual tokens), the sampler's state after the draw)
+        self.ahead: list[tuple[tuple[int, int, int], dict]] = []
         self._replay(int(consumed_samples) - spec.stage_start)
 
     # ---- the stream ---------------------------------------------------------------------------------------------
@@ -151,7 +152,8 @@ class ImageTextSource:
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("kind") != "image_text" or int(state["stage_index"]) != self.spec.stage_index:
-            raise ValueError(f"ImageTextSource.load_state_dict: not this stage's image-text state: {state.get('kind')}, "
+            raise ValueError("ImageTextSource.load_state_dict: not this stage's image-text state: "
+                             f"{state.get('kind')}, "
                              f"stage {state.get('stage_index')}")
         self.sampler = self._new_sampler()
         self.sampler.load_state_dict(state["sampler"])
@@ -212,7 +214,8 @@ class ImageTextSource:
         pixel_values = (packed.pixel_values[rows[idx[0]][0]:rows[idx[-1]][0] + rows[idx[-1]][1]] if contiguous
                         else torch.cat(pixels))
         kept = [v for v, ok in zip(refs, mask) if ok]
-        stats = {"images": int(sum(mask)), "text_tokens": int(sum(lengths)), "rejected_images": int(len(mask) - sum(mask)),
+        stats = {"images": int(sum(mask)), "text_tokens": int(sum(lengths)),
+                 "rejected_images": int(len(mask) - sum(mask)),
                  "visual_tokens": int(sum(v for _, _, v in kept))}
         return {"pixel_values": pixel_values, "grid_thw": grid_thw, "text": text,
                 "text_lengths": torch.tensor(lengths, dtype=torch.int64),

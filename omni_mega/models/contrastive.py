@@ -137,7 +137,8 @@ class ContrastiveTowers(nn.Module):
         states, txt = self.text_tower(text, text_lengths)
         pooler = self.image_pooler
         out = {"image": F.normalize(img.float(), dim=-1), "text": F.normalize(txt.float(), dim=-1),
-               "logit_scale": pooler.logit_scale.float().exp().clamp(max=100.0), "logit_bias": pooler.logit_bias.float()}
+               "logit_scale": pooler.logit_scale.float().exp().clamp(max=100.0),
+               "logit_bias": pooler.logit_bias.float()}
         if caption:
             out["caption_logits"] = self.caption_decoder(states, mem, pad)
             # text[:, 0] is the BOS, the tokenizer's EOD (data.image_text_source): it also ends every caption

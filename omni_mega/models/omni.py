@@ -10,7 +10,8 @@ autograd graph whatever the batch holds (DDP buffers and pipeline stages then ne
 Audio is a second modality placed the same way: the audio encoder's states, pooled and projected, replace the audio
 placeholder tokens (one per pooled frame, `model.audio.audio_token_id`), with a dummy clip when a batch has none.
 Stages that train a part alone (`objective: ctc | classify | rvq | talker | contrastive`) call
-`forward(..., task=NAME)`, which runs that part and its head only (`run_task`); those need the whole model on one pipeline stage.
+`forward(..., task=NAME)`, which runs that part and its head only (`run_task`); those need the whole model on one
+pipeline stage.
 """
 
 from __future__ import annotations

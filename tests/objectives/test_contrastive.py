@@ -1,8 +1,8 @@
 """`objective: contrastive` (SigLIP / CLIP + CoCa captioning): the losses against float64 loops on fixed tensors
 (values and gradients), CLIP's limits (identical embeddings -> ~0, unrelated ones -> ~ln B), caption targets, the
 dry run's count of the towers, the data-parallel gather (DP=2 equals one rank with the whole batch, torchrun), and
-learning: a tiny CoCa stage through the real trainer and image-text source retrieves the captions of held-out shape
-scenes (image -> text recall@1)."""
+learning: a tiny CoCa stage (CLIP loss + 2 x captioning) through the real trainer and image-text source retrieves the
+captions of held-out shape scenes (image -> text recall@1, see the thresholds' comment)."""
 
 import json
 import math
@@ -157,17 +157,18 @@ def rt():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
-def _coca_config(train_dir, seed: int = 1, steps: int = STEPS, loss: str = "clip", towers: str = "",
+def _coca_config(train_dir, seed: int = 1, steps: int = STEPS, loss: str = "clip",
                  caption_weight: float = 2.0) -> list[str]:
     return [f"name=coca{seed}", "train.tensorboard=false", "train.log_interval=10", f"train.seed={seed}",
             "model.llm={num_layers: 1, hidden_size: 32, num_attention_heads: 2, max_position_embeddings: 64}",
             "model.vit={num_layers: 2, hidden_size: 32, num_attention_heads: 2}",
             "model.contrastive={embed_dim: 32, hidden_size: 32, num_attention_heads: 2, text_layers: 1, "
-            f"decoder_layers: 1, max_text_length: 32, init_logit_scale: 2.659{towers}}}",  # CLIP's 1 / 0.07
+            f"decoder_layers: 1, max_text_length: 32, init_logit_scale: 2.659}}",  # CLIP's 1 / 0.07
             "data={seq_length: 64, micro_batch_size: 16, global_batch_size: 32, max_pixels: 6272, "
             f"seed: {seed}}}",
             "optim={lr: 3.0e-3, min_lr: 3.0e-4, warmup_steps: 5}",
-            f"stages=[{{name: coca, steps: {steps}, objective: contrastive, contrastive: {{loss: {loss}, caption_weight: {caption_weight}}}, "
+            f"stages=[{{name: coca, steps: {steps}, objective: contrastive, "
+            f"contrastive: {{loss: {loss}, caption_weight: {caption_weight}}}, "
             "trainable: [vit, image_pooler, text_tower, caption_decoder], "
             f"data: [{{name: shapes, source: mm_shards, path: '{train_dir}'}}]}}]"]
 
@@ -215,8 +216,12 @@ def test_coca_stage_learns_shape_scenes(rt, tmp_path):
     tr.train()
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[0], rows[-1]
-    assert last["caption_loss"] < 0.5 * first["caption_loss"], (first, last)
-    assert last["contrastive_loss"] < first["contrastive_loss"], (first, last)
+    # Measured, seeds 1-3 (train.seed and data.seed; one CPU thread, ~15-25 s): contrastive loss 2.9-3.2 -> 1.0-1.4,
+    # caption loss 5.9-6.3 -> 1.3-1.6, held-out recall@1 0.43 / 0.49 / 0.41 (chance 1/21), the right colour 0.82 /
+    # 0.94 / 0.85 (chance 1/7). The shape is what the tiny ViT has not learned by then (shape right ~0.45): 0.9
+    # recall@1 was not reached within this test's budget (SigLIP's loss with its -10 bias init learned slower at
+    # these 16-image micro-batches: recall 0.1-0.2).
+    assert last["caption_loss"] < 0.35 * first["caption_loss"], (first, last)
+    assert last["contrastive_loss"] < 0.6 * first["contrastive_loss"], (first, last)
     recall, colour = retrieval(tr.chunks[0], tr.cfg.model, heldout, tr.plans[0])
-    # THRESHOLDS
-    assert colour >= COLOUR_MIN and recall >= RECALL_MIN, (recall, colour)
+    assert recall >= 0.3 and colour >= 0.7, (recall, colour)
