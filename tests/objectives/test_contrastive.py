@@ -225,3 +225,20 @@ def test_coca_stage_learns_shape_scenes(rt, tmp_path):
     assert last["contrastive_loss"] < 0.6 * first["contrastive_loss"], (first, last)
     recall, colour = retrieval(tr.chunks[0], tr.cfg.model, heldout, tr.plans[0])
     assert recall >= 0.3 and colour >= 0.7, (recall, colour)
+
+
+def test_validation_keeps_the_towers_to_contrastive_stages(tmp_path):
+    from omni_mega.config import ConfigError, load_config, validate
+
+    base = ["model.vit={num_layers: 1, hidden_size: 32, num_attention_heads: 2}",
+            "model.contrastive={embed_dim: 16, hidden_size: 16, num_attention_heads: 2}"]
+    coca = ("{name: coca, steps: 2, objective: contrastive, trainable: [vit, text_tower], "
+            "data: [{name: m, source: demo_mm}]}")
+    validate(load_config(None, base + [f"stages=[{coca}]"]))
+    later = "{name: align, steps: 2, trainable: [projector, caption_decoder]}"
+    with pytest.raises(ConfigError, match="trained only by objective contrastive"):
+        validate(load_config(None, base + [f"stages=[{coca}, {later}]"]))
+    with pytest.raises(ConfigError, match="get no gradient from objective contrastive"):
+        validate(load_config(None, base + [f"stages=[{coca.replace('vit, text_tower', 'llm, text_tower')}]"]))
+    with pytest.raises(ConfigError, match="needs model.vit and model.contrastive"):
+        validate(load_config(None, base[:1] + [f"stages=[{coca.replace(', text_tower', '')}]"]))
