@@ -14,7 +14,7 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtensio
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join("csrc")
 
-# -g0 overrides Python's default -g: 47-83 s -> ~26 s per build on 2 cores (ENVIRONMENT.md).
+# -g0 overrides Python's default -g: 47-83 s -> ~26 s per build on 2 cores.
 CXX_FLAGS = ["-O3", "-g0", "-std=c++20", "-fopenmp", "-Wno-unused-function"]
 
 

@@ -110,7 +110,7 @@ def cmd_eval(args) -> int:
 
 def cmd_verify_ckpt(path: str) -> int:
     """One line per step dir: OK, or its problems. Reads every byte of every checkpoint."""
-    from omni_mega.training.manifest import step_dirs, verify_checkpoint
+    from omni_mega.runtime.manifest import step_dirs, verify_checkpoint
 
     try:
         dirs = step_dirs(path)

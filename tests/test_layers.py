@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "omni_mega"
 # Lowest first. A package may import its own modules and any package of a lower layer; packages of one layer are
 # independent of each other.
-LAYERS = [("config",), ("runtime",), ("ops",), ("models", "data"), ("objectives", "inference", "interop"),
+LAYERS = [("config",), ("runtime",), ("ops",), ("models", "data"), ("inference", "interop"), ("objectives",),
           ("training",), ("cli", "launch", "testing"), ("__main__",)]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}
 

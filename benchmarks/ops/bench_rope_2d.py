@@ -9,7 +9,7 @@ Bytes moved: forward reads x and writes y once (2 * T*H*D * element size) plus p
 adds the same again for the gradient (read dy, write dx).
 
     .venv/bin/python benchmarks/ops/bench_rope_2d.py [--out]                     # CPU
-    python benchmarks/ops/bench_rope_2d.py --device cuda [--out]                  # GPU (H100 goals in the issue)
+    python benchmarks/ops/bench_rope_2d.py --device cuda [--out]                  # GPU
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ SHAPES = {  # (N, d_in, V, D, dtype)
     "cpu": (1024, 256, 8192, 512, torch.float32),
     "cuda": (16384, 4608, 65536, 4096, torch.bfloat16),
 }
-NUM_INDICATORS = 0  # the V is the softmax width; Ovis's few indicator rows do not change the cost
+NUM_INDICATORS = 0  # V is the softmax width; Ovis's few indicator rows do not change the cost
 
 
 def make_inputs(n, d_in, v, d, dtype, device):
@@ -148,7 +148,7 @@ def summary(results: list[harness.Result], shape: tuple) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    ap.add_argument("--shape", type=int, nargs=4, metavar=("N", "D_IN", "V", "D"), help="override the issue's shape")
+    ap.add_argument("--shape", type=int, nargs=4, metavar=("N", "D_IN", "V", "D"), help="override the default shape")
     ap.add_argument("--compile", action="store_true", help="add torch.compile(naive) (always on for cuda)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--pairs", type=int, default=7, help="CPU: alternating naive/fused pairs for the paired ratios")

@@ -1,4 +1,5 @@
-// Input validation shared by every backend of every op: written once here, not per backend (CONVENTIONS.md).
+// Input validation shared by every backend of every op: written once here, not per backend, so the CPU and CUDA
+// paths refuse the same inputs with the same messages.
 // Messages name the argument, what was expected and what was given.
 #pragma once
 

@@ -10,7 +10,7 @@ namespace omni_mega {
 namespace {
 
 // Temporaries are [block_n, block_v] fp32: 16384 x 2048 x 4 B = 128 MiB each, a handful live at once (the backward
-// keeps 3 scratch tiles), well under the naive path's N x V tensors at the issue's shape (4 GiB per fp32 copy); the
+// keeps 3 scratch tiles), well under the naive path's N x V tensors at the benchmark's shape (N 16,384, V 65,536: 4 GiB per fp32 copy); the
 // GEMMs per block (16384 x 2048 x d_in) are large enough to run near tensor-core peak. For bf16 inputs the backward
 // also holds dhead_weight in fp32 until its LayerNorm correction ([V, d_in] fp32: 1.2 GB at V = 65,536,
 // d_in = 4,608) and u = the dx accumulator ([N, d_in] fp32: 0.3 GB). Not yet run on a GPU.

@@ -31,8 +31,10 @@ class KVCache:
     def __init__(self, num_layers: int, max_len: int, groups: int, head_dim: int, dtype: torch.dtype,
                  device: torch.device, rows: int = 1) -> None:
         shape = (max_len, rows, groups, head_dim)
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        # Zeros, not empty: a decode step reads every row's keys up to the longest row, and a masked position still
+        # enters q.k and p.v, so garbage NaN/Inf in a shorter row's unwritten positions would turn its output to NaN.
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
         self.max_len = max_len
 
 
@@ -40,23 +42,25 @@ def unwrap(model):
     return getattr(model, "module", model)
 
 
+# Module attributes that split or reduce-scatter the sequence under sequence parallelism (megatron-core sets them from
+# the config at construction: the embedding reduce-scatters its output instead of all-reducing it).
+_SP_FLAGS = ("sequence_parallel", "reduce_scatter_embeddings")
+
+
 @contextlib.contextmanager
 def sequence_parallel_off(model) -> Iterator[None]:
     """Sequence parallelism off in every module and config of `model` for the duration (restored after)."""
-    saved = []
+    saved = {}  # (id, attribute) -> object: a config shared by many modules is saved once
     for m in model.modules():
-        if isinstance(getattr(m, "sequence_parallel", None), bool) and m.sequence_parallel:
-            saved.append(m)
-        cfg = getattr(m, "config", None)
-        if getattr(cfg, "sequence_parallel", False) is True:
-            saved.append(cfg)
-    for obj in saved:
-        obj.sequence_parallel = False
+        for obj in (m, getattr(m, "config", None)):
+            saved.update({(id(obj), a): obj for a in _SP_FLAGS if getattr(obj, a, None) is True})
+    for (_, a), obj in saved.items():
+        setattr(obj, a, False)
     try:
         yield
     finally:
-        for obj in saved:
-            obj.sequence_parallel = True
+        for (_, a), obj in saved.items():
+            setattr(obj, a, True)
 
 
 class CachedForward:

@@ -24,9 +24,9 @@ from omni_mega.interop import arch as A
 from omni_mega.interop.dcp import TensorReader, write_tensors
 from omni_mega.interop.errors import InteropError
 from omni_mega.interop.hf_io import HFCheckpoint, ShardWriter
+from omni_mega.runtime.manifest import MARKER, write_manifest
 
 log = logging.getLogger(__name__)
-MARKER = "COMPLETE"
 INTEROP = "interop.json"
 STATE = "trainer_state.json"
 # Tensors a Hugging Face folder may hold that carry no weights (buffers some releases saved).
@@ -117,6 +117,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, config_out: str | Path | N
             "tokenizer": tok, "dtype": _dtype_name(next(iter(specs.values()))[1]), "vocab_size": cfg.llm.vocab_size,
             "padded_vocab_size": padded}
     (tmp / INTEROP).write_text(json.dumps(meta, indent=1))
+    write_manifest(tmp)  # verified like a trainer checkpoint wherever one is loaded (resume, init_from, eval)
     (tmp / MARKER).write_text(json.dumps({"step": 0}))
     if out.exists():
         shutil.rmtree(out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 
@@ -35,7 +35,10 @@ class StageContext:
     chunks: list | None = None  # the (unwrapped) model chunks being trained, for objectives that maintain a part
 
 
-class Objective(Protocol):
+class Objective:
+    """The base of every objective: the trainer calls these methods and nothing else; the defaults suit an
+    objective with nothing to prepare and nothing to keep (lm, sft)."""
+
     name: str
     metric_names: tuple[str, ...]  # the keys of loss_func's dict ("loss" first): metrics.jsonl fields
     # True: loss_func returns (loss sum, token count, values) and megatron scales gradients by the global batch's
@@ -44,6 +47,7 @@ class Objective(Protocol):
 
     def forward_step(self, data_iterator, model):
         """One micro-batch through one model chunk: (output tensor, loss_func)."""
+        raise NotImplementedError
 
     def start_stage(self, ctx: StageContext) -> None:
         """Called once the stage's model, optimizer and data source are set up (also on resume), before its first
@@ -52,14 +56,18 @@ class Objective(Protocol):
     def before_step(self, ctx: StageContext, batches: list[dict]) -> list[dict] | None:
         """Called with this rank's micro-batches of a step before its forward and backward passes; returns the
         micro-batches to train on instead (GRPO: rollouts of the prompts it was given), or None to keep them."""
+        return None
 
     def step_metrics(self) -> dict:
         """metrics.jsonl values the objective measured outside megatron's loss dicts this step (rewards, times)."""
+        return {}
 
     def state_dict(self) -> dict:
         """JSON the checkpoint keeps for a resume inside the stage ({} when nothing)."""
+        return {}
 
-    def load_state_dict(self, state: dict) -> None: ...
+    def load_state_dict(self, state: dict) -> None:
+        """Takes back what state_dict returned."""
 
 
 def metric(total: torch.Tensor, count: float | torch.Tensor = 1.0) -> torch.Tensor:

@@ -10,7 +10,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from omni_mega.objectives.base import StageContext, metric
+from omni_mega.objectives.base import Objective, StageContext, metric
 from omni_mega.objectives.parts import HeldOut
 
 
@@ -20,7 +20,7 @@ def _forward(batch_loss, data_iterator, model):
     return out, partial(batch_loss, batch)
 
 
-class ClassifyObjective:
+class ClassifyObjective(Objective):
     name = "classify"
     per_token_loss = True  # the mean over the global batch's images
 

@@ -18,7 +18,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from omni_mega.objectives.base import StageContext, metric
+from omni_mega.objectives.base import Objective, StageContext, metric
 from omni_mega.objectives.parts import HeldOut, decoder_of, edit_distance
 
 
@@ -77,7 +77,7 @@ def _forward(batch_loss, data_iterator, model):
     return out, partial(batch_loss, batch)
 
 
-class CTCObjective:
+class CTCObjective(Objective):
     name = "ctc"
     per_token_loss = True  # the sum of clip losses over the global batch / its transcript tokens
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from omni_mega.objectives.base import StageContext, metric, model_inputs
+from omni_mega.objectives.base import Objective, StageContext, metric, model_inputs
 
 log = logging.getLogger(__name__)
 METRICS = ("loss", "dpo_loss", "nll_loss", "reward_accuracy", "reward_margin", "logp_chosen", "logp_rejected")
@@ -120,7 +120,7 @@ def _forward(loss_fn, data_iterator, model):
     return out, partial(loss_fn, batch)
 
 
-class DPOObjective:
+class DPOObjective(Objective):
     name = "dpo"
     metric_names = METRICS
     per_token_loss = True  # the mean over the global batch's pairs
@@ -173,12 +173,3 @@ class DPOObjective:
     def before_step(self, ctx: StageContext, batches: list[dict]) -> None:
         if self.reference is not None:
             self._score_batches(ctx, batches, self.reference)
-
-    def step_metrics(self) -> dict:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass

@@ -28,7 +28,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from omni_mega.objectives.base import StageContext, metric, model_inputs
+from omni_mega.objectives.base import Objective, StageContext, metric, model_inputs
 from omni_mega.objectives.rewards import build_rewards
 
 ADV_EPS = 1e-4
@@ -77,7 +77,7 @@ def _ref_logps(batch: dict, per_token_loss: torch.Tensor):
     return zero, {"ref_logp": (-per_token_loss.detach().float()).cpu()}
 
 
-class GRPOObjective:
+class GRPOObjective(Objective):
     name = "grpo"
     metric_names = ("loss", "pg_loss", "kl", "clip_fraction")
     per_token_loss = True  # averaged over the global batch's response tokens

@@ -11,7 +11,7 @@ from functools import partial
 
 import torch
 
-from omni_mega.objectives.base import metric, model_inputs
+from omni_mega.objectives.base import Objective, metric, model_inputs
 
 
 def masked_mean(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
@@ -21,7 +21,7 @@ def masked_mean(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
     return loss, {"loss": metric(loss)}
 
 
-class LMObjective:
+class LMObjective(Objective):
     """Built from the stage plan (nothing in it to read)."""
 
     def __init__(self, plan=None) -> None:
@@ -39,18 +39,3 @@ class LMObjective:
         labels = batch["labels"].masked_fill(mask == 0, 0)
         out = model(batch["tokens"], batch["position_ids"], None, labels=labels, **model_inputs(batch))
         return out, partial(masked_mean, mask)
-
-    def start_stage(self, ctx) -> None:
-        """Nothing to prepare."""
-
-    def before_step(self, ctx, batches) -> None:
-        """Nothing to prepare."""
-
-    def step_metrics(self) -> dict:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass

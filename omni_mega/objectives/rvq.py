@@ -3,8 +3,9 @@
 Loss per micro-batch: reconstruction MSE of the codec frames + the codebook loss + model.codec.commitment x the
 commitment loss (each summed over the quantisers), a mean per micro-batch (`per_token_loss` False: every micro-batch
 weighs the same). Before each step dead entries are restarted (`RVQCodec.restart_dead`). Metrics: `loss`,
-`recon_mse`, `commit_loss`, `usage` (share of codebook entries this step's frames used, averaged over codebooks), and on the held-out split `heldout_recon_mse` and `heldout_usage` (entries
-used by the held-out clips: the number the issue's "> 50%" is about), with `eval_step`.
+`recon_mse`, `commit_loss`, `usage` (share of codebook entries this step's frames used, averaged over codebooks),
+and on the held-out split `heldout_recon_mse` and `heldout_usage` (entries used by the held-out clips: a codec
+that uses more than half of its codebook is not collapsing), with `eval_step`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from omni_mega.objectives.base import StageContext, metric
+from omni_mega.objectives.base import Objective, StageContext, metric
 from omni_mega.objectives.parts import HeldOut
 
 
@@ -30,7 +31,7 @@ def _forward(batch_loss, data_iterator, model):
     return out, partial(batch_loss, batch)
 
 
-class RVQObjective:
+class RVQObjective(Objective):
     name = "rvq"
     per_token_loss = False
 

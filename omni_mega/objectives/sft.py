@@ -15,7 +15,7 @@ from functools import partial
 
 import torch
 
-from omni_mega.objectives.base import metric, model_inputs
+from omni_mega.objectives.base import Objective, metric, model_inputs
 
 
 def masked_sum(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
@@ -26,7 +26,7 @@ def masked_sum(loss_mask: torch.Tensor, per_token_loss: torch.Tensor):
     return total, count.to(torch.int), {"loss": metric(total, count)}
 
 
-class SFTObjective:
+class SFTObjective(Objective):
     """Built from the stage plan (nothing in it to read)."""
 
     def __init__(self, plan=None) -> None:
@@ -42,18 +42,3 @@ class SFTObjective:
         labels = batch["labels"].masked_fill(mask == 0, 0)  # masked targets may be placeholders (negative ids)
         out = model(batch["tokens"], batch["position_ids"], None, labels=labels, **model_inputs(batch))
         return out, partial(masked_sum, mask)
-
-    def start_stage(self, ctx) -> None:
-        """Nothing to prepare."""
-
-    def before_step(self, ctx, batches) -> None:
-        """Nothing to prepare."""
-
-    def step_metrics(self) -> dict:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass

@@ -14,7 +14,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from omni_mega.objectives.base import StageContext, metric
+from omni_mega.objectives.base import Objective, StageContext, metric
 from omni_mega.objectives.parts import HeldOut
 
 
@@ -44,7 +44,7 @@ def _forward(batch_loss, data_iterator, model):
     return out, partial(batch_loss, batch)
 
 
-class TalkerObjective:
+class TalkerObjective(Objective):
     name = "talker"
     per_token_loss = False
 

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
 
-from omni_mega.training.manifest import MARKER, verify_checkpoint, write_manifest
+from omni_mega.runtime.manifest import MARKER, verify_checkpoint, write_manifest
 from omni_mega.training.safe_load import restricted_loads
 from omni_mega.training.state import TrainerState, load_rng, save_rng
 

@@ -56,9 +56,9 @@ def _plot(run_dir: Path, rows: list[dict], stages: list[dict]) -> Path:
     import matplotlib.pyplot as plt
 
     mm = any("mm_ratio" in r for r in rows)
-    dpo = any("reward_accuracy" in r for r in rows)
+    rewards = [k for k in ("reward_accuracy", "reward_mean") if any(k in r for r in rows)]  # DPO, GRPO
     steps = [r["step"] for r in rows]
-    n = 2 + mm + dpo
+    n = 2 + mm + bool(rewards)
     fig, axes = plt.subplots(n, 1, figsize=(9, 3 * n), sharex=True)
     ax_loss, ax_lr = axes[0], axes[1]
     ax_loss.plot(steps, [r["loss"] for r in rows], lw=1)
@@ -72,11 +72,13 @@ def _plot(run_dir: Path, rows: list[dict], stages: list[dict]) -> Path:
         ax_mm.set_ylabel("multimodal token share")
         ax_mm.set_ylim(-0.02, 1.02)
         ax_mm.legend(loc="upper left", fontsize=8)
-    if dpo:
+    if rewards:
         ax_r = axes[2 + mm]
-        ax_r.plot(steps, [r.get("reward_accuracy") for r in rows], lw=1, color="tab:red")
-        ax_r.set_ylabel("DPO reward accuracy")
-        ax_r.set_ylim(-0.02, 1.02)
+        labels = {"reward_accuracy": "DPO reward accuracy", "reward_mean": "GRPO mean reward"}
+        for k, colour in zip(rewards, ("tab:red", "tab:purple")):
+            ax_r.plot(steps, [r.get(k) for r in rows], lw=1, color=colour, label=labels[k])
+        ax_r.set_ylabel("reward")
+        ax_r.legend(loc="upper left", fontsize=8)
     axes[-1].set_xlabel("step")
     for s in stages:
         for ax in axes:
@@ -105,7 +107,8 @@ def _stage_row(s: dict, mm: bool) -> str:
     return row
 
 
-OBJECTIVE_METRICS = ("dpo_loss", "nll_loss", "reward_accuracy", "reward_margin", "supervised_tokens")
+OBJECTIVE_METRICS = ("dpo_loss", "nll_loss", "reward_accuracy", "reward_margin", "supervised_tokens",  # sft, dpo
+                     "reward_mean", "kl", "response_length", "zero_advantage_groups")  # grpo
 
 
 def _objectives_md(rows: list[dict], run_dir: Path) -> list[str]:

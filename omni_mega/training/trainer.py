@@ -237,18 +237,30 @@ class Trainer:
                 seq_length=plan.seq_length * plan.micro_batch_size, micro_batch_size=1, forward_only=True)
 
     def _reference_model(self) -> list:
-        """A frozen copy of the model chunks with the current weights (built under a saved and restored RNG, so the
-        training run draws the same random numbers with or without it)."""
+        """A frozen copy of the model chunks with the stage's initial weights (built under a saved and restored RNG,
+        so the training run draws the same random numbers with or without it). At the stage's first step those are
+        the current weights, and a checkpoint of them is written when none exists (a first stage has no earlier one);
+        a run resumed inside the stage reads the same weights back from that checkpoint."""
         from omni_mega.training.state import capture_rng, restore_rng
 
+        plan = self.stage
         rng = capture_rng()
         copy = [c.to(self.rt.device) for c in build_chunks(self.cfg.model, self.cfg.parallel, self.vocab_size,
                                                            max_seq_length(self.plans), self.dtype)]
         restore_rng(rng)
-        for dst, src in zip(copy, self.chunks):
+        for dst, src in zip(copy, self.chunks):  # frozen parameters stay as they were at the stage start
             dst.load_state_dict(src.state_dict())
             dst.requires_grad_(False)
             dst.eval()
+        start = ckpt_io.step_dir(self.run_dir, plan.start_step)
+        if self.state.step == plan.start_step:
+            if not start.exists():
+                self.save()
+        elif start.exists():
+            ckpt_io.load_checkpoint(start, copy, None, with_optimizer=False)
+        else:
+            raise RuntimeError(f"stage {plan.name}: resumed at step {self.state.step}, but its reference model (the "
+                               f"stage's initial weights) has no checkpoint at step {plan.start_step} ({start})")
         set_rope_base(copy, self.stage.rope_base)
         return copy
 

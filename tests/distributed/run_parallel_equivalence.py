@@ -2,11 +2,17 @@
 
   save  DIR OUT [--set ...]: one process, TP=1/PP=1: build the model, save it with dist_checkpointing, train 2 steps
   load  DIR OUT [--set ...]: any layout: build the model, load DIR (resharding), train 2 steps
-Rank 0 writes the per-step loss and grad norm to OUT (JSON).
+  fresh DIR OUT [--set ...]: any layout, random weights, train 2 steps
+Every rank checks that its frozen parameters (requires_grad False) are bitwise unchanged by the steps. Rank 0 writes
+the per-step loss, grad norm and objective metrics to OUT (JSON), with its count of frozen and changed trainable
+parameters.
 """
 
 import json
+import math
 import sys
+
+import torch
 
 from omni_mega.config import load_config
 from omni_mega.runtime import init_distributed, shutdown
@@ -32,12 +38,21 @@ def main() -> None:
     trainer = Trainer(cfg, rt, run_dir=f"{out}.run")
     if mode == "save":
         save_model(trainer.model, ckpt)
-    else:
+    elif mode == "load":
         load_model(trainer.model, ckpt)
+    params = {n: p for c in trainer.chunks for n, p in c.named_parameters()}
+    before = {n: p.detach().clone() for n, p in params.items()}
     steps = [trainer.train_step() for _ in range(2)]
+    frozen = [n for n, p in params.items() if not p.requires_grad]
+    moved = [n for n in frozen if not torch.equal(params[n], before[n])]
+    assert not moved, f"rank {rt.rank}: frozen parameters changed: {moved[:5]}"
+    trained = sum(not torch.equal(p, before[n]) for n, p in params.items() if p.requires_grad)
     if rt.is_rank0:
         with open(out, "w") as f:
-            json.dump({"loss": [s.loss for s in steps], "grad_norm": [s.grad_norm for s in steps]}, f)
+            json.dump({"loss": [s.loss for s in steps], "grad_norm": [s.grad_norm for s in steps],
+                       "metrics": [{k: v for k, v in s.metrics.items() if isinstance(v, (int, float))
+                                    and math.isfinite(v)} for s in steps],
+                       "frozen": len(frozen), "trained": int(trained)}, f)
     shutdown()
 
 

@@ -17,7 +17,7 @@ import torch
 
 from omni_mega import cli
 from omni_mega.training import checkpoint as ckpt_io
-from omni_mega.training.manifest import file_checksum, verify_checkpoint, write_manifest
+from omni_mega.runtime.manifest import file_checksum, verify_checkpoint, write_manifest
 from omni_mega.training.safe_load import CheckpointLoadRefused, restricted_loads
 from omni_mega.training.state import RngStateError, capture_rng, load_rng, restore_rng, rng_from_plain, rng_to_plain
 from tests.distributed.launch import ROOT, free_port
