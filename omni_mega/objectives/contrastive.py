@@ -29,7 +29,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from omni_mega.objectives.base import metric
+from omni_mega.objectives.base import Objective, metric
 from omni_mega.runtime.collectives import all_gather_with_grad
 
 METRICS = ("loss", "contrastive_loss", "caption_loss", "i2t_accuracy", "logit_scale", "logit_bias")
@@ -144,7 +144,7 @@ def contrastive_loss_func(kind: str, caption_weight: float, mask: torch.Tensor, 
                   "logit_bias": metric(out["logit_bias"])}
 
 
-class ContrastiveObjective:
+class ContrastiveObjective(Objective):
     """Built from the stage plan: `plan.cfg.contrastive` (loss kind, caption weight)."""
 
     name = "contrastive"
@@ -162,18 +162,3 @@ class ContrastiveObjective:
                     text=batch["text"], text_lengths=batch["text_lengths"])
         return out, partial(contrastive_loss_func, self.kind, self.caption_weight, batch["sample_mask"],
                             batch.get("text_keys"))
-
-    def start_stage(self, ctx) -> None:
-        """Nothing to prepare."""
-
-    def before_step(self, ctx, batches) -> None:
-        """Nothing to prepare."""
-
-    def step_metrics(self) -> dict:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
