@@ -14,8 +14,10 @@ STAGE = re.compile(r"\] stage (\S+) \(\w+\): ([\d,]+) steps x (\d+) x (\d+) = ([
 
 # name -> (nodes of 8 H100s in the recipe's comment, [(stage, published tokens, RoPE base)])
 PUBLISHED = {
-    # Kimi-VL report: text 5.2T -> joint 1.4T -> cooldown 0.6T -> long context 0.3T, RoPE 50,000 -> 800,000
-    "kimi_vl_style": (64, [("text_pretrain", 5.2e12, 50_000), ("joint_pretrain", 1.4e12, 50_000),
+    # Kimi-VL report: text 5.2T -> ViT alignment 0.1T -> joint 1.4T -> cooldown 0.6T -> long context 0.3T, RoPE
+    # 50,000 -> 800,000 (the CoCa stage counts image-text pairs, not tokens)
+    "kimi_vl_style": (64, [("text_pretrain", 5.2e12, 50_000), ("alignment", 0.1e12, 50_000),
+                           ("joint_pretrain", 1.4e12, 50_000),
                            ("joint_cooldown", 0.6e12, 50_000), ("long_context", 0.3e12, 800_000)]),
     # Ovis2.5 P1-P3 (lengths are the recipe's stated choices; the report gives none)
     "ovis_5phase": (32, [("p1_visual_pretrain", 100e9, 1e6), ("p2_multimodal_pretrain", 500e9, 1e6),
@@ -58,8 +60,8 @@ def _model_parallel(name):
 
 
 def test_kimi_ratio_ramp_and_rewarmup(capsys):
-    out = _plan("kimi_vl_style", capsys)  # no layout given: the smallest that fits (dp = 1)
-    assert "planning for world size 8" in out
+    out = _plan("kimi_vl_style", capsys)  # no layout given: the smallest that fits (dp = ep = 8 with tp 4)
+    assert "planning for world size 32" in out
     joint = out.split("] stage joint_pretrain (")[1].split("] stage joint_cooldown (")[0]
     assert "multimodal share 0 -> 0.4" in joint
     cooldown = out.split("] stage joint_cooldown (")[1].split("] stage long_context (")[0]
@@ -130,3 +132,61 @@ def test_kimi_vit_starts_from_siglip(capsys, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(SIGLIP_SO400M))
     out = _plan("kimi_vl_style", capsys, "--set", f"stages.0.init_from={{vit: 'hf:{tmp_path}'}}")
     assert "config.json matches the model (vit)" in out
+
+
+def test_kimi_moonlight_moe_and_the_coca_job(capsys):
+    cfg = load_config(CONFIGS / "kimi_vl_style.yaml")
+    validate(cfg, world_size=64 * 8)
+    llm = cfg.model.llm
+    assert (llm.num_layers, llm.hidden_size, llm.num_moe_experts, llm.moe_router_topk) == (27, 2048, 64, 6)
+    widths = (llm.ffn_hidden_size, llm.moe_ffn_hidden_size, llm.moe_shared_expert_intermediate_size)
+    assert widths == (11264, 1408, 2816)
+    assert llm.moe_layer_freq == [0] + [1] * 26 and llm.moe_router_score_function == "sigmoid"
+    assert llm.moe_router_enable_expert_bias and llm.multi_latent_attention and llm.kv_lora_rank == 512
+    assert (llm.vocab_size, llm.rotary_base, cfg.parallel.ep) == (163840, 50000, 8)
+    out = _plan("kimi_vl_style", capsys, "--nodes", "64", "--gpus-per-node", "8")
+    moe = re.findall(r"llm mixture of experts: ([\d,]+) total, ([\d,]+) activated", out)
+    assert len(moe) == 2, out  # one per job
+    total, active = (int(x.replace(",", "")) for x in moe[-1])
+    assert 15.5e9 < total < 16.5e9 and 2.6e9 < active < 3.2e9, (total, active)  # Moonlight-16B-A3B
+    vit_job, lm_job = out.split("==== job lm ")
+    assert "stage coca (contrastive): 60,000 steps x 32768 image-text pairs" in vit_job
+    assert re.search(r"trainable [\d,]+ params: vit [\d,]+, image_pooler [\d,]+, text_tower [\d,]+, "
+                     r"caption_decoder [\d,]+\n", vit_job)
+    # the lm job leaves the towers behind: alignment trains the CoCa ViT and the projector into the frozen LLM
+    assert "text_tower" not in lm_job and "caption_decoder" not in lm_job
+    align = lm_job.split("] stage alignment (")[1].split("] stage joint_pretrain (")[0]
+    assert re.search(r"trainable [\d,]+ params: vit [\d,]+, projector [\d,]+\n", align)
+    assert "init_from vit <- job:vit" in out
+    assert "over an 80 GiB H100" not in out
+
+
+def test_kimi_joint_stage_continues_the_text_schedule():
+    from omni_mega.config.graph import job_config
+    from omni_mega.config.plan import plan_stages
+    from omni_mega.training.curriculum import LRPlan
+
+    cfg = job_config(load_config(CONFIGS / "kimi_vl_style.yaml"), "lm")
+    plans = {p.name: p for p in plan_stages(cfg)}
+    lr = LRPlan(cfg)
+    text, joint = plans["text_pretrain"], plans["joint_pretrain"]
+    cool, long_ctx = plans["joint_cooldown"], plans["long_context"]
+    assert [s.schedule for s in cfg.stages] == ["new", "resume", "resume", "rewarmup", "resume"]
+    # joint pre-training: one schedule with the text stage (alignment between them resumes it too), so its first
+    # step's LR is the text stage's last and every later step follows the text stage's segment
+    assert lr.segment_of(joint.index) == lr.segment_of(text.index)
+    last_text = lr.lr(text.start_step + text.steps - 1)
+    assert last_text == pytest.approx(3.0e-4) and lr.lr(joint.start_step) == pytest.approx(last_text, rel=1e-12)
+    seg = lr.segment_of(text.index)
+    assert seg.length == text.steps + plans["alignment"].steps + joint.steps
+    assert lr.lr(joint.start_step + joint.steps - 1) == pytest.approx(3.0e-4)
+    # the cooldown re-warms up: a new segment starting from the joint stage's LR, decaying to its floor
+    assert lr.segment_of(cool.index) != seg
+    first_cool = lr.lr(cool.start_step)
+    assert 1.0e-4 < first_cool < last_text  # on the way from 3e-4 down to the cooldown's peak 1e-4
+    assert lr.lr(cool.start_step + 500) == pytest.approx(1.0e-4, rel=1e-3)
+    # long context resumes the cooldown's linear decay: same segment, its first step one decay step further
+    assert lr.segment_of(long_ctx.index) == lr.segment_of(cool.index)
+    a, b, c = (lr.lr(long_ctx.start_step + k) for k in (-2, -1, 0))
+    assert c < b < a and (a - b) == pytest.approx(b - c, rel=1e-6)
+    assert lr.lr(long_ctx.start_step + long_ctx.steps - 1) == pytest.approx(1.0e-5)

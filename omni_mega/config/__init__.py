@@ -4,6 +4,7 @@ from omni_mega.config.load import apply_overrides, from_dict, load_config, to_di
 from omni_mega.config.schema import (
     ConfigError,
     ConnectorConfig,
+    ContrastiveConfig,
     DataConfig,
     LLMConfig,
     ModelConfig,
@@ -18,7 +19,7 @@ from omni_mega.config.schema import (
 from omni_mega.config.validate import validate
 
 __all__ = [
-    "ConfigError", "ConnectorConfig", "DataConfig", "LLMConfig", "ModelConfig", "OptimConfig", "ParallelConfig",
+    "ConfigError", "ConnectorConfig", "ContrastiveConfig", "DataConfig", "LLMConfig", "ModelConfig", "OptimConfig", "ParallelConfig",
     "RopeScalingConfig", "RunConfig", "StageConfig", "TrainConfig", "ViTConfig", "apply_overrides", "from_dict", "load_config", "to_dict",
     "validate",
 ]

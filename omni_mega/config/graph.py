@@ -29,9 +29,10 @@ JOB_REF = "job:"
 # Model parts a group name belongs to (the LLM is always built).
 _PART_OF_GROUP = {"vit": "vit", "visual_head": "vit", "vet": "vit", "projector": "vit", "audio": "audio",
                   "ctc_head": "audio", "audio_projector": "audio", "codec": "codec", "talker": "talker",
-                  "classifier": "classifier"}
+                  "classifier": "classifier", "image_pooler": "contrastive", "text_tower": "contrastive",
+                  "caption_decoder": "contrastive"}
 _PARTS_OF_OBJECTIVE = {"ctc": ("audio",), "classify": ("vit", "classifier"), "rvq": ("codec",),
-                       "talker": ("codec", "talker")}
+                       "talker": ("codec", "talker"), "contrastive": ("vit", "contrastive")}
 
 
 def is_graph(cfg: RunConfig) -> bool:
@@ -125,7 +126,7 @@ def find_job(cfg: RunConfig, name: str) -> str:
 
 
 def parts_used(model: ModelConfig, stages: list[StageConfig]) -> set[str]:
-    """The optional model parts (vit, audio, codec, talker, classifier) the stages train, load, read or need."""
+    """The optional model parts (vit, audio, codec, talker, classifier, contrastive) the stages train, load, read or need."""
     used: set[str] = set()
     for s in stages:
         groups = list(s.trainable) + (list(s.init_from) if isinstance(s.init_from, dict) else [])
@@ -155,7 +156,7 @@ def job_config(cfg: RunConfig, name: str, root: str | Path | None = None) -> Run
     m = out.model
     if "vit" not in used:
         m.vit = m.connector = None
-    for part in ("audio", "codec", "talker", "classifier"):
+    for part in ("audio", "codec", "talker", "classifier", "contrastive"):  # the alignment job drops the towers
         if part not in used:
             setattr(m, part, None)
     if "talker" in used and m.codec is None:

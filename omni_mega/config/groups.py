@@ -53,12 +53,25 @@ def parse_group(name: str) -> GroupRef:
     return GroupRef(base, slice(int(start) if start else None, int(stop) if stop else None))
 
 
-def known_groups(has_vision: bool, has_connector: bool) -> tuple[str, ...]:
+# A mixture-of-experts LLM's parts, over every MoE layer: routed experts, routers (gate weights and expert biases),
+# shared experts. Freeze sets name them like any group (`trainable: [llm.experts]` trains only the experts).
+MOE_GROUPS = ("llm.experts", "llm.router", "llm.shared_experts")
+# The contrastive pre-training towers (model.contrastive): the text encoder, the captioning decoder, and the image
+# side's attentional pooler with the learnable temperature and bias.
+CONTRASTIVE_GROUPS = ("text_tower", "caption_decoder", "image_pooler")
+
+
+def known_groups(has_vision: bool, has_connector: bool, *, moe: bool = False,
+                 contrastive: bool = False) -> tuple[str, ...]:
     groups = list(LLM_GROUPS)
+    if moe:
+        groups += MOE_GROUPS
     if has_vision:
         groups += ["vit", "vit.patch_embed", "vit.layers", "visual_head"]
     if has_connector:
         groups += ["vet", "projector"]
+    if contrastive:
+        groups += CONTRASTIVE_GROUPS
     return tuple(groups)
 
 
@@ -66,6 +79,13 @@ def part_groups(model) -> tuple[str, ...]:
     """Groups of the optional audio, speech and classifier parts a model config (config.ModelConfig, read by
     attribute) has; `known_groups` gives the text and vision ones."""
     return tuple(g for part, names in PART_GROUPS.items() if getattr(model, part, None) is not None for g in names)
+
+
+def model_groups(model) -> tuple[str, ...]:
+    """Every group name a ModelConfig (read by attribute) has: `known_groups` plus `part_groups`."""
+    return known_groups(model.vit is not None, model.connector is not None or model.vit is not None,
+                        moe=model.llm.num_moe_experts is not None,
+                        contrastive=getattr(model, "contrastive", None) is not None) + part_groups(model)
 
 
 def check_group_name(name: str, known: tuple[str, ...]) -> GroupRef:

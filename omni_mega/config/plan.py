@@ -22,7 +22,7 @@ class StagePlan:
     start_step: int  # global optimizer steps done before this stage
     steps: int
     seq_length: int  # positions per pack
-    micro_batch_size: int  # packs per micro-batch per data-parallel rank
+    micro_batch_size: int  # packs (images for objective contrastive) per micro-batch per data-parallel rank
     global_batch_size: int  # packs per optimizer step (all data-parallel ranks)
     samples_before: int  # packs of the run consumed before this stage
     rope_base: float
@@ -104,7 +104,8 @@ def plan_stages(cfg: RunConfig) -> list[StagePlan]:
         r0, r1 = stage_ratios(s, mix)
         plans.append(StagePlan(
             index=i, cfg=s, objective=s.objective, start_step=start, steps=s.steps, seq_length=seq,
-            micro_batch_size=d.micro_batch_size, global_batch_size=gbs, samples_before=samples, rope_base=rope,
+            micro_batch_size=s.micro_batch_size or d.micro_batch_size, global_batch_size=gbs,
+            samples_before=samples, rope_base=rope,
             mix=mix, trainable=tuple(s.trainable), lr_mult=tuple(s.lr_mult), ratio_start=r0, ratio_end=r1,
             min_pixels=s.min_pixels or d.min_pixels, max_pixels=s.max_pixels or d.max_pixels,
             visual_budget=d.max_visual_tokens or seq, pack_window=d.pack_window, seed=d.seed,

@@ -69,6 +69,25 @@ class LLMConfig:
     init_method_std: float = 0.02  # normal init std
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
+    # Mixture of experts (megatron-core's names; omni_mega.models.moe). null num_moe_experts: a dense MLP everywhere.
+    num_moe_experts: int | None = None  # routed experts per MoE layer
+    moe_router_topk: int = 2  # experts each token is sent to
+    moe_ffn_hidden_size: int | None = None  # one routed expert's MLP width; None = ffn_hidden_size
+    moe_shared_expert_intermediate_size: int | None = None  # all shared experts' width together (2 x 1408 = 2816)
+    # Which layers are MoE: an int N puts one every N layers (1: all), a list gives 1 (MoE) / 0 (dense) per layer,
+    # e.g. [0] + [1] * 26 for Moonlight's dense first layer (which uses ffn_hidden_size)
+    moe_layer_freq: int | list[int] = 1
+    moe_router_score_function: str = "softmax"  # softmax | sigmoid (DeepSeek-V3, Moonlight)
+    moe_router_enable_expert_bias: bool = False  # aux-loss-free balancing: a per-expert bias nudged every step
+    moe_aux_loss_coeff: float = 0.0  # weight of the load-balancing loss (0: none)
+    moe_token_dispatcher_type: str = "allgather"  # allgather | alltoall (alltoall needs CUDA streams: GPUs only)
+    # Multi-latent attention (DeepSeek-V2/V3, Moonlight; megatron-core's MLA names); off: standard GQA attention.
+    multi_latent_attention: bool = False
+    q_lora_rank: int | None = None  # query compression rank; None = a full query projection (Moonlight)
+    kv_lora_rank: int = 512  # compressed key/value width (the KV cache per token)
+    qk_head_dim: int = 128  # per-head query/key width without RoPE
+    qk_pos_emb_head_dim: int = 64  # per-head query/key width that carries RoPE
+    v_head_dim: int = 128  # per-head value width
 
     def __post_init__(self) -> None:
         p = "model.llm"
@@ -96,10 +115,48 @@ class LLMConfig:
                      f"needs 3 positive entries (temporal, height, width) summing to head_dim / 2 = {half}, "
                      f"got {self.mrope_section}")
             _require(self.rope_scaling is None, f"{p}.rope_scaling", "is not supported together with mrope_section")
+        self._check_moe(p)
+
+    def _check_moe(self, p: str) -> None:
+        if self.multi_latent_attention:
+            for name in ("kv_lora_rank", "qk_head_dim", "v_head_dim"):
+                _require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+            _require(self.qk_pos_emb_head_dim >= 2 and self.qk_pos_emb_head_dim % 2 == 0, f"{p}.qk_pos_emb_head_dim",
+                     f"must be an even width >= 2 (RoPE rotates pairs), got {self.qk_pos_emb_head_dim}")
+            _require(self.q_lora_rank is None or self.q_lora_rank >= 1, f"{p}.q_lora_rank",
+                     f"must be >= 1 or null, got {self.q_lora_rank}")
+            _require(self.mrope_section is None, f"{p}.mrope_section", "is not supported with multi_latent_attention")
+        if self.num_moe_experts is None:
+            return
+        _require(self.num_moe_experts >= 1, f"{p}.num_moe_experts", f"must be >= 1 or null, got {self.num_moe_experts}")
+        _require(1 <= self.moe_router_topk <= self.num_moe_experts, f"{p}.moe_router_topk",
+                 f"must be in [1, num_moe_experts={self.num_moe_experts}], got {self.moe_router_topk}")
+        for name in ("moe_ffn_hidden_size", "moe_shared_expert_intermediate_size"):
+            v = getattr(self, name)
+            _require(v is None or v >= 1, f"{p}.{name}", f"must be >= 1 or null, got {v}")
+        freq = self.moe_layer_freq
+        if isinstance(freq, int):
+            _require(freq >= 1, f"{p}.moe_layer_freq", f"must be >= 1 or a 0/1 list per layer, got {freq}")
+        else:
+            _require(len(freq) == self.num_layers and set(freq) <= {0, 1} and 1 in freq, f"{p}.moe_layer_freq",
+                     f"a list needs one 0 (dense) or 1 (MoE) per layer ({self.num_layers}) and at least one 1, "
+                     f"got {freq}")
+        _require(self.moe_router_score_function in ("softmax", "sigmoid"), f"{p}.moe_router_score_function",
+                 f"must be softmax or sigmoid, got {self.moe_router_score_function!r}")
+        _require(self.moe_aux_loss_coeff >= 0, f"{p}.moe_aux_loss_coeff", f"must be >= 0, got {self.moe_aux_loss_coeff}")
+        _require(self.moe_token_dispatcher_type in ("allgather", "alltoall"), f"{p}.moe_token_dispatcher_type",
+                 f"must be allgather or alltoall, got {self.moe_token_dispatcher_type!r}")
 
     @property
     def head_dim(self) -> int:
         return self.kv_channels or self.hidden_size // self.num_attention_heads
+
+    def moe_layers(self) -> list[bool]:
+        """Per layer (global order): True where the MLP is a mixture of experts (megatron's moe_layer_freq rule)."""
+        if self.num_moe_experts is None:
+            return [False] * self.num_layers
+        f = self.moe_layer_freq
+        return [i % f == 0 for i in range(self.num_layers)] if isinstance(f, int) else [bool(x) for x in f]
 
 
 VIT_ACTIVATIONS = ("gelu", "gelu_tanh", "quick_gelu", "swiglu")
@@ -274,10 +331,38 @@ class ClassifierConfig:
 
 
 @dataclass
+class ContrastiveConfig:
+    """model.contrastive: the towers a contrastive pre-training stage of the ViT trains beside it (`objective:
+    contrastive`, SigLIP or CLIP + CoCa captioning; omni_mega.models.contrastive). Built only when this section is
+    set; saved in checkpoints; later stages leave them out of their trainable sets."""
+
+    embed_dim: int = 64  # the shared image/text embedding width
+    hidden_size: int = 64  # width of the text tower, the caption decoder and the image pooler
+    num_attention_heads: int = 4
+    text_layers: int = 2  # the text tower: a causal transformer over the caption, pooled at a CLS slot after it
+    decoder_layers: int = 2  # the caption decoder (CoCa): causal self-attention + cross-attention to image tokens
+    max_text_length: int = 64  # caption tokens kept (longer captions are cut)
+    vocab_size: int | None = None  # the towers' vocabulary; None = the LLM's (padded), whose tokenizer the data uses
+    init_logit_scale: float = 2.302585  # log of the initial temperature: ln 10 (SigLIP); CLIP uses ln(1/0.07)
+    init_logit_bias: float = -10.0  # initial logit bias (SigLIP's -10; the softmax loss ignores it)
+
+    def __post_init__(self) -> None:
+        p = "model.contrastive"
+        for name in ("embed_dim", "hidden_size", "num_attention_heads", "text_layers", "decoder_layers",
+                     "max_text_length"):
+            _require(getattr(self, name) >= 1, f"{p}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _require(self.hidden_size % self.num_attention_heads == 0, f"{p}.hidden_size",
+                 f"{self.hidden_size} is not divisible by num_attention_heads={self.num_attention_heads}")
+        _require(self.vocab_size is None or self.vocab_size >= 2, f"{p}.vocab_size",
+                 f"must be >= 2 or null, got {self.vocab_size}")
+
+
+@dataclass
 class ModelConfig:
     llm: LLMConfig = field(default_factory=LLMConfig)
     vit: ViTConfig | None = None  # None: a text-only model
     connector: ConnectorConfig | None = None
+    contrastive: ContrastiveConfig | None = None  # ViT pre-training towers (objective: contrastive); None: none
     audio: AudioConfig | None = None  # audio encoder + CTC head + audio projector (omni_mega.models.audio)
     codec: CodecConfig | None = None  # RVQ codec over mel frames (omni_mega.models.speech)
     talker: TalkerConfig | None = None  # codec-code talker (omni_mega.models.speech)
@@ -291,9 +376,10 @@ class ParallelConfig:
     vpp: int | None = None  # virtual pipeline chunks per rank (interleaved 1F1B); None = not interleaved
     cp: int = 1  # context-parallel size
     sp: bool = False  # sequence parallelism (needs tp > 1)
+    ep: int = 1  # expert-parallel size: a MoE layer's experts split over ep data-parallel ranks
 
     def __post_init__(self) -> None:
-        for name in ("tp", "pp", "cp"):
+        for name in ("tp", "pp", "cp", "ep"):
             _require(getattr(self, name) >= 1, f"parallel.{name}", f"must be >= 1, got {getattr(self, name)}")
         if self.vpp is not None:
             _require(self.vpp >= 2, "parallel.vpp", f"must be >= 2 or null, got {self.vpp}")
@@ -361,7 +447,7 @@ class OptimConfig:
 
 DECAYS = ("cosine", "linear", "constant", "wsd", "step")
 # Training objectives a stage may name; each is a module of omni_mega.objectives (a test holds the two lists equal).
-OBJECTIVES = ("lm", "sft", "dpo", "grpo")
+OBJECTIVES = ("lm", "sft", "dpo", "grpo", "contrastive")
 # Stages that train one part alone (the μOmni stages): ctc (audio encoder, speech recognition), classify (ViT), rvq
 # (codec), talker (codec codes).
 PART_OBJECTIVES = ("ctc", "classify", "rvq", "talker")
@@ -427,6 +513,23 @@ class DPOConfig:
         _require(self.nll_weight >= 0, "dpo.nll_weight", f"must be >= 0, got {self.nll_weight}")
         _require(self.reference in REFERENCES, "dpo.reference",
                  f"must be one of {', '.join(REFERENCES)}, got {self.reference!r}")
+
+
+CONTRASTIVE_LOSSES = ("siglip", "clip")
+
+
+@dataclass
+class ContrastiveLossConfig:
+    """`objective: contrastive`: L = L_contrastive + caption_weight * L_caption (CoCa; MoonViT: L_siglip + 2 L_caption)
+    over micro-batches of whole image-text samples, negatives from every data-parallel rank's micro-batch."""
+
+    loss: str = "siglip"  # siglip (pairwise sigmoid) | clip (softmax cross entropy both ways)
+    caption_weight: float = 2.0  # weight of the captioning cross entropy; 0 = contrastive only
+
+    def __post_init__(self) -> None:
+        _require(self.loss in CONTRASTIVE_LOSSES, "contrastive.loss",
+                 f"must be one of {', '.join(CONTRASTIVE_LOSSES)}, got {self.loss!r}")
+        _require(self.caption_weight >= 0, "contrastive.caption_weight", f"must be >= 0, got {self.caption_weight}")
 
 
 @dataclass
@@ -503,6 +606,7 @@ class StageConfig:
     # prompts)
     objective: str = "lm"
     dpo: DPOConfig = field(default_factory=DPOConfig)  # objective dpo only
+    contrastive: ContrastiveLossConfig = field(default_factory=ContrastiveLossConfig)  # objective contrastive only
     grpo: GRPOConfig = field(default_factory=GRPOConfig)  # objective grpo only
     # Held-out scoring (see EvalConfig): language stages answer held-out conversations at the stage's end (needs
     # pp = 1); part stages score every `interval` steps (default settings when unset).
@@ -511,6 +615,8 @@ class StageConfig:
     # `omni-mega train CONFIG --stage JOB` runs one job alone, `init_from: {group: job:NAME}` reads another job's run
     # dir (the sibling of this one) and makes this job depend on it. null: the config is one run (no graph).
     job: str | None = None
+    # packs per micro-batch per data-parallel rank (images for objective contrastive); None = data.micro_batch_size
+    micro_batch_size: int | None = None
     steps: int | None = None  # optimizer steps in this stage (default 100 when `tokens` is unset too)
     tokens: int | None = None  # alternatively the stage length in tokens (rounded up to whole steps)
     data: list[DatasetConfig] = field(default_factory=list)  # weighted mix; empty = the `data` section's source
@@ -557,6 +663,8 @@ class StageConfig:
         _require(len(self.trainable) >= 1, f"{p}.trainable", "nothing trainable: name at least one module group")
         _require(self.save in ("full", "trainable_only"), f"{p}.save", f"must be full or trainable_only, got {self.save!r}")
         _require(self.ckpt_interval >= 0, f"{p}.ckpt_interval", f"must be >= 0, got {self.ckpt_interval}")
+        _require(self.micro_batch_size is None or self.micro_batch_size >= 1, f"{p}.micro_batch_size",
+                 f"must be >= 1 or null, got {self.micro_batch_size}")
         for name in ("lr", "rope_base"):
             v = getattr(self, name)
             _require(v is None or v > 0, f"{p}.{name}", f"must be > 0, got {v}")

@@ -34,6 +34,7 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
         raise ConfigError(
             f"parallel.tp: tp={par.tp} does not divide model.vit.num_attention_heads={cfg.model.vit.num_attention_heads}"
         )
+    _validate_moe(cfg, world_size)
     _validate_stages(cfg, world_size)
     _validate_parts(cfg)
     if world_size is not None:
@@ -43,6 +44,10 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
                 f"parallel: world size {world_size} is not divisible by tp x pp x cp = {par.tp} x {par.pp} x {par.cp} "
                 f"= {model_parallel}; use a multiple of {model_parallel} processes or change the layout"
             )
+        if world_size % (par.tp * par.ep * par.pp):
+            raise ConfigError(f"parallel.ep: world size {world_size} is not divisible by tp x ep x pp = {par.tp} x "
+                              f"{par.ep} x {par.pp} = {par.tp * par.ep * par.pp} (experts split over ep data-parallel "
+                              "ranks); change ep or the number of processes")
         dp = world_size // model_parallel
         if data.global_batch_size % (data.micro_batch_size * dp):
             raise ConfigError(
@@ -51,15 +56,36 @@ def validate(cfg: RunConfig, world_size: int | None = None) -> None:
             )
 
 
+def _validate_moe(cfg: RunConfig, world_size: int | None) -> None:
+    """Mixture of experts, expert parallelism and multi-latent attention against the layout."""
+    llm, par = cfg.model.llm, cfg.parallel
+    if llm.num_moe_experts is None:
+        if par.ep > 1:
+            raise ConfigError(f"parallel.ep: ep={par.ep} splits experts, but model.llm.num_moe_experts is null (a "
+                              "dense model); set ep: 1 or configure experts")
+    else:
+        if llm.num_moe_experts % par.ep:
+            raise ConfigError(f"parallel.ep: ep={par.ep} does not divide model.llm.num_moe_experts="
+                              f"{llm.num_moe_experts}; choose ep from {_divisors(llm.num_moe_experts)}")
+        if par.tp > 1 and not par.sp:
+            raise ConfigError(f"parallel.sp: megatron's MoE layers train with tp={par.tp} only under sequence "
+                              "parallelism; set sp: true")
+    if llm.multi_latent_attention:
+        if llm.rope_scaling is not None:
+            raise ConfigError("model.llm.rope_scaling: not supported with multi_latent_attention (plain RoPE only)")
+        width = llm.kv_lora_rank + llm.qk_pos_emb_head_dim
+        if width % par.tp:
+            raise ConfigError(f"parallel.tp: tp={par.tp} does not divide kv_lora_rank + qk_pos_emb_head_dim = {width}")
+
+
 def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:
     """Per-stage rules, on the stage plan's effective values: group names, lengths vs schedules, sequence lengths,
     batch sizes and resolution bounds."""
-    from omni_mega.config.groups import check_group_name, known_groups, part_groups
+    from omni_mega.config.groups import check_group_name, model_groups
     from omni_mega.config.plan import plan_stages
 
     llm, data = cfg.model.llm, cfg.data
-    known = known_groups(cfg.model.vit is not None, cfg.model.connector is not None)
-    known += part_groups(cfg.model)
+    known = model_groups(cfg.model)
     dp = cfg.parallel.data_parallel_size(world_size) if world_size else None
     for plan in plan_stages(cfg):
         s, p = plan.cfg, f"stages[{plan.name}]"
@@ -78,6 +104,7 @@ def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:
                 check_group_name(g, known)
             except ValueError as e:
                 raise ConfigError(f"{p}.trainable: {e}") from None
+        _validate_contrastive(cfg, plan, p)
         if plan.objective == "grpo" and cfg.parallel.vpp is not None:
             raise ConfigError(f"{p}.objective: grpo generates its rollouts with the training model, one model chunk "
                               "per rank: drop parallel.vpp (tensor and pipeline parallelism work)")
@@ -107,6 +134,34 @@ def _validate_stages(cfg: RunConfig, world_size: int | None) -> None:
         if dp and gbs % (mbs * dp):
             raise ConfigError(f"{p}.global_batch_size: {gbs} is not divisible by micro_batch_size x dp = "
                               f"{mbs} x {dp}")
+
+
+def _validate_contrastive(cfg: RunConfig, plan, p: str) -> None:
+    """A contrastive stage trains the ViT and its towers on image-text samples, on one pipeline stage; no other
+    objective uses the towers."""
+    from omni_mega.config.groups import CONTRASTIVE_GROUPS, parse_group
+
+    bases = [parse_group(g).base for g in plan.trainable]
+    if plan.objective != "contrastive":
+        towers = [g for g, b in zip(plan.trainable, bases) if b in CONTRASTIVE_GROUPS]
+        if towers:
+            raise ConfigError(f"{p}.trainable: {towers} are trained only by objective contrastive; objective "
+                              f"{plan.objective} never uses them")
+        return
+    if cfg.model.vit is None or cfg.model.contrastive is None:
+        raise ConfigError(f"{p}.objective: contrastive needs model.vit and model.contrastive (the text tower and "
+                          "caption decoder)")
+    if cfg.parallel.pp > 1:
+        raise ConfigError(f"{p}.objective: contrastive runs the ViT and its towers on one pipeline stage; use "
+                          f"parallel.pp 1 (got {cfg.parallel.pp})")
+    text = [d.name for d in plan.mix if not d.multimodal]
+    if text:
+        raise ConfigError(f"{p}.data: objective contrastive reads image-text samples; {text} are not image-text "
+                          "datasets")
+    unused = [g for g, b in zip(plan.trainable, bases) if not (b in CONTRASTIVE_GROUPS or b.startswith("vit"))]
+    if unused:
+        raise ConfigError(f"{p}.trainable: {unused} get no gradient from objective contrastive (it trains vit and "
+                          f"{', '.join(CONTRASTIVE_GROUPS)})")
 
 
 def _divisors(n: int) -> list[int]:

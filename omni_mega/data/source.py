@@ -50,9 +50,15 @@ class BatchSource(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+# Objectives whose micro-batches are whole image-text samples (B images with their captions) instead of packs; the
+# kind of source follows the stage's objective here, so the trainer never asks.
+IMAGE_TEXT_OBJECTIVES = frozenset({"contrastive"})
+
+
 def build_source(plan: StagePlan, model: ModelConfig, data_dir: str | Path, consumed_samples: int, *,
                  decode_threads: int = 2):
-    """The `PackedSource` of stage `plan` at `consumed_samples` packs of the run.
+    """The `PackedSource` of stage `plan` at `consumed_samples` packs of the run (an `ImageTextSource` of samples
+    for the objectives in IMAGE_TEXT_OBJECTIVES).
 
     model: the run's model config (the vision tower's patch sizes and the connector's placeholder ids shape the
     image-text samples). data_dir: where the built-in demo data is cached. Then call `load_state_dict` with a
@@ -61,6 +67,10 @@ def build_source(plan: StagePlan, model: ModelConfig, data_dir: str | Path, cons
     from omni_mega.data.packed_source import PackedSource
 
     data_dir = Path(data_dir)
+    if plan.objective in IMAGE_TEXT_OBJECTIVES:
+        from omni_mega.data.image_text_source import build_image_text_source
+
+        return build_image_text_source(plan, model, data_dir, consumed_samples, decode_threads=decode_threads)
     if plan.objective in PART_OBJECTIVES:  # one part trained alone: its own micro-batches
         from omni_mega.data.task_source import build_task_source
 

@@ -72,6 +72,11 @@ class CachedForward:
         self.model = unwrap(model)
         self.gpt = self.model.llm if hasattr(self.model, "llm") else self.model
         self.cfg = self.gpt.config
+        if getattr(self.cfg, "multi_latent_attention", False):
+            raise ValueError("generate: the KV cache holds query groups of standard attention; multi-latent attention "
+                             "(model.llm.multi_latent_attention) is not supported yet")
+        if getattr(self.cfg, "expert_model_parallel_size", 1) > 1:
+            raise ValueError("generate: run with parallel.ep 1 (each rank needs every expert)")
         self.first, self.last = bool(self.gpt.pre_process), bool(self.gpt.post_process)
         self.mrope = getattr(self.gpt, "position_embedding_type", "rope") == "mrope"
         self.scale = self.cfg.softmax_scale or 1.0 / math.sqrt(self.cfg.kv_channels)

@@ -479,6 +479,9 @@ def family_of(hf: dict) -> Family:
 def family_for(cfg: ModelConfig) -> Family:
     """The HF architecture that expresses a model trained here (no HF origin recorded)."""
     llm = cfg.llm
+    if getattr(llm, "num_moe_experts", None) is not None or getattr(llm, "multi_latent_attention", False):
+        raise InteropError("export of mixture-of-experts or multi-latent-attention language models (DeepSeek-V3 / "
+                           "Moonlight layout) is not supported yet")
     if llm.normalization != "RMSNorm" or llm.activation != "swiglu":
         raise InteropError("no supported Hugging Face architecture has this language model: export needs RMSNorm and "
                            f"SwiGLU, the model has {llm.normalization} and {llm.activation}")

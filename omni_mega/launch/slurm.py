@@ -5,8 +5,8 @@
         --tokenizer-args "--tokenizer-type HuggingFaceTokenizer --tokenizer-model tok.json" -o prep.sbatch
 
 Templates hold `{{NAME}}` fields (bash's own `$VAR`s stay untouched). The pretrain renderer loads and validates the
-config for the world size nodes x gpus-per-node, so a layout that cannot run (TP x PP x CP not dividing the GPUs,
-the global batch not dividing by DP) fails here, before it waits in the queue; the DP that results is written into
+config for the world size nodes x gpus-per-node, so a layout that cannot run (TP x PP x CP or TP x EP x PP not
+dividing the GPUs, the global batch not dividing by DP) fails here, before it waits in the queue; the DP that results is written into
 the script, which checks it again against the allocation it gets.
 """
 
@@ -61,7 +61,8 @@ def pretrain_values(job: PretrainJob) -> dict[str, str]:
         "JOB_NAME": cfg.name, "NODES": str(job.nodes), "GPUS_PER_NODE": str(job.gpus_per_node),
         "CPUS_PER_TASK": str(job.cpus_per_task), "TIME": job.time, "PARTITION": job.partition,
         "CONFIG": shlex.quote(job.config), "RUN_DIR": shlex.quote(job.run_dir or f"runs/{cfg.name}"),
-        "TP": str(par.tp), "PP": str(par.pp), "CP": str(par.cp), "DP": str(par.data_parallel_size(world)),
+        "TP": str(par.tp), "PP": str(par.pp), "CP": str(par.cp), "EP": str(par.ep),
+        "DP": str(par.data_parallel_size(world)),
         "EXTRA_ARGS": extra,
     }
 

@@ -34,17 +34,18 @@ def build_model(cfg: ModelConfig, parallel: ParallelConfig, vocab_size: int, max
     first = ps.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
     if first and cfg.vit is not None:
         vit, connector = _vision(cfg, conn_cfg, parallel, dtype)
-    parts = _parts(cfg, parallel, dtype, vit) if first else {}
-    parts.update(audio_cfg=cfg.audio, talker_layers=cfg.talker.num_layers if cfg.talker is not None else 0)
+    parts = _parts(cfg, parallel, dtype, vit, vocab_size) if first else {}
+    parts.update(audio_cfg=cfg.audio, talker_layers=cfg.talker.num_layers if cfg.talker is not None else 0,
+                 contrastive=cfg.contrastive is not None)
     return OmniModel(llm, vit, connector, conn_cfg, cfg.vit.num_layers if cfg.vit is not None else 0,
                      cfg.vit.merge_size if cfg.vit is not None else 2, mrope=mrope_section is not None, parts=parts)
 
 
-PARTS = ("audio", "codec", "talker", "classifier")  # optional parts beside the LLM and the vision tower
+PARTS = ("audio", "codec", "talker", "classifier", "contrastive")  # optional parts beside the LLM and the vision tower
 
 
-def _parts(cfg: ModelConfig, parallel: ParallelConfig, dtype: torch.dtype, vit) -> dict:
-    """The audio, speech and classifier modules the config asks for (first pipeline stage only)."""
+def _parts(cfg: ModelConfig, parallel: ParallelConfig, dtype: torch.dtype, vit, vocab_size: int) -> dict:
+    """The audio, speech, classifier and contrastive modules the config asks for (first pipeline stage only)."""
     out = {}
     if cfg.audio is not None:
         from omni_mega.models.audio.encoder import AudioEncoder
@@ -63,6 +64,13 @@ def _parts(cfg: ModelConfig, parallel: ParallelConfig, dtype: torch.dtype, vit) 
         from omni_mega.models.vision.classifier import ImageClassifier
 
         out["classifier"] = ImageClassifier(vit.out_features, len(cfg.classifier.labels), dtype)
+    if cfg.contrastive is not None:  # the ViT's pre-training towers (objective: contrastive)
+        if vit is None:
+            raise ConfigError("model.contrastive: the contrastive towers pool the ViT's tokens; set model.vit")
+        from omni_mega.models.contrastive import ContrastiveTowers
+
+        out["towers"] = ContrastiveTowers(cfg.contrastive, vit.out_features, cfg.contrastive.vocab_size or vocab_size,
+                                          dtype)
     if cfg.codec is not None:
         from omni_mega.models.speech.codec import RVQCodec
 

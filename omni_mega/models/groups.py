@@ -30,7 +30,7 @@ def llm_groups(chunk) -> dict[str, ModuleGroup]:
     """Groups of one megatron GPTModel chunk (unwrapped). Absent parts (embedding off the first pipeline stage,
     output layer off the last) are empty groups, not errors."""
     layers = {layer.layer_number - 1: layer for layer in chunk.decoder.layers}  # layer_number: global, 1-based
-    return {
+    groups = {
         "llm": ModuleGroup([chunk]),
         "llm.embedding": ModuleGroup([chunk.embedding] if chunk.pre_process else []),
         "llm.layers": ModuleGroup(list(layers.values()), layers, chunk.config.num_layers),
@@ -38,6 +38,14 @@ def llm_groups(chunk) -> dict[str, ModuleGroup]:
                                       and chunk.post_process else []),
         "llm.output_layer": ModuleGroup([chunk.output_layer] if chunk.post_process else []),
     }
+    if getattr(chunk.config, "num_moe_experts", None) is not None:  # the MoE layers' parts (this rank's experts)
+        moe = [layer.mlp for layer in layers.values() if getattr(layer, "is_moe_layer", False)]
+        groups.update({
+            "llm.experts": ModuleGroup([m.experts for m in moe]),
+            "llm.router": ModuleGroup([m.router for m in moe]),
+            "llm.shared_experts": ModuleGroup([m.shared_experts for m in moe if m.shared_experts is not None]),
+        })
+    return groups
 
 
 def chunk_groups(chunk) -> dict[str, ModuleGroup]:

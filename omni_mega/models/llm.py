@@ -102,7 +102,7 @@ def transformer_config(cfg: LLMConfig, parallel: ParallelConfig, dtype: torch.dt
     # YaRN scales cos and sin by the attention factor; RoPE is linear in q and k, so that equals multiplying the
     # attention logits by factor^2: a softmax scale, honoured by our core attention and TE's alike.
     softmax_scale = None if attn_factor == 1.0 else attn_factor ** 2 / math.sqrt(head_dim)
-    return TransformerConfig(
+    kwargs = dict(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
         num_attention_heads=cfg.num_attention_heads,
@@ -141,12 +141,25 @@ def transformer_config(cfg: LLMConfig, parallel: ParallelConfig, dtype: torch.dt
         persist_layer_norm=cuda,
         attention_softmax_in_fp32=True,
     )
+    from omni_mega.models.moe import mla_config_kwargs, moe_config_kwargs
+
+    kwargs.update(moe_config_kwargs(cfg, parallel))
+    if not cfg.multi_latent_attention:
+        return TransformerConfig(**kwargs)
+    from megatron.core.transformer.transformer_config import MLATransformerConfig
+
+    return MLATransformerConfig(**{**kwargs, **mla_config_kwargs(cfg)})
 
 
 def llm_layer_spec(cfg: LLMConfig, tcfg: TransformerConfig, vp_stage: int | None = None):
     """TransformerEngine's GPT layer spec when TE imports (GPU clusters); otherwise local TP linears with SP-capable
     norms and packed (THD-capable) causal attention (models.vision.attention), so SP and PackedSeqParams work on
     CPU. The backend is chosen by spec, never by branches inside the modules."""
+    if cfg.num_moe_experts is not None or cfg.multi_latent_attention:
+        # Mixture of experts and/or multi-latent attention: a spec per layer (dense and MoE layers differ).
+        from omni_mega.models.moe import llm_block_spec
+
+        return llm_block_spec(cfg, tcfg, vp_stage, te=probe().te)
     if probe().te:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
@@ -182,6 +195,7 @@ def build_llm(cfg: LLMConfig, parallel: ParallelConfig, vocab_size: int, max_seq
         share_embeddings_and_output_weights=not cfg.untie_embeddings,
         rotary_base=float(cfg.rotary_base),  # megatron's int annotation aside, a float theta (e.g. 5e5) works
         vp_stage=vp_stage,
+        # multi-latent attention keeps its own rotary module in every layer (GPTModel then builds none)
         position_embedding_type="rope" if mrope_section is None else "mrope",
     )
     # Frequencies with Hugging Face's formulas (and the optional llama3 / yarn scaling) replace megatron's, whose own
@@ -191,4 +205,8 @@ def build_llm(cfg: LLMConfig, parallel: ParallelConfig, vocab_size: int, max_seq
         if hasattr(m, "inv_freq") and isinstance(m.inv_freq, torch.Tensor):
             m.omni_rope_scaling = cfg.rope_scaling
     set_rotary(model, cfg.rotary_base)
+    if cfg.num_moe_experts is not None:
+        from omni_mega.models.moe import mark_expert_params
+
+        mark_expert_params(model)
     return model

@@ -9,8 +9,9 @@ autograd graph whatever the batch holds (DDP buffers and pipeline stages then ne
 
 Audio is a second modality placed the same way: the audio encoder's states, pooled and projected, replace the audio
 placeholder tokens (one per pooled frame, `model.audio.audio_token_id`), with a dummy clip when a batch has none.
-Stages that train a part alone (`objective: ctc | classify | rvq | talker`) call `forward(..., task=NAME)`, which runs
-that part and its head only (`run_task`); those need the whole model on one pipeline stage.
+Stages that train a part alone (`objective: ctc | classify | rvq | talker | contrastive`) call
+`forward(..., task=NAME)`, which runs that part and its head only (`run_task`); those need the whole model on one
+pipeline stage.
 """
 
 from __future__ import annotations
@@ -73,12 +74,15 @@ class OmniModel(MegatronModule):
             ([self.audio_cfg.audio_token_id] if self.audio_cfg is not None else [])
 
     def _set_parts(self, parts: dict) -> None:
-        """The audio, speech and classifier parts (`models.factory`): audio (AudioEncoder), audio_projector,
-        ctc_head, classifier, codec, talker (modules, None where absent or off the first pipeline stage), audio_cfg
-        and talker_layers (from the config, known on every stage)."""
+        """The audio, speech, classifier and contrastive parts (`models.factory`): audio (AudioEncoder),
+        audio_projector, ctc_head, classifier, codec, talker, towers (`models.contrastive.ContrastiveTowers`) (modules,
+        None where absent or off the first pipeline stage), audio_cfg, talker_layers and contrastive (from the config,
+        known on every stage)."""
         self.audio_cfg = parts.get("audio_cfg")
         self.talker_layers = int(parts.get("talker_layers", 0))
-        for name in ("audio", "audio_projector", "ctc_head", "classifier", "codec", "talker"):
+        # the contrastive pre-training towers (models.contrastive): configured (`contrastive`, known on every stage)
+        self.contrastive = bool(parts.get("contrastive", False)) or parts.get("towers") is not None
+        for name in ("audio", "audio_projector", "ctc_head", "classifier", "codec", "talker", "towers"):
             setattr(self, name, parts.get(name))
 
     def _part_groups(self) -> dict:
@@ -86,7 +90,11 @@ class OmniModel(MegatronModule):
         audio_layers = {layer.layer_number - 1: layer for layer in a.block.layers} if a is not None else {}
         talker_layers = {layer.layer_number - 1: layer for layer in t.block.layers} if t is not None else {}
         some = lambda *m: ModuleGroup([x for x in m if x is not None])  # noqa: E731
-        return {
+        towers = {}
+        if self.contrastive:  # image_pooler, text_tower, caption_decoder (empty on a later pipeline stage)
+            towers = {n: some(getattr(self.towers, n) if self.towers is not None else None)
+                      for n in ("image_pooler", "text_tower", "caption_decoder")}
+        return towers | {
             "audio": some(a), "audio.conv": ModuleGroup([a.conv1, a.conv2] if a is not None else []),
             "audio.layers": ModuleGroup(list(audio_layers.values()), audio_layers,
                                         self.audio_cfg.num_layers if self.audio_cfg is not None else 0),
@@ -117,7 +125,7 @@ class OmniModel(MegatronModule):
         return groups
 
     # ---- forward ---------------------------------------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, attention_mask=None,
+    def forward(self, input_ids: torch.Tensor | None, position_ids: torch.Tensor | None, attention_mask=None,
                 labels: torch.Tensor | None = None, pixel_values: torch.Tensor | None = None,
                 grid_thw: torch.Tensor | None = None, packed_seq_params: PackedSeqParams | None = None,
                 audio_features: torch.Tensor | None = None, audio_cu_seqlens: torch.Tensor | None = None,
@@ -245,27 +253,32 @@ class OmniModel(MegatronModule):
 
     # ---- parts trained alone ----------------------------------------------------------------------------------------
     def run_task(self, task: str, *, pixel_values=None, grid_thw=None, audio_features=None, audio_cu_seqlens=None,
-                 text=None, text_cu_seqlens=None):
+                 text=None, text_cu_seqlens=None, text_lengths=None):
         """One part and its head, without the LLM:
         - "ctc": (CTC logits [T, ctc_vocab_size + 1] at 50 Hz, cu int32 [N + 1]) of packed clips;
         - "classify": logits [N images, labels] of packed images;
         - "codec": the codec's training dict (`RVQCodec.forward`) of packed clips;
         - "talker": (base logits, residual logits, codes, codes cu) for packed clips spoken from `text`
-          (int64 [sum L], text_cu_seqlens [N + 1]); the codes come from the (frozen) codec.
+          (int64 [sum L], text_cu_seqlens [N + 1]); the codes come from the (frozen) codec;
+        - "contrastive": `models.contrastive.ContrastiveTowers.forward`'s dict for packed images (one per sample) and
+          their captions `text` (int64 [N, L + 1] = BOS then tokens, right-padded) with `text_lengths` [N].
         """
         need = {"ctc": ("audio", "ctc_head"), "classify": ("vit", "classifier"), "codec": ("codec",),
-                "talker": ("codec", "talker")}
+                "talker": ("codec", "talker"), "contrastive": ("vit", "towers")}
         if task not in need:
             raise ValueError(f"OmniModel.run_task: unknown task {task!r}; known: {', '.join(need)}")
         missing = [p for p in need[task] if getattr(self, p) is None]
         if missing:
+            part = "contrastive" if missing[0] == "towers" else missing[0]
             raise ValueError(f"OmniModel.run_task({task!r}): this model chunk has no {', '.join(missing)} (set "
-                             f"model.{missing[0]} in the config; parts live on the first pipeline stage)")
+                             f"model.{part} in the config; parts live on the first pipeline stage)")
         if task == "ctc":
             states, cu = self.audio(audio_features, audio_cu_seqlens)
             return self.ctc_head(states), cu
         if task == "classify":
             return self.classifier(self.vit(pixel_values, grid_thw), grid_thw, self.vit.cfg.merge_size)
+        if task == "contrastive":
+            return self.towers(self.vit(pixel_values, grid_thw), grid_thw, self.merge_size, text, text_lengths)
         if task == "codec":
             return self.codec(audio_features, audio_cu_seqlens)
         codes, cu = self.codec.encode(audio_features, audio_cu_seqlens)

@@ -7,6 +7,7 @@ never asks what it trains. A new objective is a new module here (and, where it n
 from __future__ import annotations
 
 from omni_mega.objectives.base import Objective, StageContext
+from omni_mega.objectives.contrastive import ContrastiveObjective
 from omni_mega.objectives.classify import ClassifyObjective
 from omni_mega.objectives.ctc import CTCObjective
 from omni_mega.objectives.dpo import DPOObjective
@@ -17,6 +18,7 @@ from omni_mega.objectives.sft import SFTObjective
 from omni_mega.objectives.talker import TalkerObjective
 
 OBJECTIVES: dict[str, type] = {"lm": LMObjective, "sft": SFTObjective, "dpo": DPOObjective, "grpo": GRPOObjective}
+OBJECTIVES["contrastive"] = ContrastiveObjective  # ViT pre-training: SigLIP / CLIP + CoCa captioning
 # Parts trained alone (the μOmni stages): audio encoder (ctc), ViT (classify), codec (rvq), Talker (talker).
 OBJECTIVES.update({"ctc": CTCObjective, "classify": ClassifyObjective, "rvq": RVQObjective, "talker": TalkerObjective})
 

@@ -55,3 +55,31 @@ def all_true(flag: bool, group=None) -> bool:
 def any_true(flag: bool, group=None) -> bool:
     """True on every rank when `flag` is true on any rank of `group`."""
     return bool(all_reduce_scalar(int(bool(flag)), "max", group, torch.int64))
+
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """Forward: every rank's [n, ...] tensor concatenated in rank order. Backward: each rank's slice receives the
+    sum over ranks of the gradients with respect to it (an all-reduce of the full gradient, then this rank's rows:
+    gloo has no reduce-scatter for CPU tensors)."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, group) -> torch.Tensor:
+        ctx.group, ctx.n = group, t.size(0)
+        ctx.rank = dist.get_rank(group)
+        parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
+        dist.all_gather(parts, t.contiguous(), group=group)
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        grad = grad.contiguous()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n], None
+
+
+def all_gather_with_grad(t: torch.Tensor, group=None) -> torch.Tensor:
+    """`t` ([n, ...], the same n on every rank) gathered over `group` in rank order, differentiable: the loss of every
+    rank reaches every rank's inputs. Without a group to gather over, `t` itself."""
+    if group_size(group) <= 1:
+        return t
+    return _AllGatherWithGrad.apply(t, group)

@@ -70,6 +70,9 @@ def _quiet_megatron_warnings() -> None:
     warnings.filterwarnings("ignore", message=".*Apex is not installed.*")
     warnings.filterwarnings("ignore", message=".*Transformer Engine.*")
     warnings.filterwarnings("ignore", category=UserWarning, module="megatron")
+    # megatron's MoE token dispatchers call the tensor collectives torch 2.13 renamed (*_single): same operation.
+    warnings.filterwarnings("ignore", message=r".*(all_gather_into_tensor|reduce_scatter_tensor)` is deprecated",
+                            category=FutureWarning)
 
 
 def init_distributed(parallel: ParallelConfig, *, seed: int = 1234, timeout_s: int = 600) -> Runtime:
@@ -82,6 +85,9 @@ def init_distributed(parallel: ParallelConfig, *, seed: int = 1234, timeout_s: i
         raise ConfigError(
             f"parallel: world size {env.world_size} is not divisible by tp x pp x cp = {model_parallel}"
         )
+    if env.world_size % (parallel.tp * parallel.ep * parallel.pp):
+        raise ConfigError(f"parallel.ep: world size {env.world_size} is not divisible by tp x ep x pp = "
+                          f"{parallel.tp * parallel.ep * parallel.pp}")
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(env.local_rank)
@@ -108,14 +114,16 @@ def init_distributed(parallel: ParallelConfig, *, seed: int = 1234, timeout_s: i
             pipeline_model_parallel_size=parallel.pp,
             virtual_pipeline_model_parallel_size=parallel.vpp,
             context_parallel_size=parallel.cp,
+            # Experts split over `ep` ranks of the data-parallel group (expert tensor parallelism = tp).
+            expert_model_parallel_size=parallel.ep,
         )
     torch.manual_seed(seed)
     model_parallel_cuda_manual_seed(seed)
     rt = Runtime(env=env, parallel=parallel, device=device, dp=env.world_size // model_parallel)
     if env.rank == 0:
-        log.info("omni_mega on %d process(es) via %s: tp=%d pp=%d vpp=%s cp=%d sp=%s dp=%d, %s",
+        log.info("omni_mega on %d process(es) via %s: tp=%d pp=%d vpp=%s cp=%d sp=%s ep=%d dp=%d, %s",
                  env.world_size, env.launcher, parallel.tp, parallel.pp, parallel.vpp, parallel.cp, parallel.sp,
-                 rt.dp, "CUDA/NCCL" if cuda else "CPU/gloo (development mode)")
+                 parallel.ep, rt.dp, "CUDA/NCCL" if cuda else "CPU/gloo (development mode)")
         log.info("capabilities: %s", probe().summary())
     return rt
 

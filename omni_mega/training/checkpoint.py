@@ -39,7 +39,8 @@ __all__ = ["MARKER", "candidates", "load_checkpoint", "read_state", "resolve_ckp
 # Per-layer checkpoint keys (decoder.layers.<global index>.*) instead of megatron's default stacked [num_layers, ...]
 # tensors: with a few layers frozen, the optimizer holds state for only some of a stacked tensor's slices, which
 # dist_checkpointing rejects as an incomplete sharding. Global indices still reshard across PP layouts.
-CKPT_METADATA = {"non_homogeneous_layers": True, "distrib_optim_sharding_type": "fully_reshardable"}
+CKPT_METADATA = {"non_homogeneous_layers": True, "distrib_optim_sharding_type": "fully_reshardable",
+                 "chained_optim_avoid_prefix": True}
 
 
 def _sharded_state_dict(chunks: list, metadata: dict | None = None) -> dict:

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from omni_mega.config import RunConfig
 from omni_mega.config.groups import parse_group
+from omni_mega.config.schema import LLMConfig
 from omni_mega.config.plan import StagePlan, plan_stages
 
 GIB = 1024 ** 3
@@ -37,13 +38,21 @@ H100_GIB = 80.0  # an H100 SXM's memory; the plan flags a stage whose estimate d
 @dataclass(frozen=True)
 class Leaf:
     """A set of parameters that move together (one group or one layer): elements over the whole model (TP shards
-    summed) and how many of them are split across TP ranks (the rest are replicated on every TP rank)."""
+    summed) and how many of them are split across TP ranks (the rest are replicated on every TP rank). `expert`:
+    elements of routed experts, split over TP x EP ranks (the leaf is all experts or none of it); `active`: elements
+    one token passes through (its top-k experts of a MoE layer), None = all of them."""
 
     total: int
     split: int
+    expert: bool = False
+    active: int | None = None
 
-    def per_rank(self, tp: int) -> int:
-        return self.split // tp + (self.total - self.split)
+    def per_rank(self, tp: int, ep: int = 1) -> int:
+        return self.split // (tp * (ep if self.expert else 1)) + (self.total - self.split)
+
+    @property
+    def activated(self) -> int:
+        return self.total if self.active is None else self.active
 
 
 def _layer(h: int, heads: int, groups: int, ffn: int, glu: bool, bias: bool, layernorm: bool, *,
@@ -61,6 +70,52 @@ def _layer(h: int, heads: int, groups: int, ffn: int, glu: bool, bias: bool, lay
 
 def _norm(h: int, layernorm: bool) -> int:
     return 2 * h if layernorm else h  # LayerNorm has a bias, RMSNorm does not
+
+
+def _mla_layer(llm, ffn: int | None) -> Leaf:
+    """A layer with megatron's MLASelfAttention (column-parallel down/up projections, replicated latent norms) and a
+    dense MLP of width `ffn` (None: no MLP, the MoE layer's parts are leaves of their own)."""
+    h, n, ln = llm.hidden_size, llm.num_attention_heads, llm.normalization == "LayerNorm"
+    qk = llm.qk_head_dim + llm.qk_pos_emb_head_dim
+    q = h * n * qk if llm.q_lora_rank is None else h * llm.q_lora_rank + llm.q_lora_rank * n * qk
+    split = q + h * (llm.kv_lora_rank + llm.qk_pos_emb_head_dim) + llm.kv_lora_rank * n * (llm.qk_head_dim
+                                                                                           + llm.v_head_dim)
+    split += n * llm.v_head_dim * h  # output projection
+    replicated = 2 * _norm(h, ln) + _norm(llm.kv_lora_rank, ln) + (_norm(llm.q_lora_rank, ln) if llm.q_lora_rank else 0)
+    if ffn is not None:
+        split += h * ffn * (2 if llm.activation == "swiglu" else 1) + ffn * h
+    return Leaf(split + replicated, split)
+
+
+def llm_layer_leaves(llm) -> list[dict[str, Leaf]]:
+    """Per LLM layer (global order): its leaves, the layer itself under "" and, in a MoE layer, its `experts`,
+    `router` and `shared_experts` (megatron's MoELayer: a [E, h] gate kept fp32-wide but stored in the params dtype,
+    E local MLPs of moe_ffn_hidden_size, shared experts as one MLP of their summed width)."""
+    h, glu = llm.hidden_size, llm.activation == "swiglu"
+    groups = llm.num_query_groups or llm.num_attention_heads
+    moe_pattern = LLMConfig.moe_layers(llm) if getattr(llm, "num_moe_experts", None) else [False] * llm.num_layers
+    out = []
+    for moe in moe_pattern:
+        ffn = None if moe else ffn_size(llm)
+        if getattr(llm, "multi_latent_attention", False):
+            layer = _mla_layer(llm, ffn)
+        else:
+            layer = _layer(h, llm.num_attention_heads, groups, ffn or 0, glu, False, llm.normalization == "LayerNorm",
+                           head_dim=getattr(llm, "kv_channels", None), qkv_bias=getattr(llm, "add_qkv_bias", False),
+                           qk_norm=getattr(llm, "qk_layernorm", False))
+        leaves = {"": layer}
+        if moe:
+            e, k = llm.num_moe_experts, llm.moe_router_topk
+            f = llm.moe_ffn_hidden_size or ffn_size(llm)
+            one = h * f * (2 if glu else 1) + f * h
+            leaves["experts"] = Leaf(e * one, e * one, expert=True, active=k * one)
+            leaves["router"] = Leaf(e * h, 0)
+            if llm.moe_shared_expert_intermediate_size:
+                sf = llm.moe_shared_expert_intermediate_size
+                shared = h * sf * (2 if glu else 1) + sf * h
+                leaves["shared_experts"] = Leaf(shared, shared)
+        out.append(leaves)
+    return out
 
 
 # The two sizing rules of omni_mega.models.llm, restated here so planning never imports megatron or torch (a plan
@@ -91,11 +146,8 @@ def leaves(cfg: RunConfig) -> dict[str, Leaf]:
     llm, vit, tp = cfg.model.llm, cfg.model.vit, cfg.parallel.tp
     h, v = llm.hidden_size, llm_vocab(cfg)
     out: dict[str, Leaf] = {"llm.embedding": Leaf(v * h, v * h)}
-    layer = _layer(h, llm.num_attention_heads, llm.num_query_groups or llm.num_attention_heads, ffn_size(llm),
-                   llm.activation == "swiglu", False, llm.normalization == "LayerNorm",
-                   head_dim=getattr(llm, "kv_channels", None), qkv_bias=getattr(llm, "add_qkv_bias", False),
-                   qk_norm=getattr(llm, "qk_layernorm", False))
-    out.update({f"llm.layers.{i}": layer for i in range(llm.num_layers)})
+    for i, parts in enumerate(llm_layer_leaves(llm)):
+        out.update({f"llm.layers.{i}" + (f".{k}" if k else ""): leaf for k, leaf in parts.items()})
     out["llm.final_norm"] = Leaf(_norm(h, llm.normalization == "LayerNorm"), 0)
     out["llm.output_layer"] = Leaf(v * h, v * h) if llm.untie_embeddings else Leaf(0, 0)  # tied: the embedding's
     out.update(part_leaves(cfg))
@@ -122,7 +174,8 @@ def leaves(cfg: RunConfig) -> dict[str, Leaf]:
     return out
 
 
-PART_PREFIXES = ("audio.", "audio_projector", "ctc_head", "codec", "talker.", "classifier")
+PART_PREFIXES = ("audio.", "audio_projector", "ctc_head", "codec", "talker.", "classifier", "image_pooler",
+                 "text_tower", "caption_decoder")
 
 
 def part_leaves(cfg: RunConfig) -> dict[str, Leaf]:
@@ -156,7 +209,26 @@ def part_leaves(cfg: RunConfig) -> dict[str, Leaf]:
         d_in = m.vit.merge_size ** 2 * m.vit.hidden_size
         n = len(m.classifier.labels)
         out["classifier"] = Leaf(2 * d_in + d_in * n + n, 0)
+    if m.contrastive is not None and m.vit is not None:
+        out.update(contrastive_leaves(cfg))
     return out
+
+
+def contrastive_leaves(cfg: RunConfig) -> dict[str, Leaf]:
+    """The contrastive towers (models.contrastive), replicated on every TP rank: torch's pre-norm encoder layer
+    (self-attention, 4w MLP, two LayerNorms) is 12w^2 + 13w, the decoder layer (plus cross-attention and a third
+    norm) 16w^2 + 19w."""
+    m = cfg.model
+    c, w, d = m.contrastive, m.contrastive.hidden_size, m.contrastive.embed_dim
+    v = c.vocab_size or llm_vocab(cfg)
+    d_in = m.vit.merge_size ** 2 * m.vit.hidden_size
+    attn = 4 * w * w + 4 * w
+    return {
+        "image_pooler": Leaf(d_in * w + w + w + attn + 2 * w + w * d + 2, 0),
+        "text_tower": Leaf(v * w + (c.max_text_length + 2) * w + w + c.text_layers * (12 * w * w + 13 * w) + 2 * w
+                           + w * d, 0),
+        "caption_decoder": Leaf(c.decoder_layers * (16 * w * w + 19 * w) + 2 * w + w * v, 0),
+    }
 
 
 def group_leaves(name: str, names: list[str], cfg: RunConfig) -> list[str]:
@@ -165,7 +237,11 @@ def group_leaves(name: str, names: list[str], cfg: RunConfig) -> list[str]:
     ref = parse_group(name)
     if ref.base in ("llm.layers", "vit.layers", "audio.layers", "talker.layers"):
         n = getattr(cfg.model, ref.base.split(".")[0]).num_layers
-        return [f"{ref.base}.{i}" for i in ref.select(n)]
+        picked = {f"{ref.base}.{i}" for i in ref.select(n)}
+        return [k for k in names if k in picked or k.rsplit(".", 1)[0] in picked]
+    if ref.base in ("llm.experts", "llm.router", "llm.shared_experts"):  # every MoE layer's part
+        part = ref.base.split(".", 1)[1]
+        return [k for k in names if k.startswith("llm.layers.") and k.endswith("." + part)]
     if ref.base in ("llm", "vit", "audio", "talker"):
         return [k for k in names if k.startswith(ref.base + ".")]
     return [k for k in names if k == ref.base]
@@ -185,15 +261,21 @@ class Layout:
     vpp: int
     cp: int
     sp: bool
+    ep: int = 1
 
     @property
     def dp(self) -> int:
         return self.world_size // (self.tp * self.pp * self.cp)
 
+    @property
+    def edp(self) -> int:
+        """Data-parallel replicas of one expert (megatron's expert data parallel size)."""
+        return self.world_size // (self.tp * self.ep * self.pp)
+
 
 def layout_of(cfg: RunConfig, world_size: int) -> Layout:
     p = cfg.parallel
-    return Layout(world_size, p.tp, p.pp, p.vpp or 1, p.cp, p.sp)
+    return Layout(world_size, p.tp, p.pp, p.vpp or 1, p.cp, p.sp, getattr(p, "ep", 1))
 
 
 def rank_leaves(cfg: RunConfig, lay: Layout, rank: int) -> list[str]:
@@ -201,8 +283,9 @@ def rank_leaves(cfg: RunConfig, lay: Layout, rank: int) -> list[str]:
     embedding and the vision side on rank 0, the final norm and output layer on the last rank."""
     llm = cfg.model.llm
     per_chunk = llm.num_layers // (lay.pp * lay.vpp)
-    names = [f"llm.layers.{c * per_chunk + j}" for c in range(rank, lay.pp * lay.vpp, lay.pp) for j in range(per_chunk)]
     everything = leaves(cfg)
+    mine = {f"llm.layers.{c * per_chunk + j}" for c in range(rank, lay.pp * lay.vpp, lay.pp) for j in range(per_chunk)}
+    names = [k for k in everything if k in mine or (k.startswith("llm.layers.") and k.rsplit(".", 1)[0] in mine)]
     if rank == 0:
         names += ["llm.embedding"] + [k for k in everything if not k.startswith("llm.")]
     if rank == lay.pp - 1:
@@ -210,11 +293,16 @@ def rank_leaves(cfg: RunConfig, lay: Layout, rank: int) -> list[str]:
     return names
 
 
-def rank_params(cfg: RunConfig, lay: Layout, rank: int, subset: set[str] | None = None) -> int:
-    """Elements pipeline rank `rank` holds on one GPU (TP-split leaves divided by tp), optionally only `subset`.
+def rank_params(cfg: RunConfig, lay: Layout, rank: int, subset: set[str] | None = None,
+                experts: bool | None = None) -> int:
+    """Elements pipeline rank `rank` holds on one GPU (TP-split leaves divided by tp, routed experts by tp x ep),
+    optionally only `subset`, only the routed experts (experts=True) or only the rest (False).
     Tied embeddings with pp > 1: the last rank holds its own copy of the word embeddings as the output layer."""
     lv = leaves(cfg)
-    n = sum(lv[k].per_rank(lay.tp) for k in rank_leaves(cfg, lay, rank) if subset is None or k in subset)
+    n = sum(lv[k].per_rank(lay.tp, lay.ep) for k in rank_leaves(cfg, lay, rank)
+            if (subset is None or k in subset) and (experts is None or lv[k].expert == experts))
+    if experts:
+        return n
     tied_copy = not cfg.model.llm.untie_embeddings and lay.pp > 1 and rank == lay.pp - 1
     if tied_copy and (subset is None or {"llm.embedding", "llm.output_layer"} & subset):
         n += lv["llm.embedding"].per_rank(lay.tp)
@@ -223,26 +311,50 @@ def rank_params(cfg: RunConfig, lay: Layout, rank: int, subset: set[str] | None 
 
 # ---- activations (Korthikanti et al. 2022, selective recompute) ---------------------------------------------------
 def layer_activation_bytes(s: int, b: int, h: int, heads: int, groups: int, ffn: int, glu: bool, t: int,
-                           sp: bool, head_dim: int | None = None) -> float:
+                           sp: bool, head_dim: int | None = None, *, widths: tuple[int, int, int] | None = None,
+                           extra: int = 0) -> float:
     """Bytes one transformer layer keeps for backward under selective recompute, 16-bit activations.
 
     Replicated across TP without SP (10*s*b*h): the two norm inputs (4), the QKV input (2), the MLP input (2), the
     two dropout masks (1 + 1). Split across TP: Q (2h) and K, V (2 * 2 * kv width), the projection input (2h), the fc1
-    output (2f, x2 for SwiGLU) and the activation output (2f). For h = a*d, f = 4h, no GLU: 24*s*b*h/t."""
+    output (2f, x2 for SwiGLU) and the activation output (2f). For h = a*d, f = 4h, no GLU: 24*s*b*h/t.
+    widths: (query, key, value) widths over all heads when they are not the GQA ones (multi-latent attention);
+    extra: more split bytes per token (a MoE layer's routed copies, MLA's compressed latents)."""
     d = head_dim or h // heads
-    kv = groups * d
-    split = 2 * heads * d + 4 * kv + 2 * heads * d + 2 * ffn * (2 if glu else 1) + 2 * ffn
+    q, k, v = widths or (heads * d, groups * d, groups * d)
+    proj_in = heads * d if widths is None else v
+    split = 2 * q + 2 * k + 2 * v + 2 * proj_in + 2 * ffn * (2 if glu else 1) + 2 * ffn + extra
     replicated = 10 * h
     return s * b * (replicated / (t if sp else 1) + split / t)
+
+
+def llm_layer_activation_bytes(llm, s: int, b: int, lay: Layout, moe: bool) -> float:
+    """`layer_activation_bytes` of one LLM layer. A MoE layer keeps, per token, its top-k experts' fc1/activation
+    outputs (as one MLP of k x moe_ffn_hidden_size plus the shared experts' width) and the k routed copies of its
+    input and output (2 x 2 x k x h bytes); multi-latent attention keeps its full-width queries, keys and values and
+    the compressed latent (kv_lora_rank + RoPE part)."""
+    h, heads = llm.hidden_size, llm.num_attention_heads
+    groups = llm.num_query_groups or heads
+    ffn, extra, widths = ffn_size(llm), 0, None
+    if moe:
+        k = llm.moe_router_topk
+        ffn = k * (llm.moe_ffn_hidden_size or ffn_size(llm)) + (llm.moe_shared_expert_intermediate_size or 0)
+        extra += 4 * k * h
+    if getattr(llm, "multi_latent_attention", False):
+        qk = llm.qk_head_dim + llm.qk_pos_emb_head_dim
+        widths = (heads * qk, heads * qk, heads * llm.v_head_dim)
+        extra += 2 * (llm.kv_lora_rank + llm.qk_pos_emb_head_dim + (llm.q_lora_rank or 0))
+    return layer_activation_bytes(s, b, h, heads, groups, ffn, llm.activation == "swiglu", lay.tp, lay.sp,
+                                  llm.head_dim, widths=widths, extra=extra)
 
 
 def activation_bytes(cfg: RunConfig, lay: Layout, seq: int, trainable: set[str], n_micro: int) -> tuple[float, float]:
     """(first pipeline rank, last pipeline rank) activation bytes for one step's in-flight micro-batches."""
     llm, vit, b = cfg.model.llm, cfg.model.vit, cfg.data.micro_batch_size
     s = seq // lay.cp
-    per_layer = layer_activation_bytes(s, b, llm.hidden_size, llm.num_attention_heads,
-                                       llm.num_query_groups or llm.num_attention_heads, ffn_size(llm),
-                                       llm.activation == "swiglu", lay.tp, lay.sp, llm.head_dim)
+    pattern = LLMConfig.moe_layers(llm) if getattr(llm, "num_moe_experts", None) else [False] * llm.num_layers
+    # the mean over the model's layers (dense and MoE layers differ; a rank's share of each kind is close to it)
+    per_layer = sum(llm_layer_activation_bytes(llm, s, b, lay, moe) for moe in pattern) / llm.num_layers
     inflight = min(lay.pp, n_micro)
     interleave = 1 + (lay.pp - 1) / (lay.pp * lay.vpp) if lay.vpp > 1 else 1.0
     layers_per_rank = llm.num_layers // lay.pp
@@ -284,14 +396,18 @@ def stage_memory(cfg: RunConfig, lay: Layout, seq: int, gbs: int, trainable: set
     """Memory of pipeline ranks 0 and pp-1 (one entry when pp == 1) for a stage's trainable leaves."""
     fp32 = cfg.train.dtype == "fp32"
     w_bytes, opt_bytes = (4, 8) if fp32 else (2, 12)
-    shards = max(1, lay.dp) if distributed_optimizer(cfg) else 1
+    dist_opt = distributed_optimizer(cfg)
+    shards = max(1, lay.dp) if dist_opt else 1
+    expert_shards = max(1, lay.edp) if dist_opt else 1  # an expert's state is sharded over its own replicas
     n_micro = max(1, gbs // (cfg.data.micro_batch_size * max(1, lay.dp)))
     act_first, act_last = activation_bytes(cfg, lay, seq, trainable, n_micro)
     out = []
     for rank, act in ((0, act_first), (lay.pp - 1, act_last))[: 1 if lay.pp == 1 else 2]:
         held = rank_params(cfg, lay, rank)
         train = rank_params(cfg, lay, rank, trainable)
-        out.append(Memory(held * w_bytes, train * 4, train * opt_bytes / shards, act))
+        train_experts = rank_params(cfg, lay, rank, trainable, experts=True)
+        opt = (train - train_experts) * opt_bytes / shards + train_experts * opt_bytes / expert_shards
+        out.append(Memory(held * w_bytes, train * 4, opt, act))
     return out
 
 
@@ -322,6 +438,10 @@ def stage_lines(cfg: RunConfig, lay: Layout, plan: StagePlan, lr_plan, lv: dict[
         head = (f"{plan.steps:,} steps x {plan.global_batch_size} prompts x {g.group_size} samples of up to "
                 f"{g.max_new_tokens:,} new tokens (temperature {g.temperature:g}), packed into {plan.seq_length}-token "
                 "sequences")
+    elif plan.objective == "contrastive":
+        b = plan.micro_batch_size
+        head = (f"{plan.steps:,} steps x {plan.global_batch_size} image-text pairs ({b} per micro-batch per rank; "
+                f"each micro-batch scored against {b * lay.dp:,} gathered texts)")
     else:
         head = (f"{plan.steps:,} steps x {plan.global_batch_size} x {plan.seq_length} = {tokens:,} tokens "
                 f"({_tokens(tokens)})" + (f", asked {_tokens(s.tokens)}" if s.tokens else ""))
@@ -359,19 +479,35 @@ def format_plan(cfg: RunConfig, world_size: int) -> str:
     vision = sum(x.total for k, x in lv.items() if not k.startswith("llm.")) - parts
     lines = [f"run {cfg.name}: {len(plans)} stages",
              f"layout: world {lay.world_size} = tp {lay.tp} x pp {lay.pp} x cp {lay.cp} x dp {lay.dp}"
-             f" (vpp {cfg.parallel.vpp}, sequence parallel {lay.sp}), micro-batch {cfg.data.micro_batch_size}, "
+             f" (vpp {cfg.parallel.vpp}, sequence parallel {lay.sp}"
+             + (f", experts over ep {lay.ep} x expert dp {lay.edp}" if lay.ep > 1 else "")
+             + f"), micro-batch {cfg.data.micro_batch_size}, "
              + ("distributed optimizer" if distributed_optimizer(cfg) else "optimizer not sharded"),
              f"parameters: {total:,} (llm {total - vision - parts:,}, vision {vision:,}"
-             + (f", audio/speech/classifier {parts:,}" if parts else "") + f"; padded vocab {llm_vocab(cfg):,})"]
+             + (f", audio/speech/classifier/contrastive {parts:,}" if parts else "")
+             + f"; padded vocab {llm_vocab(cfg):,})"]
+    llm = cfg.model.llm
+    if getattr(llm, "num_moe_experts", None):
+        llm_leaves = {k: x for k, x in lv.items() if k.startswith("llm.")}
+        active = sum(x.activated for x in llm_leaves.values())
+        experts = sum(x.total for x in llm_leaves.values() if x.expert)
+        lines.append(f"llm mixture of experts: {sum(x.total for x in llm_leaves.values()):,} total, {active:,} "
+                     f"activated per token (top-{llm.moe_router_topk} of {llm.num_moe_experts} routed experts"
+                     + (" + shared experts" if llm.moe_shared_expert_intermediate_size else "")
+                     + f" in {sum(LLMConfig.moe_layers(llm))} of {llm.num_layers} layers); routed experts "
+                     f"{experts:,}, {experts // (lay.tp * lay.ep):,} per GPU")
     worst, tokens = 0.0, 0
     for p in plans:
         block, w = stage_lines(cfg, lay, p, lr_plan, lv)
         lines += block
         worst = max(worst, w)
-        # GRPO's tokens depend on how long its responses are, so they are not in the total
-        tokens += 0 if p.objective == "grpo" else p.steps * p.global_batch_size * p.seq_length
+        # GRPO's tokens depend on how long its responses are, a contrastive stage counts image-text pairs: neither
+        # is in the total
+        tokens += 0 if p.objective in ("grpo", "contrastive") else p.steps * p.global_batch_size * p.seq_length
+    skipped = sorted({p.objective for p in plans if p.objective in ("grpo", "contrastive")})
     lines.append(f"total: {cfg.total_steps:,} steps, {tokens:,} tokens ({_tokens(tokens)}"
-                 + (", GRPO stages not counted" if any(p.objective == "grpo" for p in plans) else "") + "), "
+                 + (f", {' and '.join(o.upper() if o == 'grpo' else o for o in skipped)} stages not counted"
+                    if skipped else "") + "), "
                  f"peak memory/GPU {_gib(worst)}")
     lines.append("memory model: bf16 weights, fp32 grads, fp32 master + Adam sharded over dp; activations by "
                  "Korthikanti et al. 2022 with selective recompute (see omni_mega/training/dry_run.py)")
@@ -383,8 +519,11 @@ def planning_world_size(cfg: RunConfig, world_size: int | None, detected: int) -
     smallest that does (dp = 1), with a note saying so."""
     if world_size is not None:
         return world_size, None
-    mp = cfg.parallel.tp * cfg.parallel.pp * cfg.parallel.cp
+    p = cfg.parallel
+    # the smallest world both the dense layout (tp x pp x cp) and the experts' (tp x ep x pp) divide
+    mp = math.lcm(p.tp * p.pp * p.cp, p.tp * getattr(p, "ep", 1) * p.pp)
     if detected % mp == 0:
         return detected, None
-    return mp, (f"planning for world size {mp} (tp x pp x cp, dp = 1): pass --world-size N or --nodes N "
+    what = "tp x pp x cp, dp = 1" if mp == p.tp * p.pp * p.cp else f"dp = {mp // (p.tp * p.pp * p.cp)} for ep {p.ep}"
+    return mp, (f"planning for world size {mp} ({what}): pass --world-size N or --nodes N "
                 f"--gpus-per-node G for the cluster layout")

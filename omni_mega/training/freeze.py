@@ -22,7 +22,7 @@ def apply_trainable(chunks: list, stage_name: str, groups: list[str]) -> dict[st
             raise ConfigError(f"stages[{stage_name}].trainable: {e.args[0]}") from None
         for p in params:
             p.requires_grad_(True)
-        counts[g] = model_sum(sum(p.numel() for p in params))
+        counts[g] = param_count(params)
     for g, n in counts.items():
         if n == 0:
             raise ConfigError(f"stages[{stage_name}].trainable: group {g!r} selects no parameters in this model")
@@ -31,7 +31,20 @@ def apply_trainable(chunks: list, stage_name: str, groups: list[str]) -> dict[st
 
 def trainable_count(chunks: list) -> int:
     """Trainable elements over the whole model (summed over ranks of one data-parallel replica)."""
-    return model_sum(sum(p.numel() for c in chunks for p in c.parameters() if p.requires_grad))
+    return param_count([p for c in chunks for p in c.parameters() if p.requires_grad])
+
+
+def param_count(params: list) -> int:
+    """Elements of `params` over the whole model: summed over the model-parallel ranks (TP x PP), and for
+    expert-parallel parameters (megatron marks them allreduce=False: each EP rank holds other experts) over
+    TP x EP x PP."""
+    import torch
+    from megatron.core import parallel_state as ps
+
+    dense = sum(p.numel() for p in params if getattr(p, "allreduce", True))
+    experts = sum(p.numel() for p in params if not getattr(p, "allreduce", True))
+    group = ps.get_expert_tensor_model_pipeline_parallel_group() if ps.model_parallel_is_initialized() else None
+    return model_sum(dense) + int(all_reduce_scalar(experts, "sum", group, torch.int64))
 
 
 def model_sum(n: int) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from omni_mega.config import ConfigError, ModelConfig, RunConfig
-from omni_mega.config.groups import check_group_name, known_groups, part_groups
+from omni_mega.config.groups import check_group_name, model_groups
 
 # torch, megatron and the models are imported where used: `--dry-run` checks hf: sources without them.
 
@@ -115,8 +115,7 @@ def prepare(init_from, where: str, chunks: list, cfg: RunConfig, cache_root: Pat
 
     model_cfg = cfg.model
 
-    known = known_groups(model_cfg.vit is not None, model_cfg.connector is not None or model_cfg.vit is not None)
-    known += part_groups(model_cfg)
+    known = model_groups(model_cfg)
     out = []
     for group, spec in sources_of(init_from):
         here = where if group is None else f"{where}.{group}"

@@ -93,7 +93,8 @@ def _pairs(optimizer):
                 out += [(m, f, o.optimizer) for m, f in zip(mg, fg)]
             out += [(p, p, o.optimizer) for g in o.fp32_from_fp32_groups for p in g]
         elif isinstance(o, FP32Optimizer):
-            out += [(p, p, o.optimizer) for g in o.optimizer.param_groups for p in g["params"]]
+            # (a part with nothing trainable, such as the dense part when only experts train, has no optimizer)
+            out += [(p, p, o.optimizer) for g in (o.optimizer.param_groups if o.optimizer else []) for p in g["params"]]
         else:
             return None
     return out

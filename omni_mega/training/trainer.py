@@ -29,6 +29,7 @@ from omni_mega.data.prefetch import Prefetcher
 from omni_mega.models.factory import build_chunks
 from omni_mega.models.groups import resolve
 from omni_mega.models.llm import padded_vocab_size
+from omni_mega.models.moe import step_metrics as model_step_metrics
 from omni_mega.runtime import Runtime
 from omni_mega.runtime.collectives import all_true, any_true
 from omni_mega.training import checkpoint as ckpt_io
@@ -36,7 +37,7 @@ from omni_mega.training import init_from
 from omni_mega.training import resume as resuming
 from omni_mega.training import run_dir as run_dirs
 from omni_mega.training.curriculum import LRPlan, banner, run_vocab_size, set_rope_base
-from omni_mega.training.freeze import apply_trainable, mark_frozen_pipeline_input, model_sum, trainable_count
+from omni_mega.training.freeze import apply_trainable, mark_frozen_pipeline_input, param_count, trainable_count
 from omni_mega.training.metrics import MetricsWriter, truncate_metrics
 from omni_mega.training.optim import (build_optimizer, carry_over, dist_carry_over, dist_snapshot, set_adam_step,
                                       set_lr, snapshot, wrap_ddp)
@@ -95,7 +96,7 @@ class Trainer:
         self.vocab_size = padded_vocab_size(run_vocab_size(cfg, self.data_dir), cfg.parallel.tp)
         self.chunks = [c.to(rt.device) for c in build_chunks(cfg.model, cfg.parallel, self.vocab_size,
                                                              max_seq_length(self.plans), self.dtype)]
-        self.total_params = model_sum(sum(p.numel() for c in self.chunks for p in c.parameters()))
+        self.total_params = param_count([p for c in self.chunks for p in c.parameters()])  # experts over EP too
         self.model, self.optimizer, self.source, self.objective, self.prefetch = [], None, None, None, None
         # The objective prepares a stage at its first step in this process. Its StageContext is made for each call and
         # not kept: it refers back to the trainer, and a kept cycle would hold the run-dir lock until a gc pass.
@@ -150,8 +151,10 @@ class Trainer:
         counts = apply_trainable(self.chunks, plan.name, list(plan.trainable))
         mark_frozen_pipeline_input(self.chunks)
         self.objective = self.build_objective(plan)
-        # How megatron scales losses and gradients is the objective's call; DDP reads it when it is built.
-        self.chunks[0].config.calculate_per_token_loss = bool(self.objective.per_token_loss)
+        # How megatron scales losses and gradients is the objective's call; DDP reads it when it is built, from
+        # each chunk's own config (one per virtual pipeline chunk), and MoE routers read it at every forward.
+        for c in self.chunks:
+            c.config.calculate_per_token_loss = bool(self.objective.per_token_loss)
         self.model = wrap_ddp(self.chunks, old=self.model, o=self.cfg.optim)
         mults = {id(p): m.mult for m in plan.lr_mult for p in resolve(self.chunks, m.group)}
         self.optimizer = build_optimizer(self.model, self.cfg.optim, self.dtype, mults)
@@ -296,6 +299,7 @@ class Trainer:
             seq_length=plan.seq_length * plan.micro_batch_size, micro_batch_size=1, forward_only=False,
         )
         values = reduce_metrics(losses, self.objective.metric_names)
+        values.update(model_step_metrics(self.chunks, len(batches)))  # the model's own terms (MoE aux loss)
         finite = math.isfinite(values["loss"]) and not any_true(not grads_finite(self.model))
         if finite:
             ok, grad_norm, _ = self.optimizer.step()

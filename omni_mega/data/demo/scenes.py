@@ -86,9 +86,10 @@ def caption(objects: list[tuple[str, str]]) -> str:
     return " and ".join(f"{'an' if colour[0] in 'aeiou' else 'a'} {colour} {shape}" for colour, shape in objects)
 
 
-def shape_scene(rng: random.Random) -> tuple[Image.Image, list[tuple[str, str]]]:
-    """One or two coloured shapes left to right; returns (RGB image, [(colour, shape)] left to right)."""
-    n = rng.choice((1, 2))
+def shape_scene(rng: random.Random, n: int | None = None) -> tuple[Image.Image, list[tuple[str, str]]]:
+    """One or two coloured shapes left to right (`n` of them when given); returns (RGB image, [(colour, shape)] left
+    to right)."""
+    n = rng.choice((1, 2)) if n is None else n
     height = rng.choice((56, 84, 112))
     width = rng.choice([w for w in (56, 84, 112, 140, 168, 196, 224) if w >= n * height * 0.8])
     img = Image.new("RGB", (width, height), tuple(rng.randint(225, 255) for _ in range(3)))
@@ -131,6 +132,23 @@ def _write_split(out_dir: Path, split: str, n: int) -> None:
             writer.add(png, list(caption.encode("utf-8")), height=h, width=w, text=caption, meta={"kind": kind})
         writer.finish(source=f"omni_mega.data.demo.scenes v{VERSION} ({split})", kinds=kinds,
                       bad_input={"counts": {}, "first": {}})
+
+
+def write_shape_scenes(out_dir: str | Path, n: int, *, seed: int, objects: int | None = None) -> Path:
+    """An `MMShardDataset` directory of `n` shape scenes alone (byte-tokenized captions; `objects` shapes each, or
+    one or two): the image-text data of the contrastive objective's learning test."""
+    rng = random.Random(seed)
+    with MMShardWriter(Path(out_dir), dict(BYTE_TOKENIZER), shard_size=SHARD_SIZE) as writer:
+        for _ in range(n):
+            img, objs = shape_scene(rng, objects)
+            buf = io.BytesIO()
+            img.save(buf, "PNG")
+            text = caption(objs)
+            writer.add(buf.getvalue(), list(text.encode("utf-8")), height=img.height, width=img.width, text=text,
+                       meta={"kind": "shape_scene"})
+        writer.finish(source=f"omni_mega.data.demo.scenes shape scenes (seed {seed})", kinds={"shape_scene": n},
+                      bad_input={"counts": {}, "first": {}})
+    return Path(out_dir)
 
 
 def _complete(root: Path) -> bool:

@@ -98,14 +98,16 @@ class PackedCoreAttention(MegatronModule):
 
     def __init__(self, config, layer_number: int, attn_mask_type: AttnMaskType, attention_type: str,
                  attention_dropout: float | None = None, softmax_scale: float | None = None, cp_comm_type=None,
-                 pg_collection=None) -> None:
+                 pg_collection=None, k_channels: int | None = None, v_channels: int | None = None) -> None:
         super().__init__(config=config)
         if config.context_parallel_size != 1:
             raise ValueError("PackedCoreAttention: context parallelism is not supported, "
                              f"got cp={config.context_parallel_size}")
         self.causal = attn_mask_type == AttnMaskType.causal
         self.dropout = config.attention_dropout if attention_dropout is None else attention_dropout
-        head_dim = config.kv_channels
+        # Multi-latent attention passes its query/key width (k_channels, RoPE part included) and a value width
+        # (v_channels) that differ from kv_channels; SDPA takes values of another width than queries and keys.
+        head_dim = k_channels or config.kv_channels
         self.scale = softmax_scale if softmax_scale is not None else (config.softmax_scale or 1.0 / math.sqrt(head_dim))
 
     def forward(self, query, key, value, attention_mask, attn_mask_type=None, attention_bias=None,
@@ -131,7 +133,7 @@ class PackedCoreAttention(MegatronModule):
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, h, s, d]
         with get_cuda_rng_tracker().fork():
             out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p, scale=self.scale)
-        return out.permute(2, 0, 1, 3).reshape(s, b, hq * d)
+        return out.permute(2, 0, 1, 3).reshape(s, b, hq * out.size(-1))  # values may be narrower (MLA)
 
 
 def layer_spec(*, causal: bool, qk_layernorm: bool = False) -> ModuleSpec:
