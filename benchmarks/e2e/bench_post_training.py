@@ -26,14 +26,14 @@ MODEL = ["model.llm={num_layers: 4, hidden_size: 128, num_attention_heads: 4, ma
          "model.vit={num_layers: 2, hidden_size: 64, num_attention_heads: 4, patch_size: 14, temporal_patch_size: 2, "
          "merge_size: 2}", "model.connector={kind: vet, visual_vocab_size: 1024, num_indicators: 0, "
          "image_token_id: -200}",
-         "data={seq_length: 256, micro_batch_size: 1, global_batch_size: 8, min_pixels: 3136, max_pixels: 25088, "
-         "pack_window: 64}", "optim={lr: 1.0e-3, warmup_steps: 0, decay: constant}", "train.tensorboard=false"]
+         "data={seq_length: 512, micro_batch_size: 1, global_batch_size: 8, min_pixels: 3136, max_pixels: 25088, "
+         "pack_window: 128}", "optim={lr: 1.0e-3, warmup_steps: 0, decay: constant}", "train.tensorboard=false"]
 STAGES = {
     "sft": "{name: sft, steps: %d, objective: sft, trainable: [llm, vit, visual_head, vet], "
            "data: [{name: c, source: demo_sft}]}",
     "dpo": "{name: dpo, steps: %d, objective: dpo, trainable: [llm], data: [{name: p, source: demo_preference}]}",
-    "grpo": "{name: grpo, steps: %d, objective: grpo, trainable: [llm], global_batch_size: 4, grpo: {group_size: 4, "
-            "max_new_tokens: 16}, data: [{name: q, source: demo_prompts}]}",
+    "grpo": "{name: grpo, steps: %d, objective: grpo, trainable: [llm], global_batch_size: 8, grpo: {group_size: 8, "
+            "max_new_tokens: 32, rewards: [{name: answer}, {name: format}]}, data: [{name: q, source: demo_prompts}]}",
 }
 
 
@@ -99,10 +99,10 @@ def main() -> None:
     res = []
     per_tok = {k: got[k]["parts"]["fwd_bwd"] / (got[k]["tokens"] * got[k]["m"].get("packing_efficiency", 1.0))
                for k in ("sft", "dpo")}
-    res.append(Result("sft", "trainer", "step", "8 packs x 256", sft["wall_ms"], 0.0, {
+    res.append(Result("sft", "trainer", "step", "8 packs x 512", sft["wall_ms"], 0.0, {
         "packing efficiency": f"{sft['m']['packing_efficiency']:.1%}",
         "fwd+bwd us/token": round(1e3 * per_tok["sft"], 2)}))
-    res.append(Result("dpo", "trainer", "step", "8 packs x 256 (pairs)", dpo["wall_ms"], 0.0, {
+    res.append(Result("dpo", "trainer", "step", "8 packs x 512 (pairs)", dpo["wall_ms"], 0.0, {
         "packing efficiency": f"{dpo['m']['packing_efficiency']:.1%}",
         "fwd+bwd us/token": round(1e3 * per_tok["dpo"], 2),
         "vs sft per token": f"{per_tok['dpo'] / per_tok['sft']:.2f}x",
@@ -110,12 +110,12 @@ def main() -> None:
     p = grpo["parts"]
     roll = grpo["m"]["rollout_ms"]
     rest = grpo["wall_ms"] - roll - p["fwd_bwd"] - p["optimizer"]
-    res.append(Result("grpo", "trainer", "step", "4 prompts x 4 samples x <=16 new", grpo["wall_ms"], 0.0, {
+    res.append(Result("grpo", "trainer", "step", "8 prompts x 8 samples x <=32 new", grpo["wall_ms"], 0.0, {
         "rollout tokens/s": round(grpo["m"]["rollout_tokens_per_s"], 1),
         "rollout": f"{roll / grpo['wall_ms']:.1%}", "fwd+bwd": f"{p['fwd_bwd'] / grpo['wall_ms']:.1%}",
         "optimizer": f"{p['optimizer'] / grpo['wall_ms']:.1%}", "rest (trainer)": f"{rest / grpo['wall_ms']:.1%}"}))
-    notes = (f"tiny_ovis_5phase's model (LLM 4 x 128, ViT 2 x 64, VET), fp32, demo conversations / preference pairs / "
-             f"prompts, {args.steps} measured steps per stage after one warm-up step, single process, "
+    notes = (f"tiny_ovis_5phase's model (LLM 4 x 128, ViT 2 x 64, VET), fp32, packs of 512 positions (best fit over "
+             f"windows of 128 samples), demo conversations / preference pairs / prompts, {args.steps} measured steps per stage after one warm-up step, single process, "
              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; load average (1 min) before: {load:.2f}. "
              "ms = mean wall time of a step. fwd+bwd us/token: megatron's forward-backward call per non-pad token "
              "(DPO's includes its log-prob gathering; its reference log-probs are read from the precomputed table). "
