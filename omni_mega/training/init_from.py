@@ -11,7 +11,8 @@ shard of it through `dist_checkpointing` (which reshards). Keys of a text-only s
 vision-language model and back.
 
 Everything is checked before step 1 (`prepare`): group names, that the source holds a tensor for every parameter of
-its group (a plain one-source init_from may be partial, as before), and global shapes, with errors naming the
+its group (a plain one-source init_from may be partial, as before; the group's saved buffers come along where the
+source has them), and global shapes, with errors naming the
 stage, group, tensor and both shapes. `apply` loads the sources in order (a later group overrides an earlier one
 where they overlap) and returns log lines saying which parameters came from where.
 """
