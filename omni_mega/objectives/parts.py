@@ -3,10 +3,10 @@ metrics.jsonl, edit distances, and text from token ids.
 
 Held-out scoring: at the stage start the objective builds the held-out micro-batches once (`data.task_source.
 heldout_batches`: the first `eval.samples` items of the held-out split); every `eval.interval` steps (and at
-the stage's first and last steps) `before_step` runs them forward only through megatron's schedule (`StageContext.forward_only`)
-and keeps the sums. The training loss_func then reports them in the first micro-batch of each step as [sum, count]
-pairs, like every value (summed over data-parallel ranks, which all score the same held-out items: the ratio is the
-same), with `eval_step`, the step they were measured at.
+the stage's first and last steps) `before_step` runs them forward only through megatron's schedule
+(`StageContext.forward_only`) and keeps the sums. The training loss_func then reports them in the first micro-batch
+of each step as [sum, count] pairs, like every value (summed over data-parallel ranks, which all score the same
+held-out items: the ratio is the same), with `eval_step`, the step they were measured at.
 """
 
 from __future__ import annotations
@@ -71,7 +71,8 @@ class HeldOut:
 
     def before_step(self, ctx: StageContext, forward_step) -> None:
         """Scores the held-out batches when due (the stage's first step in this process, every interval-th step
-        of the stage and its last step, before that step's update); arms the report for this step's first micro-batch."""
+        of the stage and its last step, before that step's update); arms the report for this step's first
+        micro-batch."""
         if self.batches is None:
             return
         k = ctx.step - ctx.plan.start_step
