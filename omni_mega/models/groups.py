@@ -52,22 +52,32 @@ def chunk_groups(chunk) -> dict[str, ModuleGroup]:
     return chunk.named_groups() if hasattr(chunk, "named_groups") else llm_groups(chunk)
 
 
-def resolve(chunks: list, name: str) -> list[torch.nn.Parameter]:
-    """Parameters of group `name` (e.g. 'llm.layers[-2:]') held by this rank's (unwrapped) chunks."""
+def _modules(chunks: list, name: str) -> list[torch.nn.Module]:
+    """Modules of group `name` held by this rank's (unwrapped) chunks."""
     ref = parse_group(name)
-    params: dict[int, torch.nn.Parameter] = {}
+    out: list[torch.nn.Module] = []
     for chunk in chunks:
         groups = chunk_groups(chunk)
         if ref.base not in groups:
             raise KeyError(f"unknown module group {name!r}; this model has {', '.join(sorted(groups))}")
         grp = groups[ref.base]
         if ref.index is None:
-            mods = grp.modules
+            out += grp.modules
         elif grp.layers is None:
             raise KeyError(f"{name!r}: group {ref.base!r} is not a layer list and takes no slice")
         else:
-            mods = [grp.layers[i] for i in ref.select(grp.total_layers) if i in grp.layers]
-        for m in mods:
-            for p in m.parameters():
-                params[id(p)] = p
+            out += [grp.layers[i] for i in ref.select(grp.total_layers) if i in grp.layers]
+    return out
+
+
+def resolve(chunks: list, name: str) -> list[torch.nn.Parameter]:
+    """Parameters of group `name` (e.g. 'llm.layers[-2:]') held by this rank's (unwrapped) chunks."""
+    params = {id(p): p for m in _modules(chunks, name) for p in m.parameters()}
     return list(params.values())
+
+
+def resolve_buffers(chunks: list, name: str) -> list[torch.Tensor]:
+    """Buffers of group `name` held by this rank's chunks (running statistics such as the codec's usage EMA:
+    loading a group loads them with its parameters)."""
+    bufs = {id(b): b for m in _modules(chunks, name) for b in m.buffers()}
+    return list(bufs.values())

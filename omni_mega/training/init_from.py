@@ -11,7 +11,8 @@ shard of it through `dist_checkpointing` (which reshards). Keys of a text-only s
 vision-language model and back.
 
 Everything is checked before step 1 (`prepare`): group names, that the source holds a tensor for every parameter of
-its group (a plain one-source init_from may be partial, as before), and global shapes, with errors naming the
+its group (a plain one-source init_from may be partial, as before; the group's saved buffers come along where the
+source has them), and global shapes, with errors naming the
 stage, group, tensor and both shapes. `apply` loads the sources in order (a later group overrides an earlier one
 where they overlap) and returns log lines saying which parameters came from where.
 """
@@ -108,7 +109,7 @@ def prepare(init_from, where: str, chunks: list, cfg: RunConfig, cache_root: Pat
             is_rank0: bool) -> list[Source]:
     """Resolves and checks a stage's init_from against this rank's chunks (unwrapped); raises ConfigError."""
     from omni_mega.interop.dcp import tensor_metadata
-    from omni_mega.models.groups import resolve
+    from omni_mega.models.groups import resolve, resolve_buffers
     from omni_mega.training import checkpoint as ckpt_io
     from omni_mega.training.checkpoint import CKPT_METADATA
     from omni_mega.training.resume import check_model_shape
@@ -134,18 +135,23 @@ def prepare(init_from, where: str, chunks: list, cfg: RunConfig, cache_root: Pat
         for chunk in chunks:
             sharded = chunk.sharded_state_dict(metadata=CKPT_METADATA)
             params = dict(chunk.named_parameters())
+            buffers = dict(chunk.named_buffers())
             chosen = ({id(p) for p in resolve([chunk], group)} if group is not None
                       else {id(p) for p in params.values()})
+            # The group's saved buffers (running statistics) come with it: a frozen part stays as its source wrote
+            # it; a source without them (an HF folder) leaves them as initialised.
+            chosen |= ({id(b) for b in resolve_buffers([chunk], group)} if group is not None
+                       else {id(b) for b in buffers.values()})
             keys = {}
-            for name, p in params.items():
+            for name, p in [*params.items(), *buffers.items()]:
                 if id(p) not in chosen:
                     continue
                 sh = sharded.get(name)
-                if sh is None:  # e.g. the tied output layer, held as the embedding
+                if sh is None:  # e.g. the tied output layer, held as the embedding; buffers not saved
                     continue
                 key = _source_key(sh.key, meta)
                 if key is None:
-                    if group is None:
+                    if group is None or name in buffers:
                         src.kept.append(name)
                         continue
                     raise ConfigError(f"{here} ({spec}): the source has no tensor for {name} (checkpoint key "

@@ -173,3 +173,36 @@ def test_dry_run_counts_the_parts_as_built(megatron_single):
                          ("audio_projector", model.audio_projector), ("codec", model.codec),
                          ("talker", model.talker), ("classifier", model.classifier)):
         assert count(name) == numel(module), name
+
+
+def test_init_from_group_loads_its_buffers(megatron_single, tmp_path):
+    """A group loaded by init_from brings its saved buffers: the codec's usage EMA (its dead-entry statistics)
+    arrives as written, so a frozen codec stays bitwise as its job saved it."""
+    import json
+
+    from megatron.core import dist_checkpointing
+
+    from omni_mega.config import RunConfig
+    from omni_mega.models.groups import resolve_buffers
+    from omni_mega.runtime.manifest import MARKER, write_manifest
+    from omni_mega.training import init_from
+    from omni_mega.training.checkpoint import CKPT_METADATA
+
+    cfg = _cfg()
+    src = _build(cfg)
+    assert [id(b) for b in resolve_buffers([src], "codec")] == [id(src.codec.usage_ema)]
+    src.codec.usage_ema.copy_(torch.rand(src.codec.usage_ema.shape))
+    src.codec.codebooks.data.add_(1.0)
+    step = tmp_path / "step_0000001"
+    (step / "dist").mkdir(parents=True)
+    dist_checkpointing.save(src.sharded_state_dict(metadata=CKPT_METADATA), str(step / "dist"))
+    write_manifest(step)
+    (step / MARKER).write_text(json.dumps({"step": 1}))
+
+    dst = _build(cfg)
+    assert not torch.equal(dst.codec.usage_ema, src.codec.usage_ema)
+    sources = init_from.prepare({"codec": str(step)}, "init_from", [dst], RunConfig(model=cfg), tmp_path / "cache",
+                                tp=1, is_rank0=True)
+    init_from.apply(sources, [dst])
+    assert torch.equal(dst.codec.usage_ema, src.codec.usage_ema)
+    assert torch.equal(dst.codec.codebooks, src.codec.codebooks)

@@ -61,3 +61,23 @@ def test_talker_targets_and_usage():
     base, res = talker_targets(codes, torch.tensor([0, 2, 3]), eos=9)
     assert base.tolist() == [1, 2, 9, 3, 9] and res.tolist() == [[5], [6], [7]]
     assert usage(codes, 8) == (3 + 3) / 16
+
+
+def test_heldout_scores_at_first_interval_and_last_steps():
+    """Held-out scoring runs at the stage's first step, every interval-th step and before its last step, so the
+    final record's held-out numbers describe the trained part, not the model one interval earlier."""
+    from types import SimpleNamespace
+
+    from omni_mega.objectives.parts import HeldOut
+
+    scored = []
+    plan = SimpleNamespace(start_step=7, steps=11, cfg=SimpleNamespace(eval=SimpleNamespace(interval=4)))
+    held = HeldOut(("x",))
+    held.batches = [{}]
+    for step in range(plan.start_step, plan.start_step + plan.steps):
+        ctx = SimpleNamespace(plan=plan, step=step,
+                              forward_only=lambda b, f, c, s=step: scored.append(s) or [{"x": torch.tensor([s, 1.0])}])
+        held.before_step(ctx, None)
+        v = held.values("cpu")
+        assert v["eval_step"].tolist() == [float(held.step), 1.0] and v["x"][0] == held.step
+    assert [s - plan.start_step for s in scored] == [0, 4, 8, 10]

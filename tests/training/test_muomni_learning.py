@@ -1,7 +1,7 @@
 """The μOmni stages learn on the built-in synthetic speech, on CPU, through `omni-mega train` of a tiny stage graph
 (one process, jobs B -> D -> E in order):
-- B (ctc): held-out CER <= 30% after 150 steps of a tiny audio encoder (d 64, 2 layers; the demo's reference-size
-  encoder reaches ~1% in 150 steps);
+- B (ctc): held-out CER <= 30% after 300 steps of a tiny audio encoder (d 64, 2 layers: it sits on CTC's blank-only
+  plateau for its first ~130 steps, so 150 steps ended all blanks, CER 1.0);
 - D (rvq, then talker): the codec uses > 50% of its entries on held-out clips, the Talker's code cross entropy falls;
 - E (omni SFT with the encoder, codec and Talker loaded from B and D and frozen): they stay bitwise as B and D wrote
   them while the LLM and the audio projector move.
@@ -27,7 +27,7 @@ data: {{seq_length: 128, micro_batch_size: 1, global_batch_size: 2, pack_window:
 optim: {{lr: 3.0e-3, min_lr: 1.0e-3, warmup_steps: 10}}
 train: {{log_interval: 25, tensorboard: false}}
 stages:
-  - {{name: asr, job: B, objective: ctc, steps: 150, seq_length: 768, global_batch_size: 1, trainable: [audio, ctc_head],
+  - {{name: asr, job: B, objective: ctc, steps: 300, seq_length: 768, global_batch_size: 1, trainable: [audio, ctc_head],
      data: [{{name: sp, source: audio_shards, path: '{train}'}}],
      eval: {{heldout: '{heldout}', samples: 24, interval: 50}}}}
   - {{name: codec, job: D, objective: rvq, steps: 40, seq_length: 256, trainable: [codec],
@@ -59,17 +59,21 @@ def graph(tmp_path_factory):
 def test_ctc_learns_the_synthetic_speech(graph):
     _, rows = graph
     b = rows["B"]
-    # Five seeds of this graph ended at held-out CER 0.08-0.17 (first measurement ~1.0): 0.30 leaves room.
+    # This graph ended at held-out CER 0.105; job B alone with seeds 1234, 1 and 2 (train and data seed) at 0.130,
+    # 0.105, 0.105 (first measurement > 2: random labels). They leave the blank-only plateau (CER 1.0) after ~130,
+    # ~130 and ~190 steps, so 300 steps leave room; 0.30 allows a later break-out.
     assert b[0]["cer"] > 0.9 and b[-1]["cer"] <= 0.30, [(r["step"], r["cer"]) for r in b if r["step"] % 25 == 0]
-    assert b[-1]["eval_step"] == 100 and b[-1]["wer"] < 1.0
+    assert b[-1]["eval_step"] == 299 and b[-1]["wer"] < 1.0
 
 
 def test_codec_uses_its_codebooks_and_the_talker_learns(graph):
     _, rows = graph
     codec = [r for r in rows["D"] if r["objective"] == "rvq"]
     talker = [r for r in rows["D"] if r["objective"] == "talker"]
-    # Held-out usage ended at 0.6-0.8 over repeated runs; reconstruction falls by more than half.
-    assert codec[-1]["heldout_usage"] > 0.5, [(r["step"], r["heldout_usage"]) for r in codec]
+    # Held-out usage, scored before the last step, ended at 0.83, 0.86, 0.80 for seeds 1234, 1, 2 (0.5 at step 20:
+    # usage dips while the restarted entries settle); reconstruction fell to 23-25% of its first value, the
+    # Talker's loss by 0.9-1.1.
+    assert codec[-1]["heldout_usage"] > 0.6, [(r["step"], r["heldout_usage"]) for r in codec]
     assert codec[-1]["heldout_recon_mse"] < 0.5 * codec[0]["heldout_recon_mse"]
     first, last = talker[0]["loss"], sum(r["loss"] for r in talker[-5:]) / 5
     assert last < first - 0.5, [round(r["loss"], 3) for r in talker]
