@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -105,7 +106,12 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, config_out: str | Path | N
         shape = tuple(r.transform.to_mcore(*[torch.empty(s, device="meta") for s in r.shapes]).shape)
         dt = cast or ck.dtype(r.hf[0])
         nbytes += int(torch.Size(shape).numel()) * dt.itemsize
-        specs[r.mcore] = (shape, dt, lambda r=r: r.transform.to_mcore(*[ck.get(n) for n in r.hf]))
+        if r.transform.to_mcore_rows is not None:  # stored as row blocks: no concatenated copy
+            blocks = r.transform.to_mcore_rows(*[torch.empty(s, device="meta") for s in r.shapes])
+            specs[r.mcore] = (shape, dt, [(row, b.shape[0], lambda r=r, i=i: r.transform.to_mcore_rows(
+                *[ck.get(n) for n in r.hf])[i][1]) for i, (row, b) in enumerate(blocks)])
+        else:
+            specs[r.mcore] = (shape, dt, lambda r=r: r.transform.to_mcore(*[ck.get(n) for n in r.hf]))
     write_tensors(tmp / "dist", specs)
     ck.close()
     state = {"step": 0, "stage_index": 0, "stage_name": "import-hf", "save": "full", "model": to_dict(cfg),
@@ -212,11 +218,16 @@ def export_hf(ckpt: str | Path, out: str | Path, *, tokenizer: str | Path | None
         plan += [(name, cast or stored, tuple(x.shape)) for name, x in zip(r.hf, outs)]
     store_dtype = plan[0][1]
     writer = ShardWriter(tmp, plan, max_shard_bytes)
-    for r in rows:
-        t = reader.read(r.mcore)
-        for name, x in zip(r.hf, r.transform.to_hf(t)):
-            writer.add(name, x.to(cast) if cast else x)
-        del t
+    # The next row's tensor is read (DCP, releases the GIL) while this one is transformed and written: one more
+    # tensor in memory.
+    with ThreadPoolExecutor(1) as pool:
+        ahead = pool.submit(reader.read, rows[0].mcore) if rows else None
+        for i, r in enumerate(rows):
+            t = ahead.result()
+            ahead = pool.submit(reader.read, rows[i + 1].mcore) if i + 1 < len(rows) else None
+            for name, x in zip(r.hf, r.transform.to_hf(t)):
+                writer.add(name, x.to(cast) if cast else x)
+            del t
     files = writer.close()
     hf_cfg = fam.to_hf_config(cfg, cfg.llm.vocab_size, _dtype_name(store_dtype), meta.get("hf_config"))
     (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True))
