@@ -17,14 +17,18 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 from torch.distributed import checkpoint as dcp
 from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+from torch.distributed.checkpoint.filesystem import FileSystem
 from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, MetadataIndex
 from torch.distributed.checkpoint.planner import SavePlan, WriteItemType
 from torch.utils.serialization import config as serialization_config
+
+from omni_mega.interop.hf_io import preallocate
 
 # DCP writes each tensor with torch.save, a zip archive whose CRC32 nobody reads back (torch.load does not check it);
 # the checkpoint's manifest (XXH3 of every file) is what catches corruption.
@@ -76,6 +80,29 @@ class LazySavePlanner(DefaultSavePlanner):
         return t.detach().to("cpu").contiguous()
 
 
+class _PreallocatingFile:
+    """A written file that reserves the space of each large write first (`hf_io.preallocate`)."""
+
+    def __init__(self, f) -> None:
+        self._f = f
+
+    def write(self, b) -> int:
+        n = memoryview(b).nbytes
+        if n >= 1 << 20:
+            preallocate(self._f, n)
+        return self._f.write(b)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
+class _PreallocatingFS(FileSystem):
+    @contextmanager
+    def create_stream(self, path, mode):
+        with super().create_stream(path, mode) as f:
+            yield _PreallocatingFile(f) if "w" in mode else f
+
+
 Producer = Callable[[], torch.Tensor]
 
 
@@ -103,6 +130,7 @@ def write_tensors(ckpt_dir: str | Path,
     # One file per tensor: DCP keeps every tensor of a file referenced until the file is closed. Two writer threads:
     # one produces (reads, fuses) its tensor while the other writes, both release the GIL.
     writer = FileSystemWriter(str(out), single_file_per_rank=False, sync_files=False, thread_count=WRITE_THREADS)
+    writer.fs = _PreallocatingFS()
     with serialization_config.patch({"save.compute_crc32": CRC32}):
         dcp.save(meta, storage_writer=writer, planner=LazySavePlanner(producers), no_dist=True)
     torch.save({}, out / "common.pt")
