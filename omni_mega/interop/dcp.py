@@ -3,13 +3,14 @@ building a model.
 
 megatron-core's `dist_checkpointing` stores every model tensor in torch.distributed.checkpoint (DCP) format under its
 *global* shape (the TP shards laid side by side, SwiGLU's fc1 as [all gate rows; all up rows]) next to two small files
-of its own (`metadata.json`, `common.pt`). A checkpoint written here with one chunk per tensor loads through
+of its own (`metadata.json`, `common.pt`). A checkpoint written here with one chunk per tensor (fc1 as its two
+row blocks [gate; up], the chunks megatron itself writes at TP > 1, so no concatenated copy is made) loads through
 `dist_checkpointing.load` at any TP/PP layout (DCP reads each rank's overlap of the stored chunk), and any checkpoint
 megatron wrote at any layout can be read back here tensor by tensor (DCP assembles the chunks).
 
 Memory: the writer plans with meta tensors and produces each tensor only when DCP writes it (`LazySavePlanner`), one
-file per tensor, so a conversion holds about one tensor (plus its sources) at a time; the reader fills one
-preallocated tensor per call.
+file per tensor (or row block), with two writer threads, so a conversion holds about two tensors (plus their
+sources) at a time; the reader loads one tensor per call.
 """
 
 from __future__ import annotations
@@ -140,34 +141,72 @@ def write_tensors(ckpt_dir: str | Path,
 def tensor_metadata(ckpt_dir: str | Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     """key -> (global shape, dtype) of every tensor in a dist checkpoint."""
     from torch.distributed.checkpoint import FileSystemReader
+
+    return _shapes(FileSystemReader(str(ckpt_dir)).read_metadata())
+
+
+def _shapes(md) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    md = FileSystemReader(str(ckpt_dir)).read_metadata()
     return {k: (tuple(v.size), v.properties.dtype) for k, v in md.state_dict_metadata.items()
             if isinstance(v, TensorStorageMetadata)}
 
 
 class TensorReader:
-    """Reads global tensors of a dist checkpoint by key (whatever TP/PP layout wrote them)."""
+    """Reads global tensors of a dist checkpoint by key (whatever TP/PP layout wrote them).
+
+    The DCP metadata is read once. Each stored chunk is loaded straight from its byte range of its file (DCP's own
+    load would re-read the metadata pickle and copy every chunk once more into the destination: together 3x the
+    CPU time of this path on the 1B-parameter benchmark); a tensor stored as one chunk is returned as loaded, one of
+    several chunks is assembled. Chunks written with DCP storage extensions (compression) go through `dcp.load`."""
 
     def __init__(self, ckpt_dir: str | Path) -> None:
         from torch.distributed.checkpoint import FileSystemReader
 
         self.dir = str(ckpt_dir)
-        self.meta = tensor_metadata(ckpt_dir)
         self._reader = FileSystemReader
+        self._md = FileSystemReader(self.dir).read_metadata()
+        self.meta = _shapes(self._md)
 
     def __contains__(self, key: str) -> bool:
         return key in self.meta
 
     def read(self, key: str) -> torch.Tensor:
-        shape, dtype = self.meta[key]
         return self.read_many([key])[key]
 
     def read_many(self, keys: list[str]) -> dict[str, torch.Tensor]:
         missing = [k for k in keys if k not in self.meta]
         if missing:
             raise KeyError(f"{self.dir}: no tensor {missing[0]!r} in the checkpoint")
-        sd = {k: torch.empty(self.meta[k][0], dtype=self.meta[k][1]) for k in keys}
-        dcp.load(sd, storage_reader=self._reader(self.dir), no_dist=True)
-        return sd
+        out = {k: self._read_direct(k) for k in keys}
+        slow = [k for k, t in out.items() if t is None]
+        if slow:
+            sd = {k: torch.empty(self.meta[k][0], dtype=self.meta[k][1]) for k in slow}
+            dcp.load(sd, storage_reader=self._reader(self.dir), no_dist=True)
+            out.update(sd)
+        return out
+
+    def _read_direct(self, key: str) -> torch.Tensor | None:
+        from torch.distributed.checkpoint.utils import _create_file_view
+
+        shape, dtype = self.meta[key]
+        chunks = self._md.state_dict_metadata[key].chunks
+        infos = [self._md.storage_data[MetadataIndex(key, c.offsets)] for c in chunks]
+        if any(i.transform_descriptors for i in infos):
+            return None
+        out = None
+        for c, info in zip(chunks, infos):
+            with open(Path(self.dir) / info.relative_path, "rb") as f:
+                t = torch.load(_create_file_view(f, info.offset, info.length), map_location="cpu", weights_only=True)
+            if tuple(t.shape) != tuple(c.sizes) or t.dtype != dtype:
+                raise ValueError(f"{self.dir}: {key} chunk at {list(c.offsets)} is {t.dtype} {list(t.shape)}, the "
+                                 f"metadata says {dtype} {list(c.sizes)}")
+            if len(chunks) == 1 and tuple(c.sizes) == tuple(shape):
+                return t
+            if out is None:
+                out = torch.empty(shape, dtype=dtype)
+            view = out
+            for dim, (o, n) in enumerate(zip(c.offsets, c.sizes)):
+                view = view.narrow(dim, o, n)
+            view.copy_(t)
+        return out if out is not None else torch.empty(shape, dtype=dtype)

@@ -126,9 +126,9 @@ _CODES = {v: k for k, v in _DTYPES.items()}
 
 
 def preallocate(f, nbytes: int) -> None:
-    """Reserves the next `nbytes` of an open file before they are written. On the ext4 development VM writing 1 GiB
-    into the page cache took 1.85 s of kernel time without this and 0.29 s with it (block allocation per page vs
-    one extent); a filesystem without fallocate just skips it."""
+    """Reserves the next `nbytes` of an open file before they are written (one extent instead of block allocation
+    page by page): on the ext4 development VM writing 512 MiB into the page cache took 0.14-0.16 s of CPU with it,
+    0.19-0.27 s without. A filesystem without fallocate just skips it."""
     if nbytes <= 0:
         return
     try:
