@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -218,16 +217,11 @@ def export_hf(ckpt: str | Path, out: str | Path, *, tokenizer: str | Path | None
         plan += [(name, cast or stored, tuple(x.shape)) for name, x in zip(r.hf, outs)]
     store_dtype = plan[0][1]
     writer = ShardWriter(tmp, plan, max_shard_bytes)
-    # The next row's tensor is read (DCP, releases the GIL) while this one is transformed and written: one more
-    # tensor in memory.
-    with ThreadPoolExecutor(1) as pool:
-        ahead = pool.submit(reader.read, rows[0].mcore) if rows else None
-        for i, r in enumerate(rows):
-            t = ahead.result()
-            ahead = pool.submit(reader.read, rows[i + 1].mcore) if i + 1 < len(rows) else None
-            for name, x in zip(r.hf, r.transform.to_hf(t)):
-                writer.add(name, x.to(cast) if cast else x)
-            del t
+    for r in rows:
+        t = reader.read(r.mcore)
+        for name, x in zip(r.hf, r.transform.to_hf(t)):
+            writer.add(name, x.to(cast) if cast else x)
+        del t
     files = writer.close()
     hf_cfg = fam.to_hf_config(cfg, cfg.llm.vocab_size, _dtype_name(store_dtype), meta.get("hf_config"))
     (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True))
