@@ -4,7 +4,8 @@ plain safetensors read of the same files.
 The model's safetensors shards (~0.5 GB each) and config.json are written here without transformers' model class
 (random bf16 tensors, streamed shard by shard). Each measured phase runs in its own process, so its peak RSS
 (ru_maxrss from wait4) is its own; the page cache is warm for every phase (one untimed read first), so the numbers
-compare the conversions' CPU and memory work, not the disk.
+compare the conversions' CPU and memory work, not the disk. Before each phase (untimed) the previous output is
+deleted and `os.sync()` flushes dirty pages, so no phase pays for another's writeback or for deleting old files.
 
     python benchmarks/interop/bench_interop.py [--out] [--dir /tmp/omni_bench_interop] [--layers 18]
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -69,6 +71,10 @@ def phase(name: str, d: str) -> None:
     from omni_mega.interop.convert import export_hf, import_hf  # imports (DCP, ...) happen before the clock starts
     from omni_mega.interop.hf_io import HFCheckpoint
 
+    for prev in ("ckpt", "exported"):  # the previous run's output: deleting it is not part of the conversion
+        if name == {"ckpt": "import", "exported": "export"}[prev]:
+            shutil.rmtree(os.path.join(d, prev), ignore_errors=True)
+    os.sync()  # every phase starts without dirty pages (the kernel throttles writers past its dirty-page limit)
     base = rss_mb()
     t0 = time.perf_counter()
     if name.startswith("read"):
@@ -131,9 +137,9 @@ def main() -> None:
     notes = (f"{params:.2f}B-parameter Llama-style model ({args.layers} layers, width 2048, vocab 32000), random bf16 "
              f"weights in {len(files)} safetensors shards (largest {largest:.0f} MiB). Each phase in its own process "
              f"(peak MB = its ru_maxrss, which includes the interpreter and torch: see 'RSS before work'); page cache "
-             f"warm. Goals: peak <= largest shard + 1 GB = {largest + 1024:.0f} MB; import/export MB/s >= 60% of the "
+             f"warm; before each phase (untimed) the previous output is deleted and os.sync() run. Goals: peak <= largest shard + 1 GB = {largest + 1024:.0f} MB; import/export MB/s >= 60% of the "
              f"plain read. OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, load average (1 min) "
-             f"before: {load:.2f}.")
+             f"before: {load:.2f}, after: {os.getloadavg()[0]:.2f}.")
     emit(results, title="HF import / export vs plain safetensors read", notes=notes,
          out=results_path("interop") if args.out else None)
 

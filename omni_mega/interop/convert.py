@@ -105,7 +105,12 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, config_out: str | Path | N
         shape = tuple(r.transform.to_mcore(*[torch.empty(s, device="meta") for s in r.shapes]).shape)
         dt = cast or ck.dtype(r.hf[0])
         nbytes += int(torch.Size(shape).numel()) * dt.itemsize
-        specs[r.mcore] = (shape, dt, lambda r=r: r.transform.to_mcore(*[ck.get(n) for n in r.hf]))
+        if r.transform.to_mcore_rows is not None:  # stored as row blocks: no concatenated copy
+            blocks = r.transform.to_mcore_rows(*[torch.empty(s, device="meta") for s in r.shapes])
+            specs[r.mcore] = (shape, dt, [(row, b.shape[0], lambda r=r, i=i: r.transform.to_mcore_rows(
+                *[ck.get(n) for n in r.hf])[i][1]) for i, (row, b) in enumerate(blocks)])
+        else:
+            specs[r.mcore] = (shape, dt, lambda r=r: r.transform.to_mcore(*[ck.get(n) for n in r.hf]))
     write_tensors(tmp / "dist", specs)
     ck.close()
     state = {"step": 0, "stage_index": 0, "stage_name": "import-hf", "save": "full", "model": to_dict(cfg),

@@ -107,10 +107,11 @@ class HFCheckpoint:
         from safetensors import safe_open
 
         shard = self.shards[name]
-        if self._open is None or self._open[0] != shard:
-            self._open = (shard, safe_open(str(self.dir / shard), framework="pt"))
+        held = self._open  # read once, so a concurrent call cannot swap the handle between check and use
+        if held is None or held[0] != shard:
+            held = self._open = (shard, safe_open(str(self.dir / shard), framework="pt"))
         try:
-            return self._open[1].get_tensor(name)
+            return held[1].get_tensor(name)
         except Exception as e:  # a corrupt shard: one line naming the tensor and the file
             raise InteropError(f"{self.dir / shard}: cannot read {name!r} ({e})") from None
 

@@ -26,6 +26,9 @@ class Transform:
     name: str
     to_mcore: Callable[..., torch.Tensor]
     to_hf: Callable[[torch.Tensor], tuple[torch.Tensor, ...]]
+    # Optional: the megatron tensor as (first row, block) pieces along dim 0, views of the HF tensors, which the writer
+    # stores as chunks of one global tensor instead of concatenating them (megatron stores fc1 that way at TP > 1).
+    to_mcore_rows: Callable[..., list[tuple[int, torch.Tensor]]] | None = None
 
 
 def copy() -> Transform:
@@ -69,7 +72,8 @@ def fused_qkv_per_head(heads: int, head_dim: int) -> Transform:
 def gate_up() -> Transform:
     """SwiGLU gate [F, h] and up [F, h] <-> megatron's fc1 checkpoint tensor [gate; up] (see the module doc)."""
     return Transform("gate/up per TP shard", lambda g, u: torch.cat([g, u], dim=0),
-                     lambda t: tuple(x.contiguous() for x in t.chunk(2, dim=0)))
+                     lambda t: tuple(x.contiguous() for x in t.chunk(2, dim=0)),
+                     to_mcore_rows=lambda g, u: [(0, g), (g.shape[0], u)])
 
 
 def pad_rows(rows: int, padded: int) -> Transform:
