@@ -61,7 +61,7 @@ def test_dry_run_prints_the_graph_and_every_job(capsys):
     assert main(["train", str(MUOMNI), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "wave 1: A, B, C, D" in out and "==== job E (run dir runs/muomni/E) ====" in out
-    assert "stage asr (ctc)" in out and "trainable" in out and "audio 1,936,896" in out
+    assert "stage asr (ctc)" in out and "trainable" in out and "audio 127,872" in out
     assert main(["train", str(MUOMNI), "--dry-run", "--stage", "nope"]) == 2
     assert "no job or stage of that name" in capsys.readouterr().err
     assert main(["train", str(MUOMNI), "--resume", "/x"]) == 2
