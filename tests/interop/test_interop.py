@@ -140,57 +140,72 @@ def _copy(imported, arch, tmp_path) -> Path:
     return d
 
 
-def _fails(args, capsys, *needles):
+def _error(args, capsys) -> str:
+    """Runs the CLI, which must exit 2; returns its stderr."""
     from omni_mega.cli import main
 
-    assert main(args) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for n in needles:
-        assert n in err, err
-    return err
+    code = main(args)
+    return f"exit {code}: " + capsys.readouterr().err
+
+
+def _one_line(err: str, *needles: str) -> bool:
+    """The CLI exited 2 with one line, no traceback, naming every needle."""
+    return (err.startswith("exit 2: ") and err.count("\n") == 1 and "Traceback" not in err
+            and all(n in err for n in needles))
 
 
 def test_bad_inputs(imported, tmp_path, capsys):
     out = ["--out", str(tmp_path / "o"), "--overwrite"]
-    _fails(["import-hf", str(tmp_path / "none"), *out], capsys, "no such directory")
+    err = _error(["import-hf", str(tmp_path / "none"), *out], capsys)
+    assert _one_line(err, "no such directory"), err
     d = _copy(imported, "Qwen3ForCausalLM", tmp_path)
     (d / "config.json").unlink()
-    _fails(["import-hf", str(d), *out], capsys, "no config.json")
+    err = _error(["import-hf", str(d), *out], capsys)
+    assert _one_line(err, "no config.json"), err
     shutil.rmtree(d)
     # a missing shard of an index
     d = _copy(imported, "LlamaForCausalLM", tmp_path)
     shard = sorted(d.glob("model-*.safetensors"))[-1]
     shard.unlink()
-    _fails(["import-hf", str(d), *out], capsys, "missing", shard.name)
+    err = _error(["import-hf", str(d), *out], capsys)
+    assert _one_line(err, "missing", shard.name), err
     shutil.rmtree(d)
     # truncated safetensors
     d = _copy(imported, "Qwen3ForCausalLM", tmp_path)
     f = d / "model.safetensors"
     f.write_bytes(f.read_bytes()[:-1000])
-    _fails(["import-hf", str(d), *out], capsys, "truncated")
+    err = _error(["import-hf", str(d), *out], capsys)
+    assert _one_line(err, "truncated"), err
     f.write_bytes(struct.pack("<Q", 10**12) + b"{}")
-    _fails(["import-hf", str(d), *out], capsys, "truncated or not a safetensors file")
+    err = _error(["import-hf", str(d), *out], capsys)
+    assert _one_line(err, "truncated or not a safetensors file"), err
     # pickled weights only: refused, never unpickled
     f.unlink()
     (d / "pytorch_model.bin").write_bytes(b"not even a pickle")
-    _fails(["import-hf", str(d), *out], capsys, "pickled", "convert them to safetensors")
+    err = _error(["import-hf", str(d), *out], capsys)
+    assert _one_line(err, "pickled", "convert them to safetensors"), err
     shutil.rmtree(d)
     # unsupported architecture: the error lists the supported ones
     d = _copy(imported, "Qwen3ForCausalLM", tmp_path)
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, "architectures": ["GPT2LMHeadModel"]}))
-    _fails(["import-hf", str(d), *out], capsys, "GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2VLForConditionalGeneration")
+    err = _error(["import-hf", str(d), *out], capsys)
+    assert _one_line(err, "GPT2LMHeadModel", "LlamaForCausalLM", "Qwen2VLForConditionalGeneration"), err
     # config vs weights: one layer more in the config, a wrong width
     (d / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 3}))
-    _fails(["import-hf", str(d), *out], capsys, "disagree", "model.layers.2.")
+    err = _error(["import-hf", str(d), *out], capsys)
+    assert _one_line(err, "disagree", "model.layers.2."), err
     (d / "config.json").write_text(json.dumps({**cfg, "intermediate_size": 100}))
-    _fails(["import-hf", str(d), *out], capsys, "disagree", "mlp.gate_proj.weight", "[96, 64]")
+    err = _error(["import-hf", str(d), *out], capsys)
+    assert _one_line(err, "disagree", "mlp.gate_proj.weight", "[96, 64]"), err
     (d / "config.json").write_text(json.dumps({**cfg, "num_hidden_layers": 1}))
-    _fails(["import-hf", str(d), *out], capsys, "disagree", "model.layers.1.")
+    err = _error(["import-hf", str(d), *out], capsys)
+    assert _one_line(err, "disagree", "model.layers.1."), err
     # export of something that is not a checkpoint
-    _fails(["export-hf", str(tmp_path / "none"), "--out", str(tmp_path / "e")], capsys, "no such checkpoint")
-    _fails(["export-hf", str(d), "--out", str(tmp_path / "e")], capsys, "no complete checkpoint")
+    err = _error(["export-hf", str(tmp_path / "none"), "--out", str(tmp_path / "e")], capsys)
+    assert _one_line(err, "no such checkpoint"), err
+    err = _error(["export-hf", str(d), "--out", str(tmp_path / "e")], capsys)
+    assert _one_line(err, "no complete checkpoint"), err
 
 
 # ---- composed init_from: errors before step 1 ---------------------------------------------------------------------
@@ -375,7 +390,8 @@ def test_generate_cli(imported, tmp_path, capsys):
                          ((ck, "--prompt-ids", "1", "--image", tmp_path / "img.png"), "no vision tower"),
                          ((ck, "--prompt-ids", "1,x"), "comma-separated integers"),
                          ((tmp_path / "none", "--prompt-ids", "1"), "no such checkpoint")):
-        _fails(["generate", *map(str, args)], capsys, needle)
+        err = _error(["generate", *map(str, args)], capsys)
+        assert _one_line(err, needle), err
 
 
 def test_sampling_is_seeded_and_restricted_by_top_p(megatron_single, imported):
@@ -427,7 +443,8 @@ def test_siglip_vision_tower_into_a_vit_group(megatron_single, tmp_path, capsys)
     cfg_json = json.loads((tmp_path / "sig" / "config.json").read_text())
     (tmp_path / "sig" / "config.json").write_text(json.dumps({**cfg_json, "intermediate_size": 48}))
     capsys.readouterr()  # transformers' progress bars
-    _fails(["import-hf", str(tmp_path / "sig"), "--out", str(tmp_path / "x")], capsys, "disagree", "mlp.fc1.weight")
+    err = _error(["import-hf", str(tmp_path / "sig"), "--out", str(tmp_path / "x")], capsys)
+    assert _one_line(err, "disagree", "mlp.fc1.weight"), err
 
 
 def test_trainer_stage_starts_from_an_hf_llm(tmp_path):
