@@ -131,7 +131,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, config_out: str | Path | N
         write_model_yaml(cfg, config_out, source=str(ck.dir), ckpt=str(out), tokenizer=tok)
     dt = time.perf_counter() - t0
     notes = []
-    text = A._text(ck.config)
+    text = A.text_fields(ck.config)
     window = text.get("sliding_window") if text.get("use_sliding_window", True) else None
     if window and cfg.llm.max_position_embeddings > int(window):
         notes.append(f"sliding_window={window} is not modelled: attention is full, so sequences longer than "

@@ -314,7 +314,7 @@ def test_sizing_rules_agree_with_the_models():
     for kw in [dict(), dict(activation="gelu"), dict(ffn_hidden_size=100), dict(hidden_size=4096,
                                                                              num_attention_heads=32)]:
         c = LLMConfig(**kw)
-        assert arch._ffn(c) == M.ffn_size(c)
+        assert arch.ffn_width(c) == M.ffn_size(c)
 
 
 def test_rope_base_change_keeps_the_scaling(megatron_single):
