@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from omni_mega.data.text import preprocess
+from omni_mega.data.text import encode_blocks, preprocess
 from omni_mega.data.demo.corpus import demo_documents, write_jsonl
 from omni_mega.data.text.tokenizer import GPT2BPETokenizer
 
@@ -249,7 +249,7 @@ class _FakePunkt:
 
 
 def test_split_sentences_writes_sentence_level(tmp_path, gpt2_files, monkeypatch):
-    monkeypatch.setattr(preprocess, "_build_splitter", lambda lang, keep_newlines: _FakePunkt())
+    monkeypatch.setattr(preprocess, "build_splitter", lambda lang, keep_newlines: _FakePunkt())
     docs = demo_documents(400)[:30]
     inp = write_jsonl(str(tmp_path / "in.jsonl"), docs)
     run_cli(inp, str(tmp_path / "ours"), gpt2_files, "--split-sentences", "--append-eod")
@@ -294,9 +294,9 @@ def test_pack_documents_matches_the_per_document_loop(append_eod):
     sent_doc = np.repeat(np.arange(ndocs), nsent)
     keep[sent_doc[lens < 0]] = False
     ids = rng.integers(100, 200, int(np.maximum(lens, 0).sum())).astype(np.uint32)
-    packed = preprocess.pack_documents(ids, lens, nsent, keep, eod if append_eod else None)
+    packed = encode_blocks.pack_documents(ids, lens, nsent, keep, eod if append_eod else None)
     doc_part = rng.integers(0, partitions, int(keep.sum()))
-    split = preprocess._split_partitions(packed, doc_part, partitions)
+    split = encode_blocks._split_partitions(packed, doc_part, partitions)
     expected = {p: ([], [], []) for p in range(partitions)}
     pos, sent, kept = 0, 0, 0
     for d in range(ndocs):  # Megatron-LM: drop empty sentences, eod on a non-empty document
