@@ -39,10 +39,10 @@ import numpy as np
 
 from omni_mega.data.audio.decode import TARGET_RATE, AudioError, decode
 from omni_mega.data.audio.shards import AudioShardWriter
-from omni_mega.data.multimodal.preprocess import (BadInput, PreprocessError, _jsonl_items, _Progress,
-                                                  build_tokenizer_from_args)
+from omni_mega.data.multimodal.preprocess import BadInput, _jsonl_items, _Progress, build_tokenizer_from_args
 from omni_mega.data.multimodal.shards import tokenizer_identity
 from omni_mega.data.text import outputs
+from omni_mega.data.tool_cli import PreprocessError, add_tokenizer_args, run_tool
 
 AUDIO_EXTS = {".wav", ".flac"}
 MIN_SAMPLES = 201  # at 16 kHz: the centred STFT of the log-mel features (n_fft 400) needs more than 200
@@ -223,13 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--audio-key", default="audio", help="JSONL key of the audio path")
     g.add_argument("--text-key", default="text", help="JSONL key of the transcript")
     g.add_argument("--max-seconds", type=float, default=30.0, help="longer clips are skipped (counted: too long)")
-    g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer-type", default="byte",
-                   choices=["byte", "GPT2BPETokenizer", "HuggingFaceTokenizer", "NullTokenizer"])
-    g.add_argument("--tokenizer-model", help="HuggingFaceTokenizer: local tokenizer.json or its directory")
-    g.add_argument("--vocab-file", help="GPT2BPETokenizer: encoder.json")
-    g.add_argument("--merge-file", help="GPT2BPETokenizer: vocab.bpe")
-    g.add_argument("--vocab-size", type=int, help="NullTokenizer: number of ids before eod")
+    add_tokenizer_args(p.add_argument_group("tokenizer"))
     g = p.add_argument_group("output data")
     g.add_argument("--output-dir", required=True, help="dataset directory (dataset.json + shards)")
     g.add_argument("--shard-size", type=int, default=1000, help="clips per shard")
@@ -239,21 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def fail(message: str, code: int) -> None:
-    """One line on stderr, no traceback, exit `code` (2: fix the command line or files, 1: nothing to write)."""
-    print(f"{os.path.basename(sys.argv[0]) or 'preprocess_audio.py'}: error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.workers < 1 or args.shard_size < 1 or not args.max_seconds > 0:
         parser.error(f"--workers and --shard-size must be >= 1 and --max-seconds > 0, got {args.workers}, "
                      f"{args.shard_size} and {args.max_seconds}")
-    try:
-        return run(args)
-    except PreprocessError as e:
-        fail(str(e), e.code)
-    except (ValueError, OSError) as e:
-        fail(str(e) if isinstance(e, ValueError) else f"{e.filename}: {e.strerror}", 2)
+    return run_tool(run, args, "preprocess_audio.py")

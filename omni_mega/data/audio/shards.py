@@ -9,21 +9,20 @@ shard-00000.idx.npy     one record per sample (INDEX_DTYPE): key, data offsets/s
                         members, source sample rate, samples per channel, channels, duration in seconds, token count
 ```
 `AudioShardDataset.meta(i)` sizes a clip (rate, samples, transcript length) from the index without decoding it,
-which is what packing needs; `ds[i]` reads its bytes and tokens with two preads. The writer is `MMShardWriter`'s
-(same temp names, same atomic finish), with this index.
+which is what packing needs; `ds[i]` reads its bytes and tokens with two preads. The write discipline is
+`data.shard_io`'s (temp names, atomic finish), with this index.
 """
 
 from __future__ import annotations
 
-import bisect
 import json
-import os
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
 from omni_mega.data.multimodal import shards as mm
+from omni_mega.data.shard_io import ShardReader, checked_ids
 
 FORMAT, VERSION = "omni_mega.audioshards", 1
 INDEX_DTYPE = np.dtype([("key", "S32"), ("audio_offset", "<i8"), ("audio_size", "<i8"), ("ids_offset", "<i8"),
@@ -50,19 +49,15 @@ def audio_ext(data: bytes) -> str:
 class AudioShardWriter(mm.MMShardWriter):
     """`MMShardWriter` with audio samples: `add(audio, tokens, sample_rate=, num_samples=, channels=, ...)`."""
 
+    FORMAT, VERSION = FORMAT, VERSION
+
     def add(self, audio: bytes, tokens, *, sample_rate: int, num_samples: int, channels: int, text: str = "",
             meta: dict | None = None, key: str | None = None) -> str:
-        ids = np.asarray(tokens)
-        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-            raise ValueError(f"AudioShardWriter.add: tokens must be a 1-D integer array, got {ids.dtype} {ids.shape}")
+        ids = checked_ids(tokens, "AudioShardWriter.add")
         if sample_rate <= 0 or num_samples <= 0 or channels <= 0:
             raise ValueError(f"AudioShardWriter.add: need positive sample_rate, num_samples and channels, got "
                              f"{sample_rate}, {num_samples}, {channels}")
-        key = f"{self.count:08d}" if key is None else key
-        if not key or "." in key or "/" in key or len(key.encode()) > 32:
-            raise ValueError(f"AudioShardWriter.add: key must be 1-32 bytes without '.' or '/', got {key!r}")
-        if self._tar is None:
-            self._open_shard()
+        key = self._key(key)
         audio_off = self._member(f"{key}.{audio_ext(audio)}", audio)
         ids_off = self._member(f"{key}.ids", ids.astype("<i4").tobytes())
         txt = text.encode("utf-8")
@@ -73,112 +68,56 @@ class AudioShardWriter(mm.MMShardWriter):
         self._member(f"{key}.json", json.dumps(info, sort_keys=True).encode())
         self._rows.append((key.encode(), audio_off, len(audio), ids_off, ids.size, txt_off, len(txt), sample_rate,
                            num_samples, channels, duration))
-        self.count += 1
-        if len(self._rows) == self.shard_size:
-            self._close_shard()
+        self._added()
         return key
 
-    def _close_shard(self) -> None:
-        self._tar.close()
-        self._tar = None
-        index = np.array(self._rows, dtype=INDEX_DTYPE)
-        with open(self.out_dir / f"{self._name}.idx.npy{self.suffix}", "wb") as f:
-            np.save(f, index, allow_pickle=False)
-        self.shards.append({"tar": f"{self._name}.tar", "index": f"{self._name}.idx.npy", "samples": len(index)})
-        self._rows = []
-
-    def finish(self, **report) -> Path:
-        # The image writer's finish with this format's name (later keys of its dataset.json dict win).
-        return super().finish(**report, format=FORMAT, version=VERSION)
+    def _index_tables(self) -> dict[str, np.ndarray]:
+        index, self._rows = np.array(self._rows, dtype=INDEX_DTYPE), []
+        return {"": index}
 
 
-class AudioShardDataset:
+class AudioShardDataset(ShardReader):
     """Random access to a directory written by `AudioShardWriter` / tools/preprocess_audio.py.
 
     `tokenizer`, `info`; per-sample index arrays `sample_rates`, `num_samples`, `num_tokens`, `durations`;
     `meta(i)` -> (sample_rate, num_samples, num_tokens); `ds[i]` -> AudioTextRecord; `text(i)`."""
 
+    FORMAT, VERSION = FORMAT, VERSION
+    WHAT = "audio dataset"
+    HINT = " (written by tools/preprocess_audio.py?)"
     modality = "audio"  # what the packed sources dispatch on
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        meta_path = self.path / mm.DATASET_JSON
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"AudioShardDataset: {meta_path} does not exist: {self.path} is not a complete "
-                                    "audio dataset (never written, or its writer was interrupted)")
-        self.info = json.loads(meta_path.read_text(encoding="utf-8"))
-        if self.info.get("format") != FORMAT or self.info.get("version") != VERSION:
-            raise ValueError(f"AudioShardDataset: {meta_path} has format {self.info.get('format')!r} version "
-                             f"{self.info.get('version')!r}, expected {FORMAT!r} version {VERSION} (written by "
-                             "tools/preprocess_audio.py?)")
-        self.tokenizer: dict = self.info["tokenizer"]
-        self._tars = [self.path / s["tar"] for s in self.info["shards"]]
-        self._index = []
-        for s in self.info["shards"]:
-            index = np.load(self.path / s["index"], allow_pickle=False)
-            if index.dtype != INDEX_DTYPE or len(index) != s["samples"]:
-                raise ValueError(f"AudioShardDataset: {s['index']} has dtype {index.dtype} and {len(index)} rows, "
-                                 f"expected {INDEX_DTYPE} and {s['samples']}")
-            end = int(max((index["txt_offset"] + index["txt_size"]).max(initial=0),
-                          (index["audio_offset"] + index["audio_size"]).max(initial=0)))
-            tar = self.path / s["tar"]
-            if not tar.is_file() or tar.stat().st_size < end:
-                raise ValueError(f"AudioShardDataset: {tar} is missing or truncated (needs >= {end} bytes)")
-            self._index.append(index)
-        self._starts = np.cumsum([0] + [len(ix) for ix in self._index]).tolist()
+        super().__init__(path)
         cat = np.concatenate(self._index) if self._index else np.zeros(0, INDEX_DTYPE)
         self.sample_rates = cat["sample_rate"].astype(np.int64)
         self.num_samples = cat["num_samples"].astype(np.int64)
         self.num_tokens = cat["num_tokens"].astype(np.int64)
         self.durations = cat["duration"].astype(np.float64)
-        self._fds: dict[int, int] = {}
-        self._pid = os.getpid()
 
-    def __len__(self) -> int:
-        return self._starts[-1]
+    def _load_index(self, shard: dict) -> np.ndarray:
+        index = np.load(self.path / shard["index"], allow_pickle=False)
+        self._check_rows(shard, index, INDEX_DTYPE)
+        end = int(max((index["txt_offset"] + index["txt_size"]).max(initial=0),
+                      (index["audio_offset"] + index["audio_size"]).max(initial=0)))
+        self._check_tar(shard, len(index), end)
+        return index
 
-    def _locate(self, i: int) -> tuple[int, np.void]:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"AudioShardDataset: index {i} out of range for {n} samples")
-        i = i + n if i < 0 else i
-        s = bisect.bisect_right(self._starts, i) - 1
-        return s, self._index[s][i - self._starts[s]]
-
-    def _read(self, shard: int, offset: int, size: int) -> bytes:
-        if self._pid != os.getpid():  # forked: open our own descriptors
-            self._fds, self._pid = {}, os.getpid()
-        fd = self._fds.get(shard)
-        if fd is None:
-            fd = self._fds[shard] = os.open(self._tars[shard], os.O_RDONLY)
-        data = os.pread(fd, size, offset)
-        if len(data) != size:
-            raise OSError(f"AudioShardDataset: short read from {self._tars[shard]} at {offset} ({len(data)}/{size})")
-        return data
+    def _row(self, i: int) -> tuple[int, np.void]:
+        s, r = self._locate(i)
+        return s, self._index[s][r]
 
     def meta(self, i: int) -> tuple[int, int, int]:
         """(source sample rate, samples per channel, transcript tokens) of sample i, from the index."""
-        _, row = self._locate(i)
+        _, row = self._row(i)
         return int(row["sample_rate"]), int(row["num_samples"]), int(row["num_tokens"])
 
     def __getitem__(self, i: int) -> AudioTextRecord:
-        s, row = self._locate(i)
+        s, row = self._row(i)
         audio = self._read(s, int(row["audio_offset"]), int(row["audio_size"]))
         ids = self._read(s, int(row["ids_offset"]), 4 * int(row["num_tokens"]))
         return AudioTextRecord(row["key"].decode(), audio, np.frombuffer(ids, dtype="<i4").astype(np.int32))
 
     def text(self, i: int) -> str:
-        s, row = self._locate(i)
+        s, row = self._row(i)
         return self._read(s, int(row["txt_offset"]), int(row["txt_size"])).decode("utf-8")
-
-    def close(self) -> None:
-        if self._pid == os.getpid():
-            for fd in self._fds.values():
-                os.close(fd)
-        self._fds = {}
-
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass

@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from omni_mega.data.conversations.templates import (TEMPLATES, ByteChatTokenizer
                                                      render)
 from omni_mega.data.multimodal.preprocess import BadInput, _Progress
 from omni_mega.data.text import outputs
+from omni_mega.data.tool_cli import add_tokenizer_args, run_tool
 
 TOO_LONG, MISSING_IMAGE, BAD_IMAGE, MALFORMED = "too_long", "missing_image", "bad_image", "malformed_json"
 CHUNK = 64  # records handed to the thread pool at a time (keeps output order without holding the whole input)
@@ -194,8 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", default="sft", choices=["sft", "preference", "prompts"],
                    help="sft: conversations; preference: {prompt, chosen, rejected}; prompts: {messages, answer}")
     p.add_argument("--chat-template", default="chatml", choices=TEMPLATES)
-    p.add_argument("--tokenizer-type", default="byte", choices=["byte", "HuggingFaceTokenizer"])
-    p.add_argument("--tokenizer-model", help="HuggingFaceTokenizer: local tokenizer.json or its directory")
+    add_tokenizer_args(p, ("byte", "HuggingFaceTokenizer"))
     p.add_argument("--max-tokens", type=int, default=None, help="drop (and count) longer records")
     p.add_argument("--output-dir", required=True)
     p.add_argument("--shard-size", type=int, default=1000)
@@ -207,8 +206,4 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except ValueError as e:
-        print(f"preprocess_conversations: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    return run_tool(run, args, "preprocess_conversations.py")

@@ -20,7 +20,8 @@ import uuid
 from pathlib import Path
 
 from omni_mega.data.conversations.messages import Image, Message
-from omni_mega.data.conversations.shards import DATASET_JSON, ConvShardWriter, Sequence
+from omni_mega.data.conversations.shards import ConvShardWriter, Sequence
+from omni_mega.data.shard_io import DATASET_JSON
 from omni_mega.data.conversations.templates import ByteChatTokenizer, chat_identity, render
 from omni_mega.data.demo import scenes
 

@@ -25,7 +25,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from omni_mega.data.multimodal.shards import BYTE_TOKENIZER, DATASET_JSON, MMShardWriter
+from omni_mega.data.multimodal.shards import BYTE_TOKENIZER, MMShardWriter
+from omni_mega.data.shard_io import DATASET_JSON
 
 VERSION = 1  # bump when the generated samples change, so cached copies are rebuilt
 NUM_TRAIN, NUM_HELDOUT = 3000, 16

@@ -15,7 +15,8 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from omni_mega.data.demo.scenes import COLOURS, SHAPES
-from omni_mega.data.multimodal.shards import BYTE_TOKENIZER, DATASET_JSON, MMShardWriter
+from omni_mega.data.multimodal.shards import BYTE_TOKENIZER, MMShardWriter
+from omni_mega.data.shard_io import DATASET_JSON
 
 VERSION = 1
 NUM_TRAIN, NUM_HELDOUT = 1200, 96

@@ -25,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from omni_mega.data.multimodal.shards import BYTE_TOKENIZER, DATASET_JSON
+from omni_mega.data.multimodal.shards import BYTE_TOKENIZER
+from omni_mega.data.shard_io import DATASET_JSON
 
 VERSION = 1  # bump when the generated audio changes, so cached copies are rebuilt
 RATE = 16000

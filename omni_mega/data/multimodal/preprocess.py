@@ -44,6 +44,7 @@ import numpy as np
 
 from omni_mega.data.multimodal.shards import ByteTokenizer, MMShardWriter, tokenizer_identity
 from omni_mega.data.text import outputs
+from omni_mega.data.tool_cli import PreprocessError, add_tokenizer_args, run_tool
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MAX_SHOWN = 5  # places shown per bad-input reason
@@ -264,14 +265,6 @@ class _Progress:
         return f"{self.seen / dt:.1f} samples/s, {self.bytes / dt / 2**20:.2f} MB/s"
 
 
-class PreprocessError(Exception):
-    """A run that cannot or must not produce a dataset; printed as one line, exit code `code`."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
-
-
 _DATASET_FILE = re.compile(r"^(dataset\.json|shard-\d+\.(tar|idx\.npy))$")
 
 
@@ -346,13 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--input", required=True, help="JSONL file or glob (.gz too), or a directory of images + .txt")
     g.add_argument("--image-key", default="image", help="JSONL key of the image path")
     g.add_argument("--text-key", default="text", help="JSONL key of the text")
-    g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer-type", default="byte",
-                   choices=["byte", "GPT2BPETokenizer", "HuggingFaceTokenizer", "NullTokenizer"])
-    g.add_argument("--tokenizer-model", help="HuggingFaceTokenizer: local tokenizer.json or its directory")
-    g.add_argument("--vocab-file", help="GPT2BPETokenizer: encoder.json")
-    g.add_argument("--merge-file", help="GPT2BPETokenizer: vocab.bpe")
-    g.add_argument("--vocab-size", type=int, help="NullTokenizer: number of ids before eod")
+    add_tokenizer_args(p.add_argument_group("tokenizer"))
     g = p.add_argument_group("output data")
     g.add_argument("--output-dir", required=True, help="dataset directory (dataset.json + shards)")
     g.add_argument("--shard-size", type=int, default=1000, help="samples per shard")
@@ -362,21 +349,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def fail(message: str, code: int) -> None:
-    """One line on stderr, no traceback, exit `code` (2: fix the command line or files, 1: nothing to write)."""
-    print(f"{os.path.basename(sys.argv[0]) or 'preprocess_mmdata.py'}: error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.workers < 1 or args.shard_size < 1:
         parser.error(f"--workers and --shard-size must be >= 1, got {args.workers} and {args.shard_size}")
-    try:
-        return run(args)
-    except PreprocessError as e:
-        fail(str(e), e.code)
-    except (ValueError, OSError) as e:  # bad files or arguments (TokenizerFileError is a ValueError)
-        fail(str(e) if isinstance(e, ValueError) else f"{e.filename}: {e.strerror}", 2)
+    return run_tool(run, args, "preprocess_mmdata.py")
 

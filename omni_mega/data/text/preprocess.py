@@ -67,6 +67,7 @@ from omni_mega.data.text import outputs
 from omni_mega.data.text.encode_blocks import (BadInput, BlockEncoder, build_splitter, encode_block, reference_flat,
                                              worker_init, block_texts, flat_encoder)
 from omni_mega.data.text.idx_writer import IndexedWriter, concatenate, optimal_dtype
+from omni_mega.data.tool_cli import PreprocessError, add_tokenizer_args, run_tool
 
 # 256 KiB per job for worker processes (~200 documents of 1 KB): pickling a block costs <1% of encoding it, and
 # blocks this small keep the workers evenly loaded up to the end of the input. The C++ path (no pickling) takes
@@ -82,14 +83,6 @@ PROBE_TEXTS = [
     "numbers 1234567 3.14159 -42", "ünïcödé naïve café e\u0301", "日本語のテキスト、中文字。", "Привет, мир!",
     "emoji 🙂🚀 👩\u200d👩\u200d👧 \U0001FAE8", "a <|endoftext|> b <|im_start|>user", "\x00\x1c\x7f\r\n\u2028\xa0\u3000x",
 ]
-
-
-class PreprocessError(Exception):
-    """A run that cannot or must not produce a dataset; printed as one line, exit code `code`."""
-
-    def __init__(self, message: str, code: int = 1):
-        super().__init__(message)
-        self.code = code
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -355,12 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--split-sentences", action="store_true", help="split documents into sentences (nltk)")
     g.add_argument("--keep-newlines", action="store_true", help="keep newlines between sentences when splitting")
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer-type", required=True,
-                   choices=["GPT2BPETokenizer", "HuggingFaceTokenizer", "NullTokenizer", "demo"])
-    g.add_argument("--tokenizer-model", help="HuggingFaceTokenizer: local tokenizer.json or its directory")
-    g.add_argument("--vocab-file", help="GPT2BPETokenizer: encoder.json")
-    g.add_argument("--merge-file", help="GPT2BPETokenizer: vocab.bpe")
-    g.add_argument("--vocab-size", type=int, help="NullTokenizer: number of ids before eod")
+    add_tokenizer_args(g, ("GPT2BPETokenizer", "HuggingFaceTokenizer", "NullTokenizer", "demo"), default=None)
     g.add_argument("--append-eod", action="store_true", help="append an end-of-document token to each document")
     g.add_argument("--lang", default="english", help="nltk punkt language for --split-sentences")
     g.add_argument("--legacy-tokenizer", action="store_true", help="accepted for compatibility; no effect")
@@ -379,12 +367,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def fail(message: str, code: int) -> None:
-    """One line on stderr, no traceback, exit `code` (2: fix the command line or files, 1: nothing to write)."""
-    print(f"{os.path.basename(sys.argv[0]) or 'preprocess_data.py'}: error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -392,9 +374,4 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--workers and --partitions must be >= 1, got {args.workers} and {args.partitions}")
     if args.workers % args.partitions != 0:  # Megatron-LM's rule, kept so command lines stay interchangeable
         parser.error(f"--workers ({args.workers}) must be a multiple of --partitions ({args.partitions})")
-    try:
-        return run(args)
-    except PreprocessError as e:
-        fail(str(e), e.code)
-    except (ValueError, OSError) as e:  # bad files or arguments (TokenizerFileError is a ValueError)
-        fail(str(e) if isinstance(e, ValueError) else f"{e.filename}: {e.strerror}", 2)
+    return run_tool(run, args, "preprocess_data.py")
