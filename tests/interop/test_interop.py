@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.interop.conftest import ARCHS
-from tests.interop.hf_models import VOCAB, hf_vl_kwargs, image_inputs, vl_prompt
+from tests.interop.conftest import ARCHS, VL_ARCHS
+from tests.interop.hf_models import VOCAB, vl_case
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.timeout(300)
@@ -39,15 +39,16 @@ def _ours(ck: Path):
 
 
 def _inputs(arch: str):
-    if arch.startswith("Qwen2VL"):
-        pv, grid = image_inputs()
-        return torch.tensor([vl_prompt()]), pv, grid
-    return torch.randint(3, VOCAB, (1, 37), generator=torch.Generator().manual_seed(3)), None, None
+    """(input_ids, our pixel_values, grid_thw, transformers' kwargs)."""
+    if arch in VL_ARCHS:
+        return vl_case(arch)
+    ids = torch.randint(3, VOCAB, (1, 37), generator=torch.Generator().manual_seed(3))
+    return ids, None, None, {"input_ids": ids}
 
 
-def _hf_logits(model, ids, pv, grid):
+def _hf_logits(model, hf_kw):
     with torch.no_grad():
-        return model(**(hf_vl_kwargs(ids, pv, grid) if pv is not None else {"input_ids": ids})).logits
+        return model(**hf_kw).logits
 
 
 def _rel(a, b) -> float:
@@ -65,8 +66,8 @@ def test_import_matches_transformers(megatron_single, imported, arch):
     keys = {v.key for v in model.sharded_state_dict(metadata=CKPT_METADATA).values()
             if type(v).__name__ in ("ShardedTensor", "ShardedTensorFactory")}
     assert keys == set(tensor_metadata(ck / "dist")), "checkpoint keys differ from the model's"
-    ids, pv, grid = _inputs(arch)
-    ref = _hf_logits(hf, ids, pv, grid)
+    ids, pv, grid, hf_kw = _inputs(arch)
+    ref = _hf_logits(hf, hf_kw)
     with torch.no_grad():
         kw = {} if pv is None else {"pixel_values": pv, "grid_thw": grid}
         got = model(ids, torch.arange(ids.shape[1])[None], None, **kw)[..., :VOCAB]
@@ -75,8 +76,7 @@ def test_import_matches_transformers(megatron_single, imported, arch):
     assert err <= 1e-5
     # greedy generation, token for token (EOS 2 stops both)
     with torch.no_grad():
-        want = hf.generate(**(hf_vl_kwargs(ids, pv, grid) if pv is not None else {"input_ids": ids}),
-                           max_new_tokens=16, do_sample=False, eos_token_id=2)[0, ids.shape[1]:].tolist()
+        want = hf.generate(**hf_kw, max_new_tokens=16, do_sample=False, eos_token_id=2)[0, ids.shape[1]:].tolist()
     want = want[:want.index(2)] if 2 in want else want
     res = Generator(model, VOCAB).generate(ids[0], SamplingParams(max_new_tokens=16, eos_token_ids=[2]),
                                             pixel_values=pv, grid_thw=grid)
@@ -106,8 +106,8 @@ def test_export_roundtrip(imported, tmp_path, arch):
     bad = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
     assert not bad, f"not bit-identical: {bad[:5]}"
     again = getattr(transformers, arch).from_pretrained(out).eval()
-    ids, pv, grid = _inputs(arch)
-    assert torch.equal(_hf_logits(again, ids, pv, grid), _hf_logits(hf, ids, pv, grid))
+    hf_kw = _inputs(arch)[3]
+    assert torch.equal(_hf_logits(again, hf_kw), _hf_logits(hf, hf_kw))
 
 
 def test_model_yaml_and_cli(imported, tmp_path, capsys):
