@@ -7,6 +7,7 @@ clear error (CLI exit 2). TP=2 / PP=2: tests/distributed/test_interop_parallel.p
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -445,6 +446,73 @@ def test_siglip_vision_tower_into_a_vit_group(megatron_single, tmp_path, capsys)
     capsys.readouterr()  # transformers' progress bars
     err = _error(["import-hf", str(tmp_path / "sig"), "--out", str(tmp_path / "x")], capsys)
     assert _one_line(err, "disagree", "mlp.fc1.weight"), err
+
+
+def test_clip_vision_tower_into_a_vit_group(megatron_single, tmp_path, capsys):
+    """CLIPVisionModel alone: imported, loaded as the `vit` group by init_from (hf:); with the class token kept
+    (`feature_select: full`) two packed images give transformers' last_hidden_state each (class token first, no
+    post_layernorm); export -> bit-identical, from_pretrained works. CLIPModel's vision half imports too."""
+    import dataclasses
+
+    from omni_mega.config import ConnectorConfig, LLMConfig, ModelConfig, ParallelConfig, RunConfig
+    from omni_mega.interop import export_hf, import_hf
+    from omni_mega.models.factory import build_model
+    from omni_mega.training import init_from
+    from tests.interop.hf_models import CLIP_IMAGE, PATCH, build_clip, patches_row_major
+
+    hf = build_clip(tmp_path / "clip")
+    first = import_hf(tmp_path / "clip", tmp_path / "clip.ckpt")
+    vit = first["config"].vit
+    assert (vit.class_token, vit.pre_norm, vit.final_norm, vit.pos_embed_grid, vit.activation) == \
+        (True, True, False, CLIP_IMAGE // PATCH, "quick_gelu")
+    cfg = ModelConfig(llm=LLMConfig(num_layers=1, hidden_size=32, num_attention_heads=2, vocab_size=128),
+                      vit=dataclasses.replace(vit, feature_select="full"), connector=ConnectorConfig(kind="mlp"))
+    model = build_model(cfg, ParallelConfig(), 128, 64, torch.float32).eval()
+    src = init_from.prepare({"vit": f"hf:{tmp_path / 'clip'}"}, "stages[s].init_from", [model], RunConfig(model=cfg),
+                            tmp_path / "cache", tp=1, is_rank0=True)
+    init_from.apply(src, [model])
+    images = torch.randn(2, 3, CLIP_IMAGE, CLIP_IMAGE, generator=torch.Generator().manual_seed(2))
+    n = CLIP_IMAGE // PATCH
+    with torch.no_grad():
+        want = hf(pixel_values=images).last_hidden_state  # [2, 1 + n^2, 32]
+        pv = torch.cat([patches_row_major(images[i:i + 1], PATCH) for i in range(2)])
+        got = model.vit(pv, torch.tensor([[1, n, n]] * 2))
+    err = _rel(got, want.reshape(-1, 32))
+    with capsys.disabled():
+        print(f"CLIPVisionModel: features max relative error {err:.2e}")
+    assert err <= 1e-5
+    export_hf(tmp_path / "clip.ckpt", tmp_path / "clip_out")
+    a, b = _tensors(tmp_path / "clip"), _tensors(tmp_path / "clip_out")
+    assert set(a) == set(b) and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    again = transformers.CLIPVisionModel.from_pretrained(tmp_path / "clip_out").eval()
+    with torch.no_grad():
+        assert torch.equal(again(pixel_values=images).last_hidden_state, want)
+    full = build_clip(tmp_path / "clipmodel", "CLIPModel")
+    r = import_hf(tmp_path / "clipmodel", tmp_path / "clipmodel.ckpt")
+    assert r["architecture"] == "CLIPModel" and r["tensors"] == first["tensors"]
+    export_hf(tmp_path / "clipmodel.ckpt", tmp_path / "clipmodel_out")
+    b = _tensors(tmp_path / "clipmodel_out")
+    tower = {k.removeprefix("vision_model."): v for k, v in _tensors(tmp_path / "clipmodel").items()
+             if k.startswith("vision_model.")}
+    assert set(b) == set(tower) and all(torch.equal(tower[k], b[k]) for k in b)
+    assert torch.equal(tower["embeddings.class_embedding"], full.vision_model.embeddings.class_embedding)
+
+
+def test_llava_unsupported_configs_name_what_is_missing(imported):
+    from omni_mega.interop.arch import family_of
+    from omni_mega.interop.errors import InteropError
+
+    cfg = json.loads((imported["LlavaForConditionalGeneration"][1] / "config.json").read_text())
+    fam = family_of(cfg)
+    cases = [({"vision_feature_layer": [-2, -1]}, "one layer only"),
+             ({"vision_feature_layer": -5}, "feature_layer"),
+             ({"vision_feature_select_strategy": "pool"}, "'pool'"),
+             ({"projector_hidden_act": "relu"}, "projector_hidden_act 'relu'"),
+             ({"vision_config": {**cfg["vision_config"], "model_type": "siglip_vision_model"}}, "siglip_vision_model"),
+             ({"text_config": {**cfg["text_config"], "model_type": "gemma"}}, "'gemma' language model")]
+    for change, text in cases:
+        with pytest.raises(InteropError, match=re.escape(text)):
+            fam.to_config({**cfg, **change})
 
 
 def test_trainer_stage_starts_from_an_hf_llm(tmp_path):
