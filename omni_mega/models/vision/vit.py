@@ -111,8 +111,9 @@ class ClassToken(torch.nn.Module):
 class VisionTransformer(MegatronModule):
     """pixel_values [T, C*tps*p*p] + grid_thw [N, 3] -> merged features [T / m^2, m^2 * hidden] (full, every TP rank).
 
-    Submodules (named groups for the curriculum): `patch_embed` (+ `pos_embed` when configured), `block.layers`,
-    `block.final_layernorm`.
+    Submodules (named groups for the curriculum): `patch_embed` (+ `pos_embed`, `class_token`, `pre_norm` when
+    configured: the `vit.patch_embed` group), `block.layers`, `block.final_layernorm`. With a class token (CLIP) every
+    frame's segment starts with it, so the block sees one more token per frame than there are patches.
     """
 
     def __init__(self, cfg: ViTConfig, parallel: ParallelConfig, dtype: torch.dtype) -> None:
