@@ -498,6 +498,27 @@ def test_clip_vision_tower_into_a_vit_group(megatron_single, tmp_path, capsys):
     assert torch.equal(tower["embeddings.class_embedding"], full.vision_model.embeddings.class_embedding)
 
 
+def test_llava_full_strategy_keeps_the_class_token(megatron_single, imported):
+    """vision_feature_select_strategy "full": one more image placeholder per image (the class token's features)."""
+    from omni_mega.config import ParallelConfig
+    from omni_mega.interop.convert import read_checkpoint_info
+    from omni_mega.models.factory import build_model
+    from omni_mega.training.checkpoint import load_checkpoint
+    from tests.interop.hf_models import IMAGE_TOKEN
+
+    hf, _, ck = imported["LlavaForConditionalGeneration"]
+    cfg, _ = read_checkpoint_info(ck)
+    cfg.vit.feature_select = "full"
+    model = build_model(cfg, ParallelConfig(), 256, 256, torch.float32)
+    load_checkpoint(ck, [model], None, with_optimizer=False)
+    ids, pv, grid, hf_kw = vl_case("LlavaForConditionalGeneration")
+    ids = torch.cat([ids[:, :3], torch.tensor([[IMAGE_TOKEN]]), ids[:, 3:]], dim=1)
+    with torch.no_grad():
+        ref = hf(**{**hf_kw, "input_ids": ids}, vision_feature_select_strategy="full").logits
+        got = model.eval()(ids, torch.arange(ids.shape[1])[None], None, pixel_values=pv, grid_thw=grid)[..., :VOCAB]
+    assert _rel(got, ref) <= 1e-5
+
+
 def test_llava_unsupported_configs_name_what_is_missing(imported):
     from omni_mega.interop.arch import family_of
     from omni_mega.interop.errors import InteropError
