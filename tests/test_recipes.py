@@ -134,6 +134,19 @@ def test_kimi_vit_starts_from_siglip(capsys, tmp_path):
     assert "config.json matches the model (vit)" in out
 
 
+CLIP_L14_336 = {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model", "hidden_size": 1024,
+                "intermediate_size": 4096, "num_hidden_layers": 24, "num_attention_heads": 16, "patch_size": 14,
+                "image_size": 336, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
+
+
+def test_llava_vit_starts_from_clip(capsys, tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps(CLIP_L14_336))
+    out = _plan("llava_3stage", capsys, "--set", f"stages.0.init_from={{vit: 'hf:{tmp_path}'}}")
+    assert "config.json matches the model (vit)" in out
+
+
 def test_kimi_moonlight_moe_and_the_coca_job(capsys):
     cfg = load_config(CONFIGS / "kimi_vl_style.yaml")
     validate(cfg, world_size=64 * 8)

@@ -183,6 +183,20 @@ class ViTConfig:
     pos_embed_grid: int = 0  # side of a learned position table interpolated to each grid; 0 = none (RoPE only)
     patch_bias: bool = False  # a bias on the patch embedding (SigLIP's conv has one, Qwen2-VL's not)
     init_method_std: float = 0.02  # normal init std
+    # CLIP-style towers (LLaVA): a learned class token prepended to every frame, its position being row 0 of the
+    # table (which then has 1 + pos_embed_grid^2 rows), and a norm on the embeddings before the first layer.
+    class_token: bool = False
+    pre_norm: bool = False
+    # Features read after this layer (LLaVA's vision_feature_layer: -1 the last, -2 the one before, k >= 1 after k
+    # layers); later layers stay in the model (and the checkpoint) but do not run.
+    feature_layer: int = -1
+    final_norm: bool = True  # the final norm on the features (CLIP's post_layernorm only norms its pooled output)
+    feature_select: str = "default"  # with class_token: default drops it from the features, full keeps it
+
+    @property
+    def feature_layers(self) -> int:
+        """How many layers run to produce the features."""
+        return self.feature_layer if self.feature_layer >= 0 else self.num_layers + 1 + self.feature_layer
 
     def __post_init__(self) -> None:
         p = "model.vit"
@@ -203,6 +217,17 @@ class ViTConfig:
         _require(self.rope_layout != "none" or self.pos_embed_grid > 0, f"{p}.rope_layout",
                  "none leaves the ViT without positions: set pos_embed_grid")
         _require(self.pos_embed_grid >= 0, f"{p}.pos_embed_grid", f"must be >= 0, got {self.pos_embed_grid}")
+        _require(1 <= self.feature_layers <= self.num_layers, f"{p}.feature_layer",
+                 f"must name one of the {self.num_layers} layers (1..{self.num_layers} or -{self.num_layers}..-1), "
+                 f"got {self.feature_layer}")
+        _require(self.feature_select in ("default", "full"), f"{p}.feature_select",
+                 f"must be default or full, got {self.feature_select!r}")
+        _require(self.feature_select == "default" or self.class_token, f"{p}.feature_select",
+                 "full keeps the class token in the features: it needs class_token: true")
+        if self.class_token:  # the class token has no place in a merge block nor in the 2D RoPE grid
+            _require(self.merge_size == 1, f"{p}.class_token", f"needs merge_size 1, got {self.merge_size}")
+            _require(self.pos_embed_grid > 0 and self.rope_layout == "none", f"{p}.class_token",
+                     "needs a learned position table (pos_embed_grid > 0) and rope_layout none")
 
 
 @dataclass

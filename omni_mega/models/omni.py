@@ -112,7 +112,8 @@ class OmniModel(MegatronModule):
         vit, conn, vet = self.vit, self.connector, self.kind == "vet"
         here = vit is not None
         layers = {layer.layer_number - 1: layer for layer in vit.block.layers} if here else {}
-        patch = [vit.patch_embed] + ([vit.pos_embed] if vit.pos_embed is not None else []) if here else []
+        patch = [m for m in (vit.patch_embed, vit.pos_embed, vit.class_token, vit.pre_norm) if m is not None] \
+            if here else []
         groups.update({
             "vit": ModuleGroup([vit] if here else []),
             "vit.patch_embed": ModuleGroup(patch),
@@ -186,7 +187,7 @@ class OmniModel(MegatronModule):
             if grid_thw is None:
                 raise ValueError("pixel_values were given without grid_thw ([N, 3] (t, h, w) per image in patches)")
             m = self.vit.cfg.merge_size
-            check_placeholders(input_ids, self.image_token_id, grid_thw, m)
+            check_placeholders(input_ids, self.image_token_id, grid_thw, m, self.vit.extra_tokens)
             vis = self.visual_embeddings(pixel_values, grid_thw).to(emb.dtype)
             emb = emb.index_put(torch.nonzero(input_ids == self.image_token_id, as_tuple=True), vis)
         emb = self._put_indicators(emb, input_ids)

@@ -261,5 +261,5 @@ SHAPE_FIELDS = {
     "llm": ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels", "ffn_hidden_size",
             "vocab_size", "add_qkv_bias", "qk_layernorm", "untie_embeddings"),
     "vit": ("num_layers", "hidden_size", "num_attention_heads", "patch_size", "temporal_patch_size", "in_channels",
-            "ffn_hidden_size"),
+            "ffn_hidden_size", "class_token", "pre_norm"),
 }

@@ -47,6 +47,14 @@ RULES = [
     (["stages=[{name: a, steps: 0}]"], None, "stages[a].steps"),
     (["stages=[{name: a, steps: 1}, {name: a, steps: 1}]"], None, "unique"),
     (["stages=[{name: a, stepz: 1}]"], None, "did you mean 'steps'"),
+    # CLIP-style vision towers
+    (["model.vit={num_layers: 2, feature_layer: -3}"], None, "model.vit.feature_layer: must name one of the 2 layers"),
+    (["model.vit={num_layers: 2, feature_layer: 3}"], None, "model.vit.feature_layer"),
+    (["model.vit={feature_select: pooled}"], None, "model.vit.feature_select: must be default or full"),
+    (["model.vit={feature_select: full}"], None, "full keeps the class token in the features: it needs class_token"),
+    (["model.vit={class_token: true, pos_embed_grid: 4, rope_layout: none}"], None,
+     "model.vit.class_token: needs merge_size 1"),
+    (["model.vit={class_token: true, merge_size: 1}"], None, "needs a learned position table"),
 ]
 
 

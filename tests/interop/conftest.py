@@ -25,7 +25,8 @@ def megatron_single():
 
 
 ARCHS = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-         "Qwen2VLForConditionalGeneration"]
+         "Qwen2VLForConditionalGeneration", "LlavaForConditionalGeneration"]
+VL_ARCHS = ("Qwen2VLForConditionalGeneration", "LlavaForConditionalGeneration")
 
 
 @pytest.fixture(scope="package")

@@ -11,6 +11,7 @@ import torch
 VOCAB = 250  # not a multiple of 128: the import pads the vocabulary
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 240, 241, 242, 243
 PATCH, MERGE, TPS = 2, 2, 2
+CLIP_IMAGE = 8  # LLaVA's CLIP tower: 8x8 images of 2x2 patches, a 4x4 grid (16 image tokens without the class token)
 
 
 def _text(**kw) -> dict:
@@ -43,6 +44,10 @@ def build(arch: str):
                                temporal_patch_size=TPS, spatial_merge_size=MERGE),
             image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_start_token_id=VISION_START,
             vision_end_token_id=VISION_END)
+    elif arch == "LlavaForConditionalGeneration":  # features of the last-but-one CLIP layer, class token dropped
+        cfg = tf.LlavaConfig(text_config={**_text(rope_theta=1e4), "model_type": "llama"}, vision_config=_clip(),
+                             image_token_index=IMAGE_TOKEN, vision_feature_layer=-2,
+                             vision_feature_select_strategy="default", image_seq_length=(CLIP_IMAGE // PATCH) ** 2)
     else:
         raise ValueError(arch)
     model = getattr(tf, arch)(cfg).eval()
@@ -53,6 +58,11 @@ def build(arch: str):
                 gain = "norm" in name or "ln_" in name
                 p.copy_((1.0 if gain and name.endswith("weight") else 0.0) + 0.2 * torch.randn(p.shape, generator=g))
     return model
+
+
+def _clip(**kw) -> dict:
+    return {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+            "image_size": CLIP_IMAGE, "patch_size": PATCH, "projection_dim": 16, "hidden_act": "quick_gelu", **kw}
 
 
 def save(arch: str, out: Path, *, max_shard_size: str | None = None):
@@ -105,3 +115,37 @@ def patches_row_major(image: torch.Tensor, p: int) -> torch.Tensor:
     _, c, h, w = image.shape
     x = image[0].reshape(c, h // p, p, w // p, p).permute(1, 3, 0, 2, 4)
     return x.reshape((h // p) * (w // p), c * p * p)
+
+
+def build_clip(out: Path, arch: str = "CLIPVisionModel"):
+    """A tiny CLIPVisionModel or CLIPModel (8x8 images, 2x2 patches), gains and biases re-drawn, saved."""
+    import transformers as tf
+
+    torch.manual_seed(12)
+    if arch == "CLIPModel":
+        text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                "vocab_size": 100, "bos_token_id": 0, "eos_token_id": 1, "pad_token_id": 1}
+        model = tf.CLIPModel(tf.CLIPConfig(vision_config=_clip(), text_config=text, projection_dim=16)).eval()
+    else:
+        model = tf.CLIPVisionModel(tf.CLIPVisionConfig(**_clip())).eval()
+    g = torch.Generator().manual_seed(9)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0)
+                        + 0.2 * torch.randn(p.shape, generator=g))
+    model.save_pretrained(out)
+    return model
+
+
+def vl_case(arch: str, seed: int = 0):
+    """(input_ids [1, s], our pixel_values, grid_thw, transformers' kwargs) of a prompt with one image."""
+    if arch == "LlavaForConditionalGeneration":
+        image = torch.randn(1, 3, CLIP_IMAGE, CLIP_IMAGE, generator=torch.Generator().manual_seed(seed))
+        n = CLIP_IMAGE // PATCH
+        ids = torch.tensor([[1, 5, 6, *[IMAGE_TOKEN] * (n * n), 7, 8, 9]])
+        return ids, patches_row_major(image, PATCH), torch.tensor([[1, n, n]]), {"input_ids": ids,
+                                                                                   "pixel_values": image}
+    pv, grid = image_inputs(seed)
+    ids = torch.tensor([vl_prompt()])
+    return ids, pv, grid, hf_vl_kwargs(ids, pv, grid)

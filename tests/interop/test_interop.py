@@ -7,6 +7,7 @@ clear error (CLI exit 2). TP=2 / PP=2: tests/distributed/test_interop_parallel.p
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 from pathlib import Path
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.interop.conftest import ARCHS
-from tests.interop.hf_models import VOCAB, hf_vl_kwargs, image_inputs, vl_prompt
+from tests.interop.conftest import ARCHS, VL_ARCHS
+from tests.interop.hf_models import VOCAB, vl_case
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.timeout(300)
@@ -39,15 +40,16 @@ def _ours(ck: Path):
 
 
 def _inputs(arch: str):
-    if arch.startswith("Qwen2VL"):
-        pv, grid = image_inputs()
-        return torch.tensor([vl_prompt()]), pv, grid
-    return torch.randint(3, VOCAB, (1, 37), generator=torch.Generator().manual_seed(3)), None, None
+    """(input_ids, our pixel_values, grid_thw, transformers' kwargs)."""
+    if arch in VL_ARCHS:
+        return vl_case(arch)
+    ids = torch.randint(3, VOCAB, (1, 37), generator=torch.Generator().manual_seed(3))
+    return ids, None, None, {"input_ids": ids}
 
 
-def _hf_logits(model, ids, pv, grid):
+def _hf_logits(model, hf_kw):
     with torch.no_grad():
-        return model(**(hf_vl_kwargs(ids, pv, grid) if pv is not None else {"input_ids": ids})).logits
+        return model(**hf_kw).logits
 
 
 def _rel(a, b) -> float:
@@ -65,8 +67,8 @@ def test_import_matches_transformers(megatron_single, imported, arch):
     keys = {v.key for v in model.sharded_state_dict(metadata=CKPT_METADATA).values()
             if type(v).__name__ in ("ShardedTensor", "ShardedTensorFactory")}
     assert keys == set(tensor_metadata(ck / "dist")), "checkpoint keys differ from the model's"
-    ids, pv, grid = _inputs(arch)
-    ref = _hf_logits(hf, ids, pv, grid)
+    ids, pv, grid, hf_kw = _inputs(arch)
+    ref = _hf_logits(hf, hf_kw)
     with torch.no_grad():
         kw = {} if pv is None else {"pixel_values": pv, "grid_thw": grid}
         got = model(ids, torch.arange(ids.shape[1])[None], None, **kw)[..., :VOCAB]
@@ -75,8 +77,7 @@ def test_import_matches_transformers(megatron_single, imported, arch):
     assert err <= 1e-5
     # greedy generation, token for token (EOS 2 stops both)
     with torch.no_grad():
-        want = hf.generate(**(hf_vl_kwargs(ids, pv, grid) if pv is not None else {"input_ids": ids}),
-                           max_new_tokens=16, do_sample=False, eos_token_id=2)[0, ids.shape[1]:].tolist()
+        want = hf.generate(**hf_kw, max_new_tokens=16, do_sample=False, eos_token_id=2)[0, ids.shape[1]:].tolist()
     want = want[:want.index(2)] if 2 in want else want
     res = Generator(model, VOCAB).generate(ids[0], SamplingParams(max_new_tokens=16, eos_token_ids=[2]),
                                             pixel_values=pv, grid_thw=grid)
@@ -106,8 +107,8 @@ def test_export_roundtrip(imported, tmp_path, arch):
     bad = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
     assert not bad, f"not bit-identical: {bad[:5]}"
     again = getattr(transformers, arch).from_pretrained(out).eval()
-    ids, pv, grid = _inputs(arch)
-    assert torch.equal(_hf_logits(again, ids, pv, grid), _hf_logits(hf, ids, pv, grid))
+    hf_kw = _inputs(arch)[3]
+    assert torch.equal(_hf_logits(again, hf_kw), _hf_logits(hf, hf_kw))
 
 
 def test_model_yaml_and_cli(imported, tmp_path, capsys):
@@ -445,6 +446,94 @@ def test_siglip_vision_tower_into_a_vit_group(megatron_single, tmp_path, capsys)
     capsys.readouterr()  # transformers' progress bars
     err = _error(["import-hf", str(tmp_path / "sig"), "--out", str(tmp_path / "x")], capsys)
     assert _one_line(err, "disagree", "mlp.fc1.weight"), err
+
+
+def test_clip_vision_tower_into_a_vit_group(megatron_single, tmp_path, capsys):
+    """CLIPVisionModel alone: imported, loaded as the `vit` group by init_from (hf:); with the class token kept
+    (`feature_select: full`) two packed images give transformers' last_hidden_state each (class token first, no
+    post_layernorm); export -> bit-identical, from_pretrained works. CLIPModel's vision half imports too."""
+    import dataclasses
+
+    from omni_mega.config import ConnectorConfig, LLMConfig, ModelConfig, ParallelConfig, RunConfig
+    from omni_mega.interop import export_hf, import_hf
+    from omni_mega.models.factory import build_model
+    from omni_mega.training import init_from
+    from tests.interop.hf_models import CLIP_IMAGE, PATCH, build_clip, patches_row_major
+
+    hf = build_clip(tmp_path / "clip")
+    first = import_hf(tmp_path / "clip", tmp_path / "clip.ckpt")
+    vit = first["config"].vit
+    assert (vit.class_token, vit.pre_norm, vit.final_norm, vit.pos_embed_grid, vit.activation) == \
+        (True, True, False, CLIP_IMAGE // PATCH, "quick_gelu")
+    cfg = ModelConfig(llm=LLMConfig(num_layers=1, hidden_size=32, num_attention_heads=2, vocab_size=128),
+                      vit=dataclasses.replace(vit, feature_select="full"), connector=ConnectorConfig(kind="mlp"))
+    model = build_model(cfg, ParallelConfig(), 128, 64, torch.float32).eval()
+    src = init_from.prepare({"vit": f"hf:{tmp_path / 'clip'}"}, "stages[s].init_from", [model], RunConfig(model=cfg),
+                            tmp_path / "cache", tp=1, is_rank0=True)
+    init_from.apply(src, [model])
+    images = torch.randn(2, 3, CLIP_IMAGE, CLIP_IMAGE, generator=torch.Generator().manual_seed(2))
+    n = CLIP_IMAGE // PATCH
+    with torch.no_grad():
+        want = hf(pixel_values=images).last_hidden_state  # [2, 1 + n^2, 32]
+        pv = torch.cat([patches_row_major(images[i:i + 1], PATCH) for i in range(2)])
+        got = model.vit(pv, torch.tensor([[1, n, n]] * 2))
+    err = _rel(got, want.reshape(-1, 32))
+    with capsys.disabled():
+        print(f"CLIPVisionModel: features max relative error {err:.2e}")
+    assert err <= 1e-5
+    export_hf(tmp_path / "clip.ckpt", tmp_path / "clip_out")
+    a, b = _tensors(tmp_path / "clip"), _tensors(tmp_path / "clip_out")
+    assert set(a) == set(b) and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+    again = transformers.CLIPVisionModel.from_pretrained(tmp_path / "clip_out").eval()
+    with torch.no_grad():
+        assert torch.equal(again(pixel_values=images).last_hidden_state, want)
+    full = build_clip(tmp_path / "clipmodel", "CLIPModel")
+    r = import_hf(tmp_path / "clipmodel", tmp_path / "clipmodel.ckpt")
+    assert r["architecture"] == "CLIPModel" and r["tensors"] == first["tensors"]
+    export_hf(tmp_path / "clipmodel.ckpt", tmp_path / "clipmodel_out")
+    b = _tensors(tmp_path / "clipmodel_out")
+    tower = {k.removeprefix("vision_model."): v for k, v in _tensors(tmp_path / "clipmodel").items()
+             if k.startswith("vision_model.")}
+    assert set(b) == set(tower) and all(torch.equal(tower[k], b[k]) for k in b)
+    assert torch.equal(tower["embeddings.class_embedding"], full.vision_model.embeddings.class_embedding)
+
+
+def test_llava_full_strategy_keeps_the_class_token(megatron_single, imported):
+    """vision_feature_select_strategy "full": one more image placeholder per image (the class token's features)."""
+    from omni_mega.config import ParallelConfig
+    from omni_mega.interop.convert import read_checkpoint_info
+    from omni_mega.models.factory import build_model
+    from omni_mega.training.checkpoint import load_checkpoint
+    from tests.interop.hf_models import IMAGE_TOKEN
+
+    hf, _, ck = imported["LlavaForConditionalGeneration"]
+    cfg, _ = read_checkpoint_info(ck)
+    cfg.vit.feature_select = "full"
+    model = build_model(cfg, ParallelConfig(), 256, 256, torch.float32)
+    load_checkpoint(ck, [model], None, with_optimizer=False)
+    ids, pv, grid, hf_kw = vl_case("LlavaForConditionalGeneration")
+    ids = torch.cat([ids[:, :3], torch.tensor([[IMAGE_TOKEN]]), ids[:, 3:]], dim=1)
+    with torch.no_grad():
+        ref = hf(**{**hf_kw, "input_ids": ids}, vision_feature_select_strategy="full").logits
+        got = model.eval()(ids, torch.arange(ids.shape[1])[None], None, pixel_values=pv, grid_thw=grid)[..., :VOCAB]
+    assert _rel(got, ref) <= 1e-5
+
+
+def test_llava_unsupported_configs_name_what_is_missing(imported):
+    from omni_mega.interop.arch import family_of
+    from omni_mega.interop.errors import InteropError
+
+    cfg = json.loads((imported["LlavaForConditionalGeneration"][1] / "config.json").read_text())
+    fam = family_of(cfg)
+    cases = [({"vision_feature_layer": [-2, -1]}, "one layer only"),
+             ({"vision_feature_layer": -5}, "feature_layer"),
+             ({"vision_feature_select_strategy": "pool"}, "'pool'"),
+             ({"projector_hidden_act": "relu"}, "projector_hidden_act 'relu'"),
+             ({"vision_config": {**cfg["vision_config"], "model_type": "siglip_vision_model"}}, "siglip_vision_model"),
+             ({"text_config": {**cfg["text_config"], "model_type": "gemma"}}, "'gemma' language model")]
+    for change, text in cases:
+        with pytest.raises(InteropError, match=re.escape(text)):
+            fam.to_config({**cfg, **change})
 
 
 def test_trainer_stage_starts_from_an_hf_llm(tmp_path):

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tests.distributed.launch import torchrun
-from tests.interop.conftest import ARCHS
-from tests.interop.hf_models import VOCAB, hf_vl_kwargs, image_inputs, vl_prompt
+from tests.interop.conftest import ARCHS, VL_ARCHS
+from tests.interop.hf_models import VOCAB, vl_case
 
 pytest.importorskip("transformers")
 
@@ -22,10 +22,8 @@ def results(imported, tmp_path_factory):
     work = tmp_path_factory.mktemp("interop_par")
     refs = {"__vocab__": VOCAB}
     for arch, (hf, hf_dir, ck) in imported.items():
-        if arch.startswith("Qwen2VL"):
-            pv, grid = image_inputs(seed=1)
-            ids = torch.tensor([vl_prompt()])
-            kw = hf_vl_kwargs(ids, pv, grid)
+        if arch in VL_ARCHS:
+            ids, pv, grid, kw = vl_case(arch, seed=1)
         else:
             ids, pv, grid = torch.randint(3, VOCAB, (1, 24), generator=torch.Generator().manual_seed(5)), None, None
             kw = {"input_ids": ids}

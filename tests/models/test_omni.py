@@ -55,6 +55,43 @@ def test_vit_packed_equals_each_image_alone(megatron_single, layout):
     assert not torch.allclose(other, alone[0])
 
 
+@pytest.mark.parametrize("select", ["default", "full"])
+def test_clip_style_vit_packed_features_and_gradients(megatron_single, select):
+    """A class token per image, a pre-norm and features after the last-but-one layer: packing equals each image alone
+    (the class token is one more token per image, kept with `full`), the table is read as is at the native 4x4 grid,
+    the skipped layer and final norm do not change the features yet get a (zero) gradient."""
+    from omni_mega.models.vision.vit import VisionTransformer
+
+    cfg = _cfg(num_layers=3, merge_size=1, temporal_patch_size=1, rope_layout="none", pos_embed_grid=4,
+               class_token=True, pre_norm=True, feature_layer=-2, final_norm=False, feature_select=select).vit
+    vit = VisionTransformer(cfg, ParallelConfig(), torch.float64)
+    grids = [[1, 4, 4], [1, 2, 3], [1, 4, 4]]
+    px, grid = _images(grids, in_features=3 * 2 * 2, dtype=torch.float64)
+    packed = vit(px, grid)
+    extra = int(select == "full")
+    assert packed.shape == (16 + 6 + 16 + 3 * extra, 16)
+    alone, start = [], 0
+    for g in grids:
+        n = g[1] * g[2]
+        alone.append(vit(px[start:start + n], torch.tensor([g])))
+        start += n
+    torch.testing.assert_close(packed, torch.cat(alone), rtol=1e-10, atol=1e-12)
+    # at the native grid the position rows are the table's own (row 0 the class token's)
+    table = vit.pos_embed.table
+    torch.testing.assert_close(vit.pos_embed(torch.tensor([[1, 4, 4]]), torch.tensor([[1, 2]], dtype=torch.int32)),
+                               table[1 + 1 * 4 + 2][None], rtol=0, atol=0)
+    packed.pow(2).sum().backward()
+    missing = [n for n, p in vit.named_parameters() if p.grad is None]
+    assert not missing, missing
+    last = vit.block.layers[2]
+    assert all(float(p.grad.abs().max()) == 0.0 for p in [*last.parameters(), *vit.block.final_layernorm.parameters()])
+    assert float(vit.class_token.weight.grad.abs().max()) > 0 and float(vit.pre_norm.weight.grad.abs().max()) > 0
+    with torch.no_grad():
+        for p in last.parameters():
+            p.add_(1.0)
+        torch.testing.assert_close(vit(px, grid), packed.detach(), rtol=0, atol=0)
+
+
 def test_visual_tokenizer_matches_reference(megatron_single):
     model = _build(_cfg("vet"), torch.float64)
     vt = model.connector

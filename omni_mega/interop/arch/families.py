@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from omni_mega.config import ConnectorConfig, ModelConfig
 from omni_mega.interop.arch.base import Stack, need, text_fields
+from omni_mega.interop.arch.clip import ClipFamily
 from omni_mega.interop.arch.decoder import _rope_to_hf, decoder_hf, decoder_llm, decoder_stack, rope_of
 from omni_mega.interop.arch.qwen2vl import check_qwen2vl_vision, qwen2vl_vision, qwen2vl_vision_hf, qwen2vl_vision_stack
+from omni_mega.interop.arch.llava import LlavaFamily, check_llava
 from omni_mega.interop.arch.siglip import SiglipFamily
 from omni_mega.interop.errors import InteropError
 
@@ -82,6 +84,9 @@ FAMILIES = {f.architecture: f for f in (
     Family("Qwen2VLForConditionalGeneration", "qwen2_vl", qkv_bias=True, qk_norm=False, vision=True),
     SiglipFamily("SiglipVisionModel", "siglip_vision_model"),
     SiglipFamily("SiglipModel", "siglip"),  # its vision tower (the text tower is not imported)
+    ClipFamily("CLIPVisionModel", "clip_vision_model"),
+    ClipFamily("CLIPModel", "clip"),  # its vision tower (the text tower is not imported)
+    LlavaFamily(),
 )}
 
 
@@ -103,6 +108,9 @@ def family_for(cfg: ModelConfig) -> Family:
     if llm.normalization != "RMSNorm" or llm.activation != "swiglu":
         raise InteropError("no supported Hugging Face architecture has this language model: export needs RMSNorm and "
                            f"SwiGLU, the model has {llm.normalization} and {llm.activation}")
+    if cfg.vit is not None and cfg.vit.class_token:  # a CLIP-style tower: LLaVA
+        check_llava(cfg)
+        return FAMILIES["LlavaForConditionalGeneration"]
     if cfg.vit is not None:
         fam = FAMILIES["Qwen2VLForConditionalGeneration"]
         check_qwen2vl_vision(cfg)

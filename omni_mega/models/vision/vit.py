@@ -20,6 +20,7 @@ from megatron.core.transformer.transformer_config import TransformerConfig
 from omni_mega.config import ParallelConfig, ViTConfig
 from omni_mega.models.vision.attention import VisionPackedSeqParams, block_spec
 from omni_mega.models.vision.merge import spatial_merge
+from omni_mega.models.vision.norms import SPNorm
 
 
 def vit_activation(name: str):
@@ -58,35 +59,61 @@ def vit_transformer_config(cfg: ViTConfig, parallel: ParallelConfig, dtype: torc
 
 
 class LearnedPositions(torch.nn.Module):
-    """A learned [G*G, hidden] position table, bilinearly resized to each image's (h, w) patch grid (native
-    resolution: any grid size) and read at each token's (row, col)."""
+    """A learned [extra + G*G, hidden] position table: `extra` leading rows (CLIP's class-token position, row 0) and
+    a G x G grid bilinearly resized to each image's (h, w) patch grid (native resolution: any grid size) and read at
+    each token's (row, col). At the native grid (h = w = G) the table is read as it is, not resampled."""
 
-    def __init__(self, grid: int, hidden: int, dtype: torch.dtype, std: float) -> None:
+    def __init__(self, grid: int, hidden: int, dtype: torch.dtype, std: float, extra: int = 0) -> None:
         super().__init__()
-        self.grid = grid
-        self.table = torch.nn.Parameter(torch.randn(grid * grid, hidden, dtype=dtype) * std)
+        self.grid, self.extra = grid, extra
+        self.table = torch.nn.Parameter(torch.randn(extra + grid * grid, hidden, dtype=dtype) * std)
 
     def forward(self, grid_thw: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """grid_thw: int [N, 3]; pos: int32 [T, 2] (row, col). Returns [T, hidden] in the table's dtype."""
         g = self.grid
+        grid_table = self.table[self.extra:]
         # interpolate in fp32 at least (bf16 bilinear weights are coarse); fp64 stays fp64
-        table = self.table.view(g, g, -1).permute(2, 0, 1)[None]  # [1, hidden, G, G]
+        table = grid_table.view(g, g, -1).permute(2, 0, 1)[None]  # [1, hidden, G, G]
         table = table.to(torch.promote_types(table.dtype, torch.float32))
         out, start = [], 0
         for t, h, w in grid_thw.tolist():
             n = t * h * w
-            resized = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False)[0]  # [hidden, h, w]
             p = pos[start:start + n].long()
-            out.append(resized[:, p[:, 0], p[:, 1]].t())
+            if (h, w) == (g, g):
+                out.append(grid_table[p[:, 0] * g + p[:, 1]])
+            else:
+                resized = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False)[0]  # [hidden, h, w]
+                out.append(resized[:, p[:, 0], p[:, 1]].t().to(self.table.dtype))
             start += n
         return torch.cat(out).to(self.table.dtype)
+
+
+class ClassToken(torch.nn.Module):
+    """CLIP's learned class embedding, prepended to every frame of the pack (one more token per frame)."""
+
+    def __init__(self, hidden: int, dtype: torch.dtype, std: float) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(hidden, dtype=dtype) * std)
+
+    def prepend(self, x: torch.Tensor, cu: torch.Tensor, pos_row: torch.Tensor | None):
+        """x [T, hidden], cu int32 [N + 1] -> ([T + N, hidden] with the class row first in each segment, its cu)."""
+        n = cu.numel() - 1
+        lengths = (cu[1:] - cu[:-1]).long()
+        seg = torch.repeat_interleave(torch.arange(n, device=x.device), lengths)
+        first = cu[:-1].long() + torch.arange(n, device=x.device)
+        cls = self.weight if pos_row is None else self.weight + pos_row  # CLIP adds position row 0 to it
+        out = x.new_zeros(x.size(0) + n, x.size(1))
+        out = out.index_put((torch.arange(x.size(0), device=x.device) + seg + 1,), x)
+        out = out.index_put((first,), cls.to(x.dtype).expand(n, -1))
+        return out, cu + torch.arange(n + 1, device=cu.device, dtype=cu.dtype), first
 
 
 class VisionTransformer(MegatronModule):
     """pixel_values [T, C*tps*p*p] + grid_thw [N, 3] -> merged features [T / m^2, m^2 * hidden] (full, every TP rank).
 
-    Submodules (named groups for the curriculum): `patch_embed` (+ `pos_embed` when configured), `block.layers`,
-    `block.final_layernorm`.
+    Submodules (named groups for the curriculum): `patch_embed` (+ `pos_embed`, `class_token`, `pre_norm` when
+    configured: the `vit.patch_embed` group), `block.layers`, `block.final_layernorm`. With a class token (CLIP) every
+    frame's segment starts with it, so the block sees one more token per frame than there are patches.
     """
 
     def __init__(self, cfg: ViTConfig, parallel: ParallelConfig, dtype: torch.dtype) -> None:
@@ -99,10 +126,17 @@ class VisionTransformer(MegatronModule):
         torch.nn.init.normal_(self.patch_embed.weight, std=cfg.init_method_std)
         if self.patch_embed.bias is not None:
             torch.nn.init.zeros_(self.patch_embed.bias)
-        self.pos_embed = LearnedPositions(cfg.pos_embed_grid, cfg.hidden_size, dtype, cfg.init_method_std) \
-            if cfg.pos_embed_grid else None
+        self.pos_embed = LearnedPositions(cfg.pos_embed_grid, cfg.hidden_size, dtype, cfg.init_method_std,
+                                          extra=int(cfg.class_token)) if cfg.pos_embed_grid else None
+        self.class_token = ClassToken(cfg.hidden_size, dtype, cfg.init_method_std) if cfg.class_token else None
+        self.pre_norm = SPNorm(config, cfg.hidden_size, cfg.norm_epsilon) if cfg.pre_norm else None
         self.block = TransformerBlock(config=config, spec=block_spec(config, causal=False), post_layer_norm=True,
                                       pre_process=True, post_process=True)
+
+    @property
+    def extra_tokens(self) -> int:
+        """Feature tokens per frame beyond its patches: the class token when the features keep it."""
+        return int(self.cfg.class_token and self.cfg.feature_select == "full")
 
     @property
     def out_features(self) -> int:
@@ -132,6 +166,12 @@ class VisionTransformer(MegatronModule):
         x = self.patch_embed(pixel_values.to(self.patch_embed.weight.dtype))
         if self.pos_embed is not None:
             x = x + self.pos_embed(grid_thw, pos)
+        first = None
+        if self.class_token is not None:
+            x, cu, first = self.class_token.prepend(x, cu, self.pos_embed.table[0] if self.pos_embed else None)
+            pos = torch.cat([pos, pos.new_zeros(first.numel(), 2)])  # unread: a class token implies no 2D RoPE
+        if self.pre_norm is not None:
+            x = self.pre_norm(x)
         total = x.size(0)
         pad = (-total) % self.tp if self.sp else 0
         if pad:  # SP splits T across TP ranks: pad with a separate segment that attends only to itself
@@ -147,8 +187,36 @@ class VisionTransformer(MegatronModule):
         h = x[:, None, :]  # [T, b=1, hidden]
         if self.sp:
             h = tensor_parallel.scatter_to_sequence_parallel_region(h)
-        h = self.block(hidden_states=h, attention_mask=None, packed_seq_params=params)
+        h = self._run_block(h, params)
         if self.sp:
             # Later modules run replicated on every TP rank: the backward keeps this rank's slice of the gradient.
             h = tensor_parallel.gather_from_sequence_parallel_region(h, tensor_parallel_output_grad=False)
-        return spatial_merge(h[:total, 0], self.cfg.merge_size)
+        h = h[:total, 0]
+        if first is not None and not self.extra_tokens:  # LLaVA's "default" strategy: the class token is no feature
+            keep = torch.ones(total, dtype=torch.bool, device=h.device)
+            keep[first] = False
+            h = h[keep]
+        return spatial_merge(h, self.cfg.merge_size)
+
+    def _run_block(self, h: torch.Tensor, params: VisionPackedSeqParams) -> torch.Tensor:
+        """The block up to `feature_layer`, then the final norm if `final_norm`. Layers past the feature layer (and an
+        unused final norm) join the graph with weight 0, so every parameter gets a gradient (zero) in every step, as
+        distributed optimizers and gradient buckets expect."""
+        cfg = self.cfg
+        n = cfg.feature_layers
+        if n == cfg.num_layers and cfg.final_norm:
+            return self.block(hidden_states=h, attention_mask=None, packed_seq_params=params)
+        unused = []
+        for layer in self.block.layers:
+            if layer.layer_number <= n:
+                h, _ = layer(hidden_states=h, attention_mask=None, packed_seq_params=params)
+            else:
+                unused.append(layer)
+        if cfg.final_norm:
+            h = self.block.final_layernorm(h)
+        else:
+            unused.append(self.block.final_layernorm)
+        params_left = [p for m in unused for p in m.parameters() if p.requires_grad]
+        if params_left and torch.is_grad_enabled():
+            h = h + sum(p.sum() for p in params_left).to(h.dtype) * 0.0
+        return h
