@@ -183,6 +183,11 @@ class ViTConfig:
     pos_embed_grid: int = 0  # side of a learned position table interpolated to each grid; 0 = none (RoPE only)
     patch_bias: bool = False  # a bias on the patch embedding (SigLIP's conv has one, Qwen2-VL's not)
     init_method_std: float = 0.02  # normal init std
+    # Windowed attention (Qwen2.5-VL): each frame is cut into windows of window_size x window_size pixels (whole merge
+    # blocks) and patches attend only inside their window, except in the layers listed in full_attention_layers
+    # (0-based; HF's fullatt_block_indexes), which attend over the whole frame. 0 = no windows: every layer is full.
+    window_size: int = 0
+    full_attention_layers: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         p = "model.vit"
@@ -203,6 +208,14 @@ class ViTConfig:
         _require(self.rope_layout != "none" or self.pos_embed_grid > 0, f"{p}.rope_layout",
                  "none leaves the ViT without positions: set pos_embed_grid")
         _require(self.pos_embed_grid >= 0, f"{p}.pos_embed_grid", f"must be >= 0, got {self.pos_embed_grid}")
+        block = self.patch_size * self.merge_size  # pixels per side of one merged token
+        _require(self.window_size == 0 or self.window_size >= block, f"{p}.window_size",
+                 f"must be 0 (no windows) or at least patch_size * merge_size = {block} pixels, got {self.window_size}")
+        full = list(self.full_attention_layers)
+        _require(not full or self.window_size > 0, f"{p}.full_attention_layers",
+                 "only means something with windowed attention: set window_size or leave it empty")
+        _require(all(isinstance(i, int) and 0 <= i < self.num_layers for i in full) and len(set(full)) == len(full),
+                 f"{p}.full_attention_layers", f"must be distinct layer indexes in [0, {self.num_layers}), got {full}")
 
 
 @dataclass

@@ -25,7 +25,7 @@ def megatron_single():
 
 
 ARCHS = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-         "Qwen2VLForConditionalGeneration"]
+         "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"]
 
 
 @pytest.fixture(scope="package")

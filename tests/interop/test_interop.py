@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.interop.conftest import ARCHS
-from tests.interop.hf_models import VOCAB, hf_vl_kwargs, image_inputs, vl_prompt
+from tests.interop.hf_models import VL_GRIDS, VOCAB, hf_vl_kwargs, image_inputs, vl_prompt
 
 transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.timeout(300)
@@ -39,9 +39,9 @@ def _ours(ck: Path):
 
 
 def _inputs(arch: str):
-    if arch.startswith("Qwen2VL"):
-        pv, grid = image_inputs()
-        return torch.tensor([vl_prompt()]), pv, grid
+    if arch in VL_GRIDS:
+        pv, grid = image_inputs(grid=VL_GRIDS[arch])
+        return torch.tensor([vl_prompt(VL_GRIDS[arch])]), pv, grid
     return torch.randint(3, VOCAB, (1, 37), generator=torch.Generator().manual_seed(3)), None, None
 
 

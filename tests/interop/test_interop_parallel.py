@@ -12,7 +12,7 @@ import torch
 
 from tests.distributed.launch import torchrun
 from tests.interop.conftest import ARCHS
-from tests.interop.hf_models import VOCAB, hf_vl_kwargs, image_inputs, vl_prompt
+from tests.interop.hf_models import VL_GRIDS, VOCAB, hf_vl_kwargs, image_inputs, vl_prompt
 
 pytest.importorskip("transformers")
 
@@ -22,9 +22,9 @@ def results(imported, tmp_path_factory):
     work = tmp_path_factory.mktemp("interop_par")
     refs = {"__vocab__": VOCAB}
     for arch, (hf, hf_dir, ck) in imported.items():
-        if arch.startswith("Qwen2VL"):
-            pv, grid = image_inputs(seed=1)
-            ids = torch.tensor([vl_prompt()])
+        if arch in VL_GRIDS:
+            pv, grid = image_inputs(seed=1, grid=VL_GRIDS[arch])
+            ids = torch.tensor([vl_prompt(VL_GRIDS[arch])])
             kw = hf_vl_kwargs(ids, pv, grid)
         else:
             ids, pv, grid = torch.randint(3, VOCAB, (1, 24), generator=torch.Generator().manual_seed(5)), None, None

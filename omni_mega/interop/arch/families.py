@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from omni_mega.config import ConnectorConfig, ModelConfig
 from omni_mega.interop.arch.base import Stack, need, text_fields
 from omni_mega.interop.arch.decoder import _rope_to_hf, decoder_hf, decoder_llm, decoder_stack, rope_of
+from omni_mega.interop.arch.qwen25vl import Qwen25VLFamily
 from omni_mega.interop.arch.qwen2vl import check_qwen2vl_vision, qwen2vl_vision, qwen2vl_vision_hf, qwen2vl_vision_stack
 from omni_mega.interop.arch.siglip import SiglipFamily
 from omni_mega.interop.errors import InteropError
@@ -80,6 +81,7 @@ FAMILIES = {f.architecture: f for f in (
     Family("Qwen2ForCausalLM", "qwen2", qkv_bias=True, qk_norm=False),
     Family("Qwen3ForCausalLM", "qwen3", qkv_bias=False, qk_norm=True),
     Family("Qwen2VLForConditionalGeneration", "qwen2_vl", qkv_bias=True, qk_norm=False, vision=True),
+    Qwen25VLFamily(),
     SiglipFamily("SiglipVisionModel", "siglip_vision_model"),
     SiglipFamily("SiglipModel", "siglip"),  # its vision tower (the text tower is not imported)
 )}
