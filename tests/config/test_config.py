@@ -47,6 +47,9 @@ RULES = [
     (["stages=[{name: a, steps: 0}]"], None, "stages[a].steps"),
     (["stages=[{name: a, steps: 1}, {name: a, steps: 1}]"], None, "unique"),
     (["stages=[{name: a, stepz: 1}]"], None, "did you mean 'steps'"),
+    (["model.vit={window_size: 20}"], None, "model.vit.window_size: must be 0"),
+    (["model.vit={full_attention_layers: [1]}"], None, "model.vit.full_attention_layers: only means something with"),
+    (["model.vit={window_size: 112, full_attention_layers: [1, 2]}"], None, "must be distinct layer indexes in"),
 ]
 
 

@@ -83,6 +83,20 @@ def test_import_matches_transformers(megatron_single, imported, arch):
     assert res.ids == want and res.stopped_at_eos == (len(want) < 16)
 
 
+def test_qwen2_5_vl_windows_matter(megatron_single, imported):
+    """The test image spans four windows: with every ViT layer attending the whole image instead, the logits leave
+    transformers' (the match above depends on the windowed layer)."""
+    arch = "Qwen2_5_VLForConditionalGeneration"
+    hf, _, ck = imported[arch]
+    cfg, model = _ours(ck)
+    assert (cfg.vit.window_size, cfg.vit.full_attention_layers) == (8, [1])
+    ids, pv, grid = _inputs(arch)
+    model.vit.cfg.full_attention_layers = [0, 1]
+    with torch.no_grad():
+        got = model(ids, torch.arange(ids.shape[1])[None], None, pixel_values=pv, grid_thw=grid)[..., :VOCAB]
+    assert _rel(got, _hf_logits(hf, ids, pv, grid)) > 1e-3
+
+
 def _tensors(folder: Path) -> dict:
     from safetensors import safe_open
 
