@@ -124,6 +124,22 @@ def test_export_roundtrip(imported, tmp_path, arch):
     assert torch.equal(_hf_logits(again, ids, pv, grid), _hf_logits(hf, ids, pv, grid))
 
 
+def test_qwen2_5_vl_exports_without_an_hf_origin(imported, tmp_path):
+    """A trainer's checkpoint has no interop.json: the model config alone picks Qwen2.5-VL (its ViT has RMSNorm)."""
+    from omni_mega.interop import export_hf
+    from omni_mega.interop.convert import INTEROP
+
+    arch = "Qwen2_5_VLForConditionalGeneration"
+    hf, _, ck = imported[arch]
+    bare = tmp_path / "ck"
+    shutil.copytree(ck, bare)
+    (bare / INTEROP).unlink()
+    assert export_hf(bare, tmp_path / "hf")["architecture"] == arch
+    again = getattr(transformers, arch).from_pretrained(tmp_path / "hf").eval()
+    ids, pv, grid = _inputs(arch)
+    assert torch.equal(_hf_logits(again, ids, pv, grid), _hf_logits(hf, ids, pv, grid))
+
+
 def test_model_yaml_and_cli(imported, tmp_path, capsys):
     from omni_mega.cli import main
     from omni_mega.config import load_config

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from omni_mega.config import ConnectorConfig, ModelConfig
 from omni_mega.interop.arch.base import Stack, need, text_fields
 from omni_mega.interop.arch.decoder import _rope_to_hf, decoder_hf, decoder_llm, decoder_stack, rope_of
-from omni_mega.interop.arch.qwen25vl import Qwen25VLFamily
+from omni_mega.interop.arch.qwen25vl import Qwen25VLFamily, check_qwen25vl
 from omni_mega.interop.arch.qwen2vl import check_qwen2vl_vision, qwen2vl_vision, qwen2vl_vision_hf, qwen2vl_vision_stack
 from omni_mega.interop.arch.siglip import SiglipFamily
 from omni_mega.interop.errors import InteropError
@@ -105,6 +105,9 @@ def family_for(cfg: ModelConfig) -> Family:
     if llm.normalization != "RMSNorm" or llm.activation != "swiglu":
         raise InteropError("no supported Hugging Face architecture has this language model: export needs RMSNorm and "
                            f"SwiGLU, the model has {llm.normalization} and {llm.activation}")
+    if cfg.vit is not None and cfg.vit.normalization == "RMSNorm":  # Qwen2-VL's tower has LayerNorm, Qwen2.5-VL's not
+        check_qwen25vl(cfg)
+        return FAMILIES["Qwen2_5_VLForConditionalGeneration"]
     if cfg.vit is not None:
         fam = FAMILIES["Qwen2VLForConditionalGeneration"]
         check_qwen2vl_vision(cfg)
