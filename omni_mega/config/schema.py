@@ -192,6 +192,11 @@ class ViTConfig:
     feature_layer: int = -1
     final_norm: bool = True  # the final norm on the features (CLIP's post_layernorm only norms its pooled output)
     feature_select: str = "default"  # with class_token: default drops it from the features, full keeps it
+    # Windowed attention (Qwen2.5-VL): each frame is cut into windows of window_size x window_size pixels (whole merge
+    # blocks) and patches attend only inside their window, except in the layers listed in full_attention_layers
+    # (0-based; HF's fullatt_block_indexes), which attend over the whole frame. 0 = no windows: every layer is full.
+    window_size: int = 0
+    full_attention_layers: list[int] = field(default_factory=list)
 
     @property
     def feature_layers(self) -> int:
@@ -228,6 +233,16 @@ class ViTConfig:
             _require(self.merge_size == 1, f"{p}.class_token", f"needs merge_size 1, got {self.merge_size}")
             _require(self.pos_embed_grid > 0 and self.rope_layout == "none", f"{p}.class_token",
                      "needs a learned position table (pos_embed_grid > 0) and rope_layout none")
+        block = self.patch_size * self.merge_size  # pixels per side of one merged token
+        _require(self.window_size == 0 or self.window_size >= block, f"{p}.window_size",
+                 f"must be 0 (no windows) or at least patch_size * merge_size = {block} pixels, got {self.window_size}")
+        full = list(self.full_attention_layers)
+        _require(not (self.window_size and self.class_token), f"{p}.window_size",
+                 "windowed attention has no place for a class token: use one of window_size and class_token")
+        _require(not full or self.window_size > 0, f"{p}.full_attention_layers",
+                 "only means something with windowed attention: set window_size or leave it empty")
+        _require(all(isinstance(i, int) and 0 <= i < self.num_layers for i in full) and len(set(full)) == len(full),
+                 f"{p}.full_attention_layers", f"must be distinct layer indexes in [0, {self.num_layers}), got {full}")
 
 
 @dataclass

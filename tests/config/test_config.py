@@ -55,6 +55,9 @@ RULES = [
     (["model.vit={class_token: true, pos_embed_grid: 4, rope_layout: none}"], None,
      "model.vit.class_token: needs merge_size 1"),
     (["model.vit={class_token: true, merge_size: 1}"], None, "needs a learned position table"),
+    (["model.vit={window_size: 20}"], None, "model.vit.window_size: must be 0"),
+    (["model.vit={full_attention_layers: [1]}"], None, "model.vit.full_attention_layers: only means something with"),
+    (["model.vit={window_size: 112, full_attention_layers: [1, 2]}"], None, "must be distinct layer indexes in"),
 ]
 
 

@@ -25,8 +25,8 @@ def megatron_single():
 
 
 ARCHS = ["LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM",
-         "Qwen2VLForConditionalGeneration", "LlavaForConditionalGeneration"]
-VL_ARCHS = ("Qwen2VLForConditionalGeneration", "LlavaForConditionalGeneration")
+         "Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "LlavaForConditionalGeneration"]
+VL_ARCHS = ("Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration", "LlavaForConditionalGeneration")
 
 
 @pytest.fixture(scope="package")

@@ -12,6 +12,9 @@ VOCAB = 250  # not a multiple of 128: the import pads the vocabulary
 IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 240, 241, 242, 243
 PATCH, MERGE, TPS = 2, 2, 2
 CLIP_IMAGE = 8  # LLaVA's CLIP tower: 8x8 images of 2x2 patches, a 4x4 grid (16 image tokens without the class token)
+# The test image of each vision-language architecture, (t, h, w) in patches. Qwen2.5-VL's 6 x 8 patches are 3 x 4
+# merged tokens: four windows of 2 x 2 merged tokens (8 pixels), two of them cut short by the image's edge.
+VL_GRIDS = {"Qwen2VLForConditionalGeneration": (1, 4, 6), "Qwen2_5_VLForConditionalGeneration": (1, 6, 8)}
 
 
 def _text(**kw) -> dict:
@@ -48,6 +51,14 @@ def build(arch: str):
         cfg = tf.LlavaConfig(text_config={**_text(rope_theta=1e4), "model_type": "llama"}, vision_config=_clip(),
                              image_token_index=IMAGE_TOKEN, vision_feature_layer=-2,
                              vision_feature_select_strategy="default", image_seq_length=(CLIP_IMAGE // PATCH) ** 2)
+    elif arch == "Qwen2_5_VLForConditionalGeneration":  # layer 0 attends within windows, layer 1 the whole image
+        cfg = tf.Qwen2_5_VLConfig(
+            text_config=_text(rope_theta=1e6, rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]}),
+            vision_config=dict(depth=2, hidden_size=32, intermediate_size=48, num_heads=2, out_hidden_size=64,
+                               patch_size=PATCH, temporal_patch_size=TPS, spatial_merge_size=MERGE,
+                               window_size=2 * PATCH * MERGE, fullatt_block_indexes=[1]),
+            image_token_id=IMAGE_TOKEN, video_token_id=VIDEO_TOKEN, vision_start_token_id=VISION_START,
+            vision_end_token_id=VISION_END)
     else:
         raise ValueError(arch)
     model = getattr(tf, arch)(cfg).eval()
@@ -146,6 +157,6 @@ def vl_case(arch: str, seed: int = 0):
         ids = torch.tensor([[1, 5, 6, *[IMAGE_TOKEN] * (n * n), 7, 8, 9]])
         return ids, patches_row_major(image, PATCH), torch.tensor([[1, n, n]]), {"input_ids": ids,
                                                                                    "pixel_values": image}
-    pv, grid = image_inputs(seed)
-    ids = torch.tensor([vl_prompt()])
+    pv, grid = image_inputs(seed, grid=VL_GRIDS[arch])
+    ids = torch.tensor([vl_prompt(VL_GRIDS[arch])])
     return ids, pv, grid, hf_vl_kwargs(ids, pv, grid)

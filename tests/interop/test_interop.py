@@ -84,6 +84,20 @@ def test_import_matches_transformers(megatron_single, imported, arch):
     assert res.ids == want and res.stopped_at_eos == (len(want) < 16)
 
 
+def test_qwen2_5_vl_windows_matter(megatron_single, imported):
+    """The test image spans four windows: with every ViT layer attending the whole image instead, the logits leave
+    transformers' (the match above depends on the windowed layer)."""
+    arch = "Qwen2_5_VLForConditionalGeneration"
+    hf, _, ck = imported[arch]
+    cfg, model = _ours(ck)
+    assert (cfg.vit.window_size, cfg.vit.full_attention_layers) == (8, [1])
+    ids, pv, grid, hf_kw = _inputs(arch)
+    model.vit.cfg.full_attention_layers = [0, 1]
+    with torch.no_grad():
+        got = model(ids, torch.arange(ids.shape[1])[None], None, pixel_values=pv, grid_thw=grid)[..., :VOCAB]
+    assert _rel(got, _hf_logits(hf, hf_kw)) > 1e-3
+
+
 def _tensors(folder: Path) -> dict:
     from safetensors import safe_open
 
@@ -107,6 +121,22 @@ def test_export_roundtrip(imported, tmp_path, arch):
     bad = [k for k in a if a[k].dtype != b[k].dtype or not torch.equal(a[k], b[k])]
     assert not bad, f"not bit-identical: {bad[:5]}"
     again = getattr(transformers, arch).from_pretrained(out).eval()
+    hf_kw = _inputs(arch)[3]
+    assert torch.equal(_hf_logits(again, hf_kw), _hf_logits(hf, hf_kw))
+
+
+def test_qwen2_5_vl_exports_without_an_hf_origin(imported, tmp_path):
+    """A trainer's checkpoint has no interop.json: the model config alone picks Qwen2.5-VL (its ViT has RMSNorm)."""
+    from omni_mega.interop import export_hf
+    from omni_mega.interop.convert import INTEROP
+
+    arch = "Qwen2_5_VLForConditionalGeneration"
+    hf, _, ck = imported[arch]
+    bare = tmp_path / "ck"
+    shutil.copytree(ck, bare)
+    (bare / INTEROP).unlink()
+    assert export_hf(bare, tmp_path / "hf")["architecture"] == arch
+    again = getattr(transformers, arch).from_pretrained(tmp_path / "hf").eval()
     hf_kw = _inputs(arch)[3]
     assert torch.equal(_hf_logits(again, hf_kw), _hf_logits(hf, hf_kw))
 

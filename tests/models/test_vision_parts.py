@@ -101,3 +101,19 @@ def test_mrope_positions_follow_qwen2_vl():
     assert p[:, 0].tolist() == [[0, 1, 1]] * 3 and d.tolist() == [0]
     with pytest.raises(ValueError, match="needs 6 consecutive placeholders"):
         get_rope_index(ids[:, :6], img, grid[:1], 2)
+
+
+@pytest.mark.parametrize("grid,side", [([[1, 6, 8]], 2), ([[2, 8, 8], [1, 4, 12]], 2), ([[1, 12, 10]], 3),
+                                       ([[1, 4, 4]], 4), ([[3, 6, 6]], 1)])
+def test_window_order_follows_qwen2_5_vl(grid, side):
+    """Windows of whole merge blocks per frame (edge windows cut short, several images and frames): the block order
+    and window boundaries are transformers' `get_vision_window_index` (window_size = side x merge x patch pixels)."""
+    vision_utils = pytest.importorskip("transformers.vision_utils")
+    from omni_mega.models.vision.windows import window_order
+
+    g = torch.tensor(grid)
+    want_blocks, want_cu = vision_utils.get_vision_window_index(g, spatial_merge_size=2, window_size=side * 2 * 14,
+                                                                patch_size=14)
+    perm, cu = window_order(g, 2, side)
+    assert torch.equal(perm.view(-1, 4), want_blocks[:, None] * 4 + torch.arange(4))  # merge blocks stay whole
+    assert torch.equal(cu, want_cu.to(torch.int32))

@@ -8,6 +8,7 @@ from omni_mega.config import ConnectorConfig, ModelConfig
 from omni_mega.interop.arch.base import Stack, need, text_fields
 from omni_mega.interop.arch.clip import ClipFamily
 from omni_mega.interop.arch.decoder import _rope_to_hf, decoder_hf, decoder_llm, decoder_stack, rope_of
+from omni_mega.interop.arch.qwen25vl import Qwen25VLFamily, check_qwen25vl
 from omni_mega.interop.arch.qwen2vl import check_qwen2vl_vision, qwen2vl_vision, qwen2vl_vision_hf, qwen2vl_vision_stack
 from omni_mega.interop.arch.llava import LlavaFamily, check_llava
 from omni_mega.interop.arch.siglip import SiglipFamily
@@ -82,6 +83,7 @@ FAMILIES = {f.architecture: f for f in (
     Family("Qwen2ForCausalLM", "qwen2", qkv_bias=True, qk_norm=False),
     Family("Qwen3ForCausalLM", "qwen3", qkv_bias=False, qk_norm=True),
     Family("Qwen2VLForConditionalGeneration", "qwen2_vl", qkv_bias=True, qk_norm=False, vision=True),
+    Qwen25VLFamily(),
     SiglipFamily("SiglipVisionModel", "siglip_vision_model"),
     SiglipFamily("SiglipModel", "siglip"),  # its vision tower (the text tower is not imported)
     ClipFamily("CLIPVisionModel", "clip_vision_model"),
@@ -111,6 +113,9 @@ def family_for(cfg: ModelConfig) -> Family:
     if cfg.vit is not None and cfg.vit.class_token:  # a CLIP-style tower: LLaVA
         check_llava(cfg)
         return FAMILIES["LlavaForConditionalGeneration"]
+    if cfg.vit is not None and cfg.vit.normalization == "RMSNorm":  # Qwen2-VL's tower has LayerNorm, Qwen2.5-VL's not
+        check_qwen25vl(cfg)
+        return FAMILIES["Qwen2_5_VLForConditionalGeneration"]
     if cfg.vit is not None:
         fam = FAMILIES["Qwen2VLForConditionalGeneration"]
         check_qwen2vl_vision(cfg)

@@ -46,6 +46,11 @@ class VisionPackedSeqParams(PackedSeqParams):
     pos: torch.Tensor | None = None
     rope_theta: float = 10000.0
     rope_layout: str = "half"
+    # Windowed attention (`models.vision.windows`): layers whose 0-based index is not in full_attention_layers use
+    # window_cu_seqlens instead of cu_seqlens_q; None = every layer uses cu_seqlens_q.
+    window_cu_seqlens: torch.Tensor | None = None
+    window_max_seqlen: int = 0
+    full_attention_layers: tuple[int, ...] = ()
 
 
 def segment_mask(cu_seqlens: torch.Tensor, total: int, *, causal: bool) -> torch.Tensor:
@@ -100,6 +105,7 @@ class PackedCoreAttention(MegatronModule):
                  attention_dropout: float | None = None, softmax_scale: float | None = None, cp_comm_type=None,
                  pg_collection=None, k_channels: int | None = None, v_channels: int | None = None) -> None:
         super().__init__(config=config)
+        self.layer_number = layer_number  # 1-based; picks full or windowed segments
         if config.context_parallel_size != 1:
             raise ValueError("PackedCoreAttention: context parallelism is not supported, "
                              f"got cp={config.context_parallel_size}")
@@ -122,10 +128,13 @@ class PackedCoreAttention(MegatronModule):
 
                 query, key = rope_2d_qk(query, key, pos, theta=packed_seq_params.rope_theta,
                                         layout=packed_seq_params.rope_layout)
-            cu = packed_seq_params.cu_seqlens_q
+            cu, longest = packed_seq_params.cu_seqlens_q, packed_seq_params.max_seqlen_q
+            win = getattr(packed_seq_params, "window_cu_seqlens", None)
+            if win is not None and self.layer_number - 1 not in packed_seq_params.full_attention_layers:
+                cu, longest = win, packed_seq_params.window_max_seqlen
             with get_cuda_rng_tracker().fork():  # dropout draws from the model-parallel RNG stream, like megatron's
-                return packed_attention(query, key, value, cu, packed_seq_params.max_seqlen_q, causal=self.causal,
-                                        scale=self.scale, dropout_p=p)
+                return packed_attention(query, key, value, cu, longest, causal=self.causal, scale=self.scale,
+                                        dropout_p=p)
         s, b, hq, d = query.shape
         if key.size(2) != hq:
             rep = hq // key.size(2)

@@ -21,6 +21,7 @@ from omni_mega.config import ParallelConfig, ViTConfig
 from omni_mega.models.vision.attention import VisionPackedSeqParams, block_spec
 from omni_mega.models.vision.merge import spatial_merge
 from omni_mega.models.vision.norms import SPNorm
+from omni_mega.models.vision.windows import window_order
 
 
 def vit_activation(name: str):
@@ -173,16 +174,25 @@ class VisionTransformer(MegatronModule):
         if self.pre_norm is not None:
             x = self.pre_norm(x)
         total = x.size(0)
+        perm = win = None
+        if self.cfg.window_size:  # reorder into windows; positions travel with their tokens
+            side = self.cfg.window_size // (self.cfg.patch_size * self.cfg.merge_size)
+            perm, win = window_order(grid_thw.cpu(), self.cfg.merge_size, side)
+            perm, win = perm.to(dev), win.to(dev)
+            x, pos = x[perm], pos[perm]
         pad = (-total) % self.tp if self.sp else 0
         if pad:  # SP splits T across TP ranks: pad with a separate segment that attends only to itself
             x = torch.cat([x, x.new_zeros(pad, x.size(1))])
             pos = torch.cat([pos, pos.new_zeros(pad, 2)])
             cu = torch.cat([cu, cu.new_tensor([total + pad])])
+            win = None if win is None else torch.cat([win, win.new_tensor([total + pad])])
         lengths = cu[1:] - cu[:-1]
         params = VisionPackedSeqParams(
             qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu, max_seqlen_q=int(lengths.max()),
             max_seqlen_kv=int(lengths.max()), pos=None if self.cfg.rope_layout == "none" else pos,
-            rope_theta=self.cfg.rope_theta, rope_layout=self.cfg.rope_layout,
+            rope_theta=self.cfg.rope_theta, rope_layout=self.cfg.rope_layout, window_cu_seqlens=win,
+            window_max_seqlen=0 if win is None else int((win[1:] - win[:-1]).max()),
+            full_attention_layers=tuple(self.cfg.full_attention_layers),
         )
         h = x[:, None, :]  # [T, b=1, hidden]
         if self.sp:
@@ -192,6 +202,8 @@ class VisionTransformer(MegatronModule):
             # Later modules run replicated on every TP rank: the backward keeps this rank's slice of the gradient.
             h = tensor_parallel.gather_from_sequence_parallel_region(h, tensor_parallel_output_grad=False)
         h = h[:total, 0]
+        if perm is not None:  # back to vision_positions order (merge blocks contiguous)
+            h = h[torch.argsort(perm)]
         if first is not None and not self.extra_tokens:  # LLaVA's "default" strategy: the class token is no feature
             keep = torch.ones(total, dtype=torch.bool, device=h.device)
             keep[first] = False
