@@ -91,3 +91,15 @@ def conv_as_linear(shape: tuple[int, ...]) -> Transform:
     flattened patch (`ops.pack_images` flattens patches in the same (C, t, p, p) order)."""
     return Transform("conv patch embedding as a linear", lambda t: t.reshape(t.shape[0], -1),
                      lambda t: (t.reshape(shape).contiguous(),))
+
+
+def patch_channels_last(hidden: int, channels: int, patch: int) -> Transform:
+    """A Linear over patches flattened in (p, p, C) order (SigLIP2's NaFlex patchifier) [E, p*p*C] <-> ours over the
+    (C, p, p) order `ops.pack_images` writes [E, C*p*p]: a permutation of the input columns."""
+    def to_mcore(t):
+        return t.reshape(hidden, patch, patch, channels).permute(0, 3, 1, 2).reshape(hidden, -1)
+
+    def to_hf(t):
+        return (t.reshape(hidden, channels, patch, patch).permute(0, 2, 3, 1).reshape(hidden, -1),)
+
+    return Transform("channels-last patch columns to channels-first", to_mcore, to_hf)

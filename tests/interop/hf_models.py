@@ -105,3 +105,41 @@ def patches_row_major(image: torch.Tensor, p: int) -> torch.Tensor:
     _, c, h, w = image.shape
     x = image[0].reshape(c, h // p, p, w // p, p).permute(1, 3, 0, 2, 4)
     return x.reshape((h // p) * (w // p), c * p * p)
+
+
+def _redraw_vectors(model, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0)
+                        + 0.2 * torch.randn(p.shape, generator=g))
+
+
+SIGLIP2_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=4,
+                      num_patches=16)  # a 4x4 position table
+
+
+def build_siglip2(out: Path, *, full: bool = False):
+    """A tiny Siglip2VisionModel (or, `full`, a Siglip2Model with a tiny text tower), gains and biases re-drawn,
+    saved; returns the model."""
+    import transformers as tf
+
+    torch.manual_seed(12)
+    if full:
+        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64,
+                    max_position_embeddings=16, projection_size=32, pad_token_id=1, bos_token_id=2, eos_token_id=3)
+        model = tf.Siglip2Model(tf.Siglip2Config(text_config=text, vision_config=SIGLIP2_VISION)).eval()
+    else:
+        model = tf.Siglip2VisionModel(tf.Siglip2VisionConfig(**SIGLIP2_VISION)).eval()
+    _redraw_vectors(model, 9)
+    model.save_pretrained(out)
+    return model
+
+
+def patches_channels_last(image: torch.Tensor, p: int) -> torch.Tensor:
+    """[1, C, H, W] -> [H/p * W/p, p*p*C], patches row by row, each flattened in (p, p, C) order (SigLIP2's
+    NaFlex processor)."""
+    _, c, h, w = image.shape
+    x = image[0].reshape(c, h // p, p, w // p, p).permute(1, 3, 2, 4, 0)
+    return x.reshape((h // p) * (w // p), p * p * c)

@@ -9,6 +9,7 @@ from omni_mega.interop.arch.base import Stack, need, text_fields
 from omni_mega.interop.arch.decoder import _rope_to_hf, decoder_hf, decoder_llm, decoder_stack, rope_of
 from omni_mega.interop.arch.qwen2vl import check_qwen2vl_vision, qwen2vl_vision, qwen2vl_vision_hf, qwen2vl_vision_stack
 from omni_mega.interop.arch.siglip import SiglipFamily
+from omni_mega.interop.arch.siglip2 import Siglip2Family
 from omni_mega.interop.errors import InteropError
 
 
@@ -82,6 +83,8 @@ FAMILIES = {f.architecture: f for f in (
     Family("Qwen2VLForConditionalGeneration", "qwen2_vl", qkv_bias=True, qk_norm=False, vision=True),
     SiglipFamily("SiglipVisionModel", "siglip_vision_model"),
     SiglipFamily("SiglipModel", "siglip"),  # its vision tower (the text tower is not imported)
+    Siglip2Family("Siglip2VisionModel", "siglip2_vision_model"),  # NaFlex
+    Siglip2Family("Siglip2Model", "siglip2"),  # its vision tower
 )}
 
 

@@ -59,11 +59,12 @@ def vit_transformer_config(cfg: ViTConfig, parallel: ParallelConfig, dtype: torc
 
 class LearnedPositions(torch.nn.Module):
     """A learned [G*G, hidden] position table, bilinearly resized to each image's (h, w) patch grid (native
-    resolution: any grid size) and read at each token's (row, col)."""
+    resolution: any grid size) and read at each token's (row, col); `antialias` widens the bilinear filter on a
+    side that shrinks (SigLIP2 NaFlex's resize), equal to plain bilinear on a side that grows."""
 
-    def __init__(self, grid: int, hidden: int, dtype: torch.dtype, std: float) -> None:
+    def __init__(self, grid: int, hidden: int, dtype: torch.dtype, std: float, antialias: bool = False) -> None:
         super().__init__()
-        self.grid = grid
+        self.grid, self.antialias = grid, antialias
         self.table = torch.nn.Parameter(torch.randn(grid * grid, hidden, dtype=dtype) * std)
 
     def forward(self, grid_thw: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -75,7 +76,8 @@ class LearnedPositions(torch.nn.Module):
         out, start = [], 0
         for t, h, w in grid_thw.tolist():
             n = t * h * w
-            resized = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False)[0]  # [hidden, h, w]
+            resized = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False,
+                                    antialias=self.antialias)[0]  # [hidden, h, w]
             p = pos[start:start + n].long()
             out.append(resized[:, p[:, 0], p[:, 1]].t())
             start += n
@@ -99,8 +101,8 @@ class VisionTransformer(MegatronModule):
         torch.nn.init.normal_(self.patch_embed.weight, std=cfg.init_method_std)
         if self.patch_embed.bias is not None:
             torch.nn.init.zeros_(self.patch_embed.bias)
-        self.pos_embed = LearnedPositions(cfg.pos_embed_grid, cfg.hidden_size, dtype, cfg.init_method_std) \
-            if cfg.pos_embed_grid else None
+        self.pos_embed = LearnedPositions(cfg.pos_embed_grid, cfg.hidden_size, dtype, cfg.init_method_std,
+                                          cfg.pos_embed_antialias) if cfg.pos_embed_grid else None
         self.block = TransformerBlock(config=config, spec=block_spec(config, causal=False), post_layer_norm=True,
                                       pre_process=True, post_process=True)
 
