@@ -181,6 +181,8 @@ class ViTConfig:
     rope_theta: float = 10000.0  # 2D RoPE base (ops.rope_2d)
     rope_layout: str = "half"  # half (Qwen2-VL, Ovis2.5) | interleaved (Kimi-VL) | none (no 2D RoPE: SigLIP, CLIP)
     pos_embed_grid: int = 0  # side of a learned position table interpolated to each grid; 0 = none (RoPE only)
+    # resize the table with antialiasing (SigLIP2 NaFlex: it differs from plain bilinear when a grid side shrinks)
+    pos_embed_antialias: bool = False
     patch_bias: bool = False  # a bias on the patch embedding (SigLIP's conv has one, Qwen2-VL's not)
     init_method_std: float = 0.02  # normal init std
     # CLIP-style towers (LLaVA): a learned class token prepended to every frame, its position being row 0 of the

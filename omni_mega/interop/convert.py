@@ -111,7 +111,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, config_out: str | Path | N
                 *[ck.get(n) for n in r.hf])[i][1]) for i, (row, b) in enumerate(blocks)])
         else:
             specs[r.mcore] = (shape, dt, lambda r=r: r.transform.to_mcore(*[ck.get(n) for n in r.hf]))
-    write_tensors(tmp / "dist", specs)
+    digests = write_tensors(tmp / "dist", specs)
     ck.close()
     state = {"step": 0, "stage_index": 0, "stage_name": "import-hf", "save": "full", "model": to_dict(cfg),
              "parallel": {"tp": 1, "pp": 1}, "world_size": 1}
@@ -122,7 +122,7 @@ def import_hf(hf_dir: str | Path, out: str | Path, *, config_out: str | Path | N
             "tokenizer": tok, "dtype": _dtype_name(next(iter(specs.values()))[1]), "vocab_size": cfg.llm.vocab_size,
             "padded_vocab_size": padded}
     (tmp / INTEROP).write_text(json.dumps(meta, indent=1))
-    write_manifest(tmp)  # verified like a trainer checkpoint wherever one is loaded (resume, init_from, eval)
+    write_manifest(tmp, digests)  # verified like a trainer checkpoint wherever one is loaded (resume, init_from, eval)
     (tmp / MARKER).write_text(json.dumps({"step": 0}))
     if out.exists():
         shutil.rmtree(out)
@@ -181,6 +181,20 @@ def read_checkpoint_info(step: str | Path) -> tuple[ModelConfig, dict]:
     return cfg, meta
 
 
+def _hf_tensors(reader: TensorReader, r: A.Mapping) -> list[tuple[str, torch.Tensor]]:
+    """The HF tensors of one mapping row. A transform whose megatron tensor is the HF tensors as row blocks (fc1's
+    [gate; up]) reads each block as stored, without assembling the whole tensor to split it again."""
+    if r.transform.to_mcore_rows is not None:
+        shape, dtype = reader.meta[r.mcore]
+        outs = r.transform.to_hf(torch.empty(shape, dtype=dtype, device="meta"))
+        blocks = r.transform.to_mcore_rows(*outs)
+        stored = reader.row_chunks(r.mcore)
+        if len(blocks) == len(outs) and all(b.shape == o.shape and (row, b.shape[0]) in stored
+                                            for (row, b), o in zip(blocks, outs)):
+            return [(name, stored[(row, b.shape[0])]()) for name, (row, b) in zip(r.hf, blocks)]
+    return list(zip(r.hf, r.transform.to_hf(reader.read(r.mcore))))
+
+
 def export_hf(ckpt: str | Path, out: str | Path, *, tokenizer: str | Path | None = None, dtype: str | None = None,
               max_shard_bytes: int = 2 * 2**30, overwrite: bool = False) -> dict:
     """Writes a Hugging Face folder (config.json, safetensors shards, tokenizer files) for an omni_mega checkpoint
@@ -218,10 +232,8 @@ def export_hf(ckpt: str | Path, out: str | Path, *, tokenizer: str | Path | None
     store_dtype = plan[0][1]
     writer = ShardWriter(tmp, plan, max_shard_bytes)
     for r in rows:
-        t = reader.read(r.mcore)
-        for name, x in zip(r.hf, r.transform.to_hf(t)):
+        for name, x in _hf_tensors(reader, r):
             writer.add(name, x.to(cast) if cast else x)
-        del t
     files = writer.close()
     hf_cfg = fam.to_hf_config(cfg, cfg.llm.vocab_size, _dtype_name(store_dtype), meta.get("hf_config"))
     (tmp / "config.json").write_text(json.dumps(hf_cfg, indent=2, sort_keys=True))

@@ -27,9 +27,14 @@ ALGORITHM = "xxh3_64"
 CHUNK = 8 << 20  # bytes read at a time: verification streams, whatever the file size
 
 
+def new_hash():
+    """A fresh hasher of ALGORITHM (`update(bytes)`, `hexdigest()`): writers that hash while writing use it too."""
+    return xxhash.xxh3_64()
+
+
 def file_checksum(path: Path) -> str:
     """XXH3-64 of a file's bytes as 16 hex digits, read in CHUNK pieces into one reused buffer."""
-    h = xxhash.xxh3_64()
+    h = new_hash()
     buf = bytearray(CHUNK)
     view = memoryview(buf)
     with open(path, "rb", buffering=0) as f:
@@ -49,10 +54,16 @@ def _listed_files(step: Path) -> list[str]:
     return sorted(out)
 
 
-def write_manifest(step: Path) -> Path:
-    """Writes step/manifest.json for the files now in `step` (call once every rank has finished writing)."""
-    files = {rel: {"size": (step / rel).stat().st_size, "checksum": file_checksum(step / rel)}
-             for rel in _listed_files(step)}
+def write_manifest(step: Path, known: dict[str, tuple[int, str]] | None = None) -> Path:
+    """Writes step/manifest.json for the files now in `step` (call once every rank has finished writing). `known`:
+    absolute path -> (size, checksum) of files hashed while they were written; one is read back only when it is not
+    there or its size differs (re-reading a 0.8 GB import took ~0.7 s of its ~3 s on the dev VM)."""
+    known = known or {}
+    files = {}
+    for rel in _listed_files(step):
+        size = (step / rel).stat().st_size
+        hit = known.get(os.path.abspath(step / rel))
+        files[rel] = {"size": size, "checksum": hit[1] if hit and hit[0] == size else file_checksum(step / rel)}
     path = step / MANIFEST
     path.write_text(json.dumps({"format": FORMAT, "algorithm": ALGORITHM, "files": files}, indent=1, sort_keys=True))
     return path

@@ -103,6 +103,15 @@ def hf_vl_kwargs(ids: torch.Tensor, pv: torch.Tensor, grid: torch.Tensor) -> dic
             "mm_token_type_ids": (ids == IMAGE_TOKEN).int()}
 
 
+def _redraw_vectors(model, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0)
+                        + 0.2 * torch.randn(p.shape, generator=g))
+
+
 def build_siglip(out: Path):
     """A tiny SiglipVisionModel (16x16 images, 4x4 patches), gains and biases re-drawn, saved; returns the model."""
     import transformers as tf
@@ -111,12 +120,7 @@ def build_siglip(out: Path):
     cfg = tf.SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                 image_size=16, patch_size=4)
     model = tf.SiglipVisionModel(cfg).eval()
-    g = torch.Generator().manual_seed(8)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0)
-                        + 0.2 * torch.randn(p.shape, generator=g))
+    _redraw_vectors(model, 8)
     model.save_pretrained(out)
     return model
 
@@ -126,6 +130,14 @@ def patches_row_major(image: torch.Tensor, p: int) -> torch.Tensor:
     _, c, h, w = image.shape
     x = image[0].reshape(c, h // p, p, w // p, p).permute(1, 3, 0, 2, 4)
     return x.reshape((h // p) * (w // p), c * p * p)
+
+
+def patches_channels_last(image: torch.Tensor, p: int) -> torch.Tensor:
+    """[1, C, H, W] -> [H/p * W/p, p*p*C], patches row by row, each flattened in (p, p, C) order (SigLIP2's
+    NaFlex processor)."""
+    _, c, h, w = image.shape
+    x = image[0].reshape(c, h // p, p, w // p, p).permute(1, 3, 2, 4, 0)
+    return x.reshape((h // p) * (w // p), p * p * c)
 
 
 def build_clip(out: Path, arch: str = "CLIPVisionModel"):
@@ -139,12 +151,28 @@ def build_clip(out: Path, arch: str = "CLIPVisionModel"):
         model = tf.CLIPModel(tf.CLIPConfig(vision_config=_clip(), text_config=text, projection_dim=16)).eval()
     else:
         model = tf.CLIPVisionModel(tf.CLIPVisionConfig(**_clip())).eval()
-    g = torch.Generator().manual_seed(9)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.copy_((1.0 if "norm" in name and name.endswith("weight") else 0.0)
-                        + 0.2 * torch.randn(p.shape, generator=g))
+    _redraw_vectors(model, 9)
+    model.save_pretrained(out)
+    return model
+
+
+SIGLIP2_VISION = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=4,
+                      num_patches=16)  # a 4x4 position table
+
+
+def build_siglip2(out: Path, *, full: bool = False):
+    """A tiny Siglip2VisionModel (or, `full`, a Siglip2Model with a tiny text tower), gains and biases re-drawn,
+    saved; returns the model."""
+    import transformers as tf
+
+    torch.manual_seed(12)
+    if full:
+        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64,
+                    max_position_embeddings=16, projection_size=32, pad_token_id=1, bos_token_id=2, eos_token_id=3)
+        model = tf.Siglip2Model(tf.Siglip2Config(text_config=text, vision_config=SIGLIP2_VISION)).eval()
+    else:
+        model = tf.Siglip2VisionModel(tf.Siglip2VisionConfig(**SIGLIP2_VISION)).eval()
+    _redraw_vectors(model, 9)
     model.save_pretrained(out)
     return model
 

@@ -566,6 +566,63 @@ def test_llava_unsupported_configs_name_what_is_missing(imported):
             fam.to_config({**cfg, **change})
 
 
+def test_siglip2_naflex_tower_into_a_vit_group(megatron_single, tmp_path, capsys):
+    """Siglip2VisionModel (NaFlex): two images of different non-square grids, one shrinking the 4x4 position table
+    along a side (antialiased resize) and one growing it, padded in one HF batch, give transformers' features through
+    `init_from: {vit: hf:...}`; export -> bit-identical, from_pretrained gives the same features; Siglip2Model's
+    vision half imports and exports the same way."""
+    from omni_mega.config import ConnectorConfig, LLMConfig, ModelConfig, ParallelConfig, RunConfig
+    from omni_mega.interop import export_hf, import_hf
+    from omni_mega.models.factory import build_model
+    from omni_mega.training import init_from
+    from tests.interop.hf_models import build_siglip2, patches_channels_last, patches_row_major
+
+    hf = build_siglip2(tmp_path / "sig2")
+    r = import_hf(tmp_path / "sig2", tmp_path / "sig2.ckpt")
+    vit = r["config"].vit
+    assert (vit.rope_layout, vit.activation, vit.pos_embed_grid, vit.pos_embed_antialias) == ("none", "gelu_tanh", 4,
+                                                                                                True)
+    cfg = ModelConfig(llm=LLMConfig(num_layers=1, hidden_size=32, num_attention_heads=2, vocab_size=128),
+                      vit=vit, connector=ConnectorConfig(kind="mlp"))
+    model = build_model(cfg, ParallelConfig(), 128, 64, torch.float32).eval()
+    src = init_from.prepare({"vit": f"hf:{tmp_path / 'sig2'}"}, "stages[s].init_from", [model], RunConfig(model=cfg),
+                            tmp_path / "cache", tp=1, is_rank0=True)
+    init_from.apply(src, [model])
+    g = torch.Generator().manual_seed(3)
+    grids = [(3, 5), (6, 2)]  # patches; 16 rows in the padded batch, so both images carry padding
+    images = [torch.randn(1, 3, 4 * h, 4 * w, generator=g) for h, w in grids]
+    pv = torch.zeros(2, 16, 48)
+    mask = torch.zeros(2, 16, dtype=torch.long)
+    for i, (im, (h, w)) in enumerate(zip(images, grids)):
+        pv[i, :h * w] = patches_channels_last(im, 4)
+        mask[i, :h * w] = 1
+    hf_in = {"pixel_values": pv, "pixel_attention_mask": mask, "spatial_shapes": torch.tensor(grids)}
+    with torch.no_grad():
+        out = hf(**hf_in).last_hidden_state
+        want = torch.cat([out[i, :h * w] for i, (h, w) in enumerate(grids)])
+        got = model.vit(torch.cat([patches_row_major(im, 4) for im in images]),
+                        torch.tensor([[1, h, w] for h, w in grids]))
+    err = _rel(got, want)
+    with capsys.disabled():
+        print(f"Siglip2VisionModel: features max relative error {err:.2e}")
+    assert err <= 1e-5
+    export_hf(tmp_path / "sig2.ckpt", tmp_path / "sig2_out")
+    a, b = _tensors(tmp_path / "sig2"), _tensors(tmp_path / "sig2_out")
+    tower = {k for k in a if not k.startswith("head.")}
+    assert set(b) == tower and all(torch.equal(a[k], b[k]) for k in tower)
+    again = transformers.Siglip2VisionModel.from_pretrained(tmp_path / "sig2_out").eval()
+    with torch.no_grad():
+        assert torch.equal(again(**hf_in).last_hidden_state, out)
+
+    full = build_siglip2(tmp_path / "full", full=True)
+    assert import_hf(tmp_path / "full", tmp_path / "full.ckpt")["config"].vit == vit
+    export_hf(tmp_path / "full.ckpt", tmp_path / "full_out")
+    a, b = full.vision_model.state_dict(), _tensors(tmp_path / "full_out")
+    tower = {k for k in a if not k.startswith("head.")}
+    assert set(b) == tower and all(torch.equal(a[k], b[k]) for k in tower)
+    assert json.loads((tmp_path / "full_out" / "config.json").read_text())["architectures"] == ["Siglip2VisionModel"]
+
+
 def test_trainer_stage_starts_from_an_hf_llm(tmp_path):
     """The trainer's path: `init_from: {llm: hf:...}` is converted into the run dir before step 1, logged and loaded;
     with a vanishing LR the stage's checkpoint still holds transformers' weights."""

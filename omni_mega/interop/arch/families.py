@@ -12,6 +12,7 @@ from omni_mega.interop.arch.qwen25vl import Qwen25VLFamily, check_qwen25vl
 from omni_mega.interop.arch.qwen2vl import check_qwen2vl_vision, qwen2vl_vision, qwen2vl_vision_hf, qwen2vl_vision_stack
 from omni_mega.interop.arch.llava import LlavaFamily, check_llava
 from omni_mega.interop.arch.siglip import SiglipFamily
+from omni_mega.interop.arch.siglip2 import Siglip2Family
 from omni_mega.interop.errors import InteropError
 
 
@@ -89,6 +90,8 @@ FAMILIES = {f.architecture: f for f in (
     ClipFamily("CLIPVisionModel", "clip_vision_model"),
     ClipFamily("CLIPModel", "clip"),  # its vision tower (the text tower is not imported)
     LlavaFamily(),
+    Siglip2Family("Siglip2VisionModel", "siglip2_vision_model"),  # NaFlex
+    Siglip2Family("Siglip2Model", "siglip2"),  # its vision tower
 )}
 
 

@@ -62,11 +62,14 @@ def vit_transformer_config(cfg: ViTConfig, parallel: ParallelConfig, dtype: torc
 class LearnedPositions(torch.nn.Module):
     """A learned [extra + G*G, hidden] position table: `extra` leading rows (CLIP's class-token position, row 0) and
     a G x G grid bilinearly resized to each image's (h, w) patch grid (native resolution: any grid size) and read at
-    each token's (row, col). At the native grid (h = w = G) the table is read as it is, not resampled."""
+    each token's (row, col). At the native grid (h = w = G) the table is read as it is, not resampled. `antialias`
+    widens the bilinear filter on a side that shrinks (SigLIP2 NaFlex's resize), equal to plain bilinear on a side
+    that grows."""
 
-    def __init__(self, grid: int, hidden: int, dtype: torch.dtype, std: float, extra: int = 0) -> None:
+    def __init__(self, grid: int, hidden: int, dtype: torch.dtype, std: float, extra: int = 0,
+                 antialias: bool = False) -> None:
         super().__init__()
-        self.grid, self.extra = grid, extra
+        self.grid, self.extra, self.antialias = grid, extra, antialias
         self.table = torch.nn.Parameter(torch.randn(extra + grid * grid, hidden, dtype=dtype) * std)
 
     def forward(self, grid_thw: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -83,7 +86,8 @@ class LearnedPositions(torch.nn.Module):
             if (h, w) == (g, g):
                 out.append(grid_table[p[:, 0] * g + p[:, 1]])
             else:
-                resized = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False)[0]  # [hidden, h, w]
+                resized = F.interpolate(table, size=(h, w), mode="bilinear", align_corners=False,
+                                        antialias=self.antialias)[0]  # [hidden, h, w]
                 out.append(resized[:, p[:, 0], p[:, 1]].t().to(self.table.dtype))
             start += n
         return torch.cat(out).to(self.table.dtype)
@@ -128,7 +132,8 @@ class VisionTransformer(MegatronModule):
         if self.patch_embed.bias is not None:
             torch.nn.init.zeros_(self.patch_embed.bias)
         self.pos_embed = LearnedPositions(cfg.pos_embed_grid, cfg.hidden_size, dtype, cfg.init_method_std,
-                                          extra=int(cfg.class_token)) if cfg.pos_embed_grid else None
+                                          extra=int(cfg.class_token), antialias=cfg.pos_embed_antialias) \
+            if cfg.pos_embed_grid else None
         self.class_token = ClassToken(cfg.hidden_size, dtype, cfg.init_method_std) if cfg.class_token else None
         self.pre_norm = SPNorm(config, cfg.hidden_size, cfg.norm_epsilon) if cfg.pre_norm else None
         self.block = TransformerBlock(config=config, spec=block_spec(config, causal=False), post_layer_norm=True,
