@@ -23,7 +23,10 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from omni_mega.config.schema import AUDIO_SOURCES, MM_SOURCES, ConfigError, ModelConfig, RunConfig, StageConfig
+from omni_mega.config.checks import ConfigError
+from omni_mega.config.model import ModelConfig
+from omni_mega.config.schema import RunConfig
+from omni_mega.config.stage import AUDIO_SOURCES, MM_SOURCES, StageConfig
 
 JOB_REF = "job:"
 # Model parts a group name belongs to (the LLM is always built).

@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from omni_mega.config.schema import ConfigError, RunConfig
+from omni_mega.config.checks import ConfigError
+from omni_mega.config.schema import RunConfig
 
 
 def _closest(key: str, valid: list[str]) -> str:

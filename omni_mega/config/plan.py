@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from omni_mega.config.schema import DatasetConfig, LRMultConfig, RunConfig, StageConfig
+from omni_mega.config.schema import RunConfig
+from omni_mega.config.stage import DatasetConfig, LRMultConfig, StageConfig
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from omni_mega.config.schema import AUDIO_SOURCES, PART_OBJECTIVES, ConfigError, RunConfig
+from omni_mega.config.checks import ConfigError
+from omni_mega.config.schema import RunConfig
+from omni_mega.config.stage import AUDIO_SOURCES, PART_OBJECTIVES
 
 
 def validate(cfg: RunConfig, world_size: int | None = None) -> None:

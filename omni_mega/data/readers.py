@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from omni_mega.config.schema import DatasetConfig
+from omni_mega.config.stage import DatasetConfig
 from omni_mega.data.demo import text as demo_text
 
 BYTE_SEP = 10  # byte "\n": the separator between an image's placeholders and its caption for byte tokens

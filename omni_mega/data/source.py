@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Iterator, Protocol
 
 from omni_mega.config.plan import StagePlan
-from omni_mega.config.schema import PART_OBJECTIVES, ConnectorConfig, ModelConfig, ViTConfig
+from omni_mega.config.model import ConnectorConfig, ModelConfig, ViTConfig
+from omni_mega.config.stage import PART_OBJECTIVES
 from omni_mega.data.readers import open_mm_dataset, open_text_dataset, special_ids, tokenizer_of
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from omni_mega.config.plan import StagePlan
-from omni_mega.config.schema import AudioConfig, ModelConfig
+from omni_mega.config.model import AudioConfig, ModelConfig
 from omni_mega.data import packing as mp
 from omni_mega.data.audio.features import clip_features, mel_frames
 from omni_mega.data.packed_source import STAT_KEYS, PackedSource
@@ -246,7 +246,7 @@ def build_task_source(plan: StagePlan, model: ModelConfig, data_dir: str | Path,
                       decode_threads: int = 2) -> TaskSource:
     """The source of a part-training stage (`plan.objective` in TASK_OBJECTIVES): its datasets as item views, one
     pack = `seq_length` positions of the part (encoder frames, codec frames, talker positions, image patches)."""
-    from omni_mega.config.schema import ConnectorConfig, ViTConfig
+    from omni_mega.config.model import ConnectorConfig, ViTConfig
     from omni_mega.data.pack_stream import PackingSpec
     from omni_mega.data.readers import open_mm_dataset
 
@@ -292,7 +292,7 @@ def heldout_batches(plan: StagePlan, model: ModelConfig, data_dir: str | Path, *
     for a in range(0, len(keep), per_batch):
         idx = keep[a:a + per_batch]
         if plan.objective == "classify":
-            from omni_mega.config.schema import ViTConfig
+            from omni_mega.config.model import ViTConfig
 
             vit = model.vit or ViTConfig()
             sp = SimpleNamespace(patch_size=vit.patch_size, merge_size=vit.merge_size,

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from omni_mega.config import ParallelConfig
-from omni_mega.config.schema import ConfigError
+from omni_mega.config.checks import ConfigError
 from omni_mega.runtime import cpu_mode
 from omni_mega.runtime.capabilities import probe
 from omni_mega.runtime.env import DistEnv, detect

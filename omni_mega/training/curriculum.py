@@ -8,7 +8,7 @@ from pathlib import Path
 
 from omni_mega.config import ConfigError, RunConfig
 from omni_mega.config.plan import StagePlan, plan_stages
-from omni_mega.config.schema import AUDIO_SOURCES
+from omni_mega.config.stage import AUDIO_SOURCES
 
 PART_SOURCES = AUDIO_SOURCES + ("demo_shapes",)  # audio clips and labelled images: not conversations
 from omni_mega.training.schedules import Segment, build_segments, lr_for_step

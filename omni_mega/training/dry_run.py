@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from omni_mega.config import RunConfig
 from omni_mega.config.groups import parse_group
-from omni_mega.config.schema import LLMConfig
+from omni_mega.config.model import LLMConfig
 from omni_mega.config.plan import StagePlan, plan_stages
 
 GIB = 1024 ** 3

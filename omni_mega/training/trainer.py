@@ -21,7 +21,7 @@ from torch.distributed.checkpoint.api import CheckpointException  # a BaseExcept
 
 from omni_mega import objectives
 from omni_mega.config import ConnectorConfig, RunConfig, to_dict
-from omni_mega.config.schema import PART_OBJECTIVES
+from omni_mega.config.stage import PART_OBJECTIVES
 from omni_mega.objectives.base import StageContext
 from omni_mega.config.plan import StagePlan, max_seq_length, plan_stages, stage_at
 from omni_mega.data import source as data_source

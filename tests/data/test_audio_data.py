@@ -156,7 +156,7 @@ def _plan(objective, seq, mix, gbs=2, extra=""):
 
 
 def test_ctc_and_talker_batches(speech_dir):
-    from omni_mega.config.schema import DatasetConfig
+    from omni_mega.config.stage import DatasetConfig
     from omni_mega.data.audio.features import mel_frames
     from omni_mega.data.source import StepSlice, build_source
     from omni_mega.data.task_source import TaskSource

@@ -241,8 +241,9 @@ def test_oversized_image_is_skipped_and_counted(text_set, caplog):
 
 
 def test_demo_data_packing_efficiency(tmp_path_factory, monkeypatch):
-    from omni_mega.config.schema import (ConnectorConfig, DataConfig, DatasetConfig, ModelConfig, RunConfig,
-                                         StageConfig, ViTConfig)
+    from omni_mega.config.model import ConnectorConfig, ModelConfig, ViTConfig
+    from omni_mega.config.schema import DataConfig, RunConfig
+    from omni_mega.config.stage import DatasetConfig, StageConfig
     from omni_mega.data.demo import scenes as demo
     from omni_mega.config.plan import plan_stages
     from omni_mega.data.source import build_source

@@ -15,7 +15,7 @@ from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from omni_mega.config import LLMConfig, ModelConfig, ParallelConfig
-from omni_mega.config.schema import AudioConfig
+from omni_mega.config.model import AudioConfig
 
 SEQ, VOCAB, AUD = 32, 128, -300
 CLIPS = [23, 8, 15]  # mel frames per clip: 12 + 4 + 8 encoder states -> 3 + 1 + 2 pooled tokens (pool 4)

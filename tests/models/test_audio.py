@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from omni_mega.config import LLMConfig, ModelConfig, ParallelConfig, ViTConfig
-from omni_mega.config.schema import AudioConfig, ClassifierConfig, CodecConfig, TalkerConfig
+from omni_mega.config.model import AudioConfig, ClassifierConfig, CodecConfig, TalkerConfig
 
 AUD = -300
 

@@ -20,7 +20,7 @@ from megatron.core.transformer.transformer_block import TransformerBlock
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from omni_mega.config import ParallelConfig
-from omni_mega.config.schema import AudioConfig
+from omni_mega.config.model import AudioConfig
 from omni_mega.models.vision.attention import VisionPackedSeqParams, block_spec
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from omni_mega.config.schema import CodecConfig
+from omni_mega.config.model import CodecConfig
 
 
 def _mlp(inp: int, hidden: int, out: int, dtype: torch.dtype) -> torch.nn.Sequential:
