@@ -139,6 +139,21 @@ CLIP_L14_336 = {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision
                 "image_size": 336, "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5}
 
 
+SIGLIP2_SO400M_NAFLEX = {"architectures": ["Siglip2Model"], "model_type": "siglip2",
+                         "vision_config": {"hidden_size": 1152, "intermediate_size": 4304, "num_hidden_layers": 27,
+                                           "num_attention_heads": 16, "patch_size": 16, "num_patches": 256,
+                                           "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6}}
+
+
+def test_ovis_vit_starts_from_siglip2(capsys, tmp_path):
+    import json
+
+    assert "init_from.vit: /models/siglip2-so400m-patch16-naflex not found here" in _plan("ovis_5phase", capsys)
+    (tmp_path / "config.json").write_text(json.dumps(SIGLIP2_SO400M_NAFLEX))
+    out = _plan("ovis_5phase", capsys, "--set", f"stages.0.init_from={{vit: 'hf:{tmp_path}'}}")
+    assert "config.json matches the model (vit)" in out
+
+
 def test_llava_vit_starts_from_clip(capsys, tmp_path):
     import json
 
