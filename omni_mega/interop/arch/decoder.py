@@ -59,7 +59,7 @@ def rope_of(text: dict) -> tuple[float, RopeScalingConfig | None, list[int] | No
     raise InteropError(f"config.json: RoPE type {kind!r} is not supported (supported: default, llama3, yarn, mrope)")
 
 
-def _rope_to_hf(llm: LLMConfig, mrope: list[int] | None = None) -> dict:
+def rope_to_hf(llm: LLMConfig, mrope: list[int] | None = None) -> dict:
     """Legacy `rope_theta` + `rope_scaling`: what released checkpoints carry; transformers v5 reads it too."""
     out: dict = {"rope_theta": llm.rotary_base}
     s = llm.rope_scaling
@@ -123,7 +123,7 @@ def decoder_hf(llm: LLMConfig, vocab: int) -> dict:
         "num_key_value_heads": llm.num_query_groups or llm.num_attention_heads, "head_dim": llm.head_dim,
         "hidden_act": "silu", "rms_norm_eps": llm.norm_epsilon, "vocab_size": vocab,
         "max_position_embeddings": llm.max_position_embeddings, "tie_word_embeddings": not llm.untie_embeddings,
-        "initializer_range": llm.init_method_std, **_rope_to_hf(llm),
+        "initializer_range": llm.init_method_std, **rope_to_hf(llm),
     }
 
 
@@ -137,3 +137,14 @@ def decoder_stack(cfg: ModelConfig, padded_vocab: int, prefixes: tuple[str, ...]
                              "gate_up": T.gate_up(), "vocab": T.pad_rows(llm.vocab_size, padded_vocab)},
                  dims={"V": llm.vocab_size, "h": llm.hidden_size, "q": llm.num_attention_heads * llm.head_dim,
                        "kv": groups * llm.head_dim, "d": llm.head_dim, "F": ffn_width(llm)})
+
+
+def mrope_decoder(text: dict, arch: str) -> LLMConfig:
+    """The Qwen2 decoder of a Qwen2-VL / Qwen2.5-VL model: q/k/v biases and M-RoPE (its `mrope_section`)."""
+    llm = decoder_llm(text, qkv_bias=True, qk_norm=False, arch=arch)
+    _, _, mrope = rope_of(text)
+    if mrope is None:
+        raise InteropError(f"config.json: {arch} needs rope_scaling/rope_parameters.mrope_section")
+    llm.mrope_section = list(mrope)
+    llm.__post_init__()
+    return llm

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from omni_mega.config import ConnectorConfig, ModelConfig
 from omni_mega.interop.arch.base import Stack, need, text_fields
 from omni_mega.interop.arch.clip import ClipFamily
-from omni_mega.interop.arch.decoder import _rope_to_hf, decoder_hf, decoder_llm, decoder_stack, rope_of
+from omni_mega.interop.arch.decoder import rope_to_hf, decoder_hf, decoder_llm, decoder_stack, mrope_decoder
 from omni_mega.interop.arch.qwen25vl import Qwen25VLFamily, check_qwen25vl
 from omni_mega.interop.arch.qwen2vl import check_qwen2vl_vision, qwen2vl_vision, qwen2vl_vision_hf, qwen2vl_vision_stack
 from omni_mega.interop.arch.llava import LlavaFamily, check_llava
@@ -28,14 +28,10 @@ class Family:
 
     def to_config(self, hf: dict) -> ModelConfig:
         text = text_fields(hf)
-        llm = decoder_llm(text, qkv_bias=self.qkv_bias, qk_norm=self.qk_norm, arch=self.architecture)
         if not self.vision:
-            return ModelConfig(llm=llm)
-        _, _, mrope = rope_of(text)
-        if mrope is None:
-            raise InteropError("config.json: Qwen2-VL needs rope_scaling/rope_parameters.mrope_section")
-        llm.mrope_section = list(mrope)
-        llm.__post_init__()
+            return ModelConfig(llm=decoder_llm(text, qkv_bias=self.qkv_bias, qk_norm=self.qk_norm,
+                                               arch=self.architecture))
+        llm = mrope_decoder(text, self.architecture)
         vit, conn = qwen2vl_vision(need(hf, "vision_config"), llm.hidden_size)
         conn.image_token_id = int(need(hf, "image_token_id"))
         return ModelConfig(llm=llm, vit=vit, connector=conn)
@@ -63,7 +59,7 @@ class Family:
                     if k not in ("rope_parameters", "model_type", "architectures")})
         if self.vision:
             check_qwen2vl_vision(cfg)
-            text.update(_rope_to_hf(cfg.llm, cfg.llm.mrope_section))
+            text.update(rope_to_hf(cfg.llm, cfg.llm.mrope_section))
             out.update(text)
             out["vision_config"] = {**base.get("vision_config", {}), **qwen2vl_vision_hf(cfg.vit,
                                                                                                cfg.llm.hidden_size)}

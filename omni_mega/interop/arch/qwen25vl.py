@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from omni_mega.config import ConnectorConfig, ModelConfig, ViTConfig
 from omni_mega.interop import transforms as T
 from omni_mega.interop.arch.base import Rule, Stack, need, text_fields
-from omni_mega.interop.arch.decoder import _rope_to_hf, decoder_hf, decoder_llm, decoder_stack, rope_of
+from omni_mega.interop.arch.decoder import rope_to_hf, decoder_hf, decoder_stack, mrope_decoder
 from omni_mega.interop.errors import InteropError
 
 ARCH = "Qwen2_5_VLForConditionalGeneration"
@@ -110,13 +110,7 @@ class Qwen25VLFamily:
     ignored_prefixes: tuple[str, ...] = ()
 
     def to_config(self, hf: dict) -> ModelConfig:
-        text = text_fields(hf)
-        llm = decoder_llm(text, qkv_bias=True, qk_norm=False, arch=self.architecture)
-        _, _, mrope = rope_of(text)
-        if mrope is None:
-            raise InteropError("config.json: Qwen2.5-VL needs rope_scaling/rope_parameters.mrope_section")
-        llm.mrope_section = list(mrope)
-        llm.__post_init__()
+        llm = mrope_decoder(text_fields(hf), self.architecture)
         vit, conn = qwen25vl_vision(need(hf, "vision_config"), llm.hidden_size)
         conn.image_token_id = int(need(hf, "image_token_id"))
         return ModelConfig(llm=llm, vit=vit, connector=conn)
@@ -138,7 +132,7 @@ class Qwen25VLFamily:
                     if k not in ("rope_parameters", "model_type", "architectures")})
         out.update(decoder_hf(cfg.llm, vocab))
         out.update({"sliding_window": None, "use_sliding_window": False,
-                    **_rope_to_hf(cfg.llm, cfg.llm.mrope_section)})
+                    **rope_to_hf(cfg.llm, cfg.llm.mrope_section)})
         out["vision_config"] = {**base.get("vision_config", {}), **qwen25vl_vision_hf(cfg.vit, cfg.llm.hidden_size)}
         out.update({"image_token_id": img, "architectures": [self.architecture], "model_type": self.model_type,
                     "dtype": dtype})
