@@ -203,7 +203,7 @@ def export_hf(ckpt: str | Path, out: str | Path, *, tokenizer: str | Path | None
     step = resolve_step_dir(ckpt)
     cfg, meta = read_checkpoint_info(step)
     dist = step / "dist"
-    reader = TensorReader(dist)
+    reader = TensorReader(dist, mmap=True)
     fam = A.FAMILIES[meta["architecture"]] if meta.get("architecture") in A.FAMILIES else A.family_for(cfg)
     padded = None
     if not fam.vision_only:
