@@ -58,6 +58,24 @@ def tp2(refs: dict, vocab: int) -> dict:
     return out
 
 
+def vit_sp(refs: dict) -> dict:
+    """The Qwen2-VL family's vision tower at TP=2 with sequence parallelism against TP=2 without it: the tokens are
+    split across the ranks after the reordering into attention windows (Qwen2.5-VL), so the windows must survive
+    the split and the padding it needs. {arch: max relative difference}."""
+    out = {}
+    for arch, r in refs.items():
+        if r["pv"] is None or not arch.startswith("Qwen2"):
+            continue
+        feats = []
+        for sp in (False, True):
+            _, model = _build(r["ckpt"], ParallelConfig(tp=2, sp=sp))
+            assert model.vit.sp is sp  # the tower really splits its tokens in the second build
+            with torch.no_grad():
+                feats.append(model.vit(r["pv"], r["grid"]))
+        out[arch] = _rel(feats[1], feats[0])
+    return out
+
+
 def composed(refs: dict, work: str) -> dict:
     """Three sources under TP=2; each parameter compared with the same model loaded from its own source alone."""
     from omni_mega.training import init_from
@@ -133,7 +151,7 @@ def main() -> None:
     refs = torch.load(f"{work}/refs.pt", weights_only=False)
     vocab = refs.pop("__vocab__")
     init_distributed(ParallelConfig(tp=2), seed=1234)
-    res = {"tp2": tp2(refs, vocab), "composed": composed(refs, work)}
+    res = {"tp2": tp2(refs, vocab), "vit_sp": vit_sp(refs), "composed": composed(refs, work)}
     _relayout(ParallelConfig(pp=2))
     res["pp2"] = pp2(refs, vocab)
     gathered = [None] * dist.get_world_size()

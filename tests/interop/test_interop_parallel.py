@@ -1,6 +1,6 @@
 """Imported checkpoints under TP=2 and PP=2 (one torchrun launch, tests/distributed/run_interop_parallel.py): logits
 equal transformers' (fp32, relative error <= 1e-5), greedy generation at TP=2 equals transformers' token for token,
-and a composed init_from of three sources (two hf: folders and an omni_mega checkpoint) loads every group from its
+the Qwen2-VL family's vision tower gives the same features with sequence parallelism as without, and a composed init_from of three sources (two hf: folders and an omni_mega checkpoint) loads every group from its
 own source under TP=2."""
 
 from __future__ import annotations
@@ -45,6 +45,15 @@ def test_tp2_logits_and_generation(results, arch):
         print(f"{arch} TP=2: logits max relative error {r['err']:.2e}")
         assert r["err"] <= 1e-5
         assert r["gen"] == r["want"]
+
+
+@pytest.mark.parametrize("arch", ["Qwen2VLForConditionalGeneration", "Qwen2_5_VLForConditionalGeneration"])
+def test_tp2_sequence_parallel_vision_tower(results, arch):
+    """Qwen2.5-VL's windowed attention survives the sequence-parallel split (the tokens are reordered into windows,
+    then split across the TP ranks; attention sees every rank's tokens again)."""
+    for rank in results:
+        print(f"{arch} vision tower TP=2+SP vs TP=2: max relative difference {rank['vit_sp'][arch]:.2e}")
+        assert rank["vit_sp"][arch] <= 1e-6
 
 
 @pytest.mark.parametrize("arch", ARCHS)
