@@ -33,7 +33,7 @@ cuda-check: $(STAMP)
 	@bash scripts/check_cuda.sh
 
 test: build cuda-check
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 demo: build
 	$(VENV)/bin/omni-mega demo --run-dir runs/demo --resume auto

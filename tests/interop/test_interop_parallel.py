@@ -1,7 +1,8 @@
 """Imported checkpoints under TP=2 and PP=2 (one torchrun launch, tests/distributed/run_interop_parallel.py): logits
 equal transformers' (fp32, relative error <= 1e-5), greedy generation at TP=2 equals transformers' token for token,
-the Qwen2-VL family's vision tower gives the same features with sequence parallelism as without, and a composed init_from of three sources (two hf: folders and an omni_mega checkpoint) loads every group from its
-own source under TP=2."""
+the Qwen2-VL family's vision tower gives the same features with sequence parallelism as without, and a composed
+init_from of three sources (two hf: folders and an omni_mega checkpoint) loads every group from its own source under
+TP=2."""
 
 from __future__ import annotations
 

@@ -140,7 +140,8 @@ def test_dp2_gather_equals_one_rank_with_the_whole_batch(tmp_path):
 
 
 # ---- learning ------------------------------------------------------------------------------------------------------
-STEPS = 60
+STEPS = 2000  # the shape is learned late (see the test's measurements); ~3-5 min of CPU
+TRAIN_SCENES = 4800
 
 
 @pytest.fixture(scope="module")
@@ -210,21 +211,23 @@ def test_coca_stage_learns_shape_scenes(rt, tmp_path):
     from omni_mega.data.demo.scenes import write_shape_scenes
     from omni_mega.training.trainer import Trainer
 
-    train = write_shape_scenes(tmp_path / "train", 1200, seed=1, objects=1)
+    train = write_shape_scenes(tmp_path / "train", TRAIN_SCENES, seed=1, objects=1)
     heldout = write_shape_scenes(tmp_path / "heldout", 100, seed=2, objects=1)
     tr = Trainer(load_config(None, _coca_config(train)), rt, tmp_path / "run")
     tr.train()
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    first, last = rows[0], rows[-1]
-    # Measured, seeds 1-3 (train.seed and data.seed; one CPU thread, ~15-25 s): contrastive loss 2.9-3.2 -> 1.0-1.4,
-    # caption loss 5.9-6.3 -> 1.3-1.6, held-out recall@1 0.43 / 0.49 / 0.41 (chance 1/21), the right colour 0.82 /
-    # 0.94 / 0.85 (chance 1/7). The shape is what the tiny ViT has not learned by then (shape right ~0.45): 0.9
-    # recall@1 was not reached within this test's budget (SigLIP's loss with its -10 bias init learned slower at
-    # these 16-image micro-batches: recall 0.1-0.2).
-    assert last["caption_loss"] < 0.35 * first["caption_loss"], (first, last)
-    assert last["contrastive_loss"] < 0.6 * first["contrastive_loss"], (first, last)
+    first = rows[0]
+    last = {k: sum(r[k] for r in rows[-50:]) / 50 for k in ("caption_loss", "contrastive_loss")}  # steps vary
+    # Measured, seeds 1-3 (train.seed and data.seed; one CPU thread each, two runs side by side: 5-6 min): held-out
+    # recall@1 0.98 / 0.99 / 0.97 (chance 1/21), the right colour 1.0 in all three; contrastive loss 3.6 -> 0.39-0.60,
+    # caption loss 6.3 -> 0.0001-0.0015. The colour is learned within ~100 steps, the shape late: otherwise alike,
+    # recall@1 was 0.41-0.49 after 60 steps (seeds 1-3), 0.86-0.89 after 800 (seed 1, decaying or constant lr),
+    # 0.87-0.93 after 1,000 (seeds 2-3, constant lr) and 0.89-0.95 after 1,500 (seeds 1, 3); after 800 steps 1,200
+    # scenes gave 0.68 and 9,600 gave 0.68-0.78.
+    assert last["caption_loss"] < 0.05 * first["caption_loss"], (first, last)
+    assert last["contrastive_loss"] < 0.3 * first["contrastive_loss"], (first, last)
     recall, colour = retrieval(tr.chunks[0], tr.cfg.model, heldout, tr.plans[0])
-    assert recall >= 0.3 and colour >= 0.7, (recall, colour)
+    assert recall >= 0.9 and colour >= 0.95, (recall, colour)
 
 
 def test_validation_keeps_the_towers_to_contrastive_stages(tmp_path):
