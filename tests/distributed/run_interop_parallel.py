@@ -61,7 +61,7 @@ def tp2(refs: dict, vocab: int) -> dict:
 def vit_sp(refs: dict) -> dict:
     """The Qwen2-VL family's vision tower at TP=2 with sequence parallelism against TP=2 without it: the tokens are
     split across the ranks after the reordering into attention windows (Qwen2.5-VL), so the windows must survive
-    the split and the padding it needs. {arch: max relative difference}."""
+    the split. {arch: max relative difference}."""
     out = {}
     for arch, r in refs.items():
         if r["pv"] is None or not arch.startswith("Qwen2"):

@@ -140,7 +140,7 @@ def test_dp2_gather_equals_one_rank_with_the_whole_batch(tmp_path):
 
 
 # ---- learning ------------------------------------------------------------------------------------------------------
-STEPS = 2000  # the shape is learned late (see the test's measurements); ~3-5 min of CPU
+STEPS = 2000  # the shape is learned late (see the test's measurements); ~6 min on 2 cores
 TRAIN_SCENES = 4800
 
 
